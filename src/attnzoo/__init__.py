@@ -1,0 +1,25 @@
+"""attnzoo: efficient attention for long sequences, one API for many mechanisms.
+
+>>> import torch, attnzoo
+>>> attn = attnzoo.build("local", dim=64, num_heads=4, window_size=16)
+>>> attn(torch.randn(2, 100, 64)).shape
+torch.Size([2, 100, 64])
+"""
+
+from attnzoo import mechanisms  # noqa: F401  (registers every mechanism)
+from attnzoo.options import add_arguments, options_from_args
+from attnzoo.registry import Capabilities, MechanismSpec, available, build, get_spec, options
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Capabilities",
+    "MechanismSpec",
+    "__version__",
+    "add_arguments",
+    "available",
+    "build",
+    "get_spec",
+    "options",
+    "options_from_args",
+]

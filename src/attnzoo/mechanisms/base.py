@@ -1,0 +1,106 @@
+"""The one projection / head split / output projection shared by every attention module."""
+
+from __future__ import annotations
+
+import abc
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from attnzoo.ops.common import check_padding_mask, zero_masked_rows
+
+__all__ = ["AttentionBase", "split_heads"]
+
+
+def split_heads(x: Tensor, num_heads: int) -> Tensor:
+    """``(B, N, H*d) -> (B, H, N, d)``."""
+    b, n, _ = x.shape
+    return x.view(b, n, num_heads, -1).transpose(1, 2)
+
+
+class AttentionBase(nn.Module, abc.ABC):
+    """Multi-head self-attention shell: ``x (B, N, dim) -> qkv -> attend(q, k, v) -> proj -> (B, N, dim)``.
+
+    Parameters follow efficient-attention's ``MultiheadAttention`` so its checkpoints map one to one:
+    ``qkv = Linear(dim, 3*dim)`` whose output channels are ordered (3, H, d) (q first, head-major),
+    ``proj = Linear(dim, dim)``; weights ``trunc_normal(std=0.02)``, biases 0. Subclasses implement
+    :meth:`attend` on ``(B, H, N, d)`` tensors and may override :meth:`project` (e.g. a mechanism
+    without queries and keys).
+
+    Args:
+        dim: model width, divisible by ``num_heads``.
+        num_heads: H.
+        causal: token i may use tokens j <= i only.
+        dropout: attention-probability dropout during training (mechanisms without probabilities
+            apply none and say so in their docstring).
+        options: the mechanism's options dataclass.
+    """
+
+    def __init__(self, dim: int, num_heads: int, *, causal: bool = False, dropout: float = 0.0, options: Any) -> None:
+        super().__init__()
+        for name, value in (("dim", dim), ("num_heads", num_heads)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        if dim % num_heads:
+            raise ValueError(f"dim ({dim}) must be divisible by num_heads ({num_heads})")
+        self.dim, self.num_heads, self.head_dim = dim, num_heads, dim // num_heads
+        self.causal, self.dropout, self.options = causal, dropout, options
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+        for linear in (self.qkv, self.proj):
+            nn.init.trunc_normal_(linear.weight, std=0.02)
+            nn.init.zeros_(linear.bias)
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}, num_heads={self.num_heads}, causal={self.causal}, options={self.options}"
+
+    def project(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """``x: (B, N, dim) -> q, k, v: (B, H, N, d)`` (views of one fused projection)."""
+        q, k, v = self.qkv(x).chunk(3, dim=-1)
+        return split_heads(q, self.num_heads), split_heads(k, self.num_heads), split_heads(v, self.num_heads)
+
+    @abc.abstractmethod
+    def attend(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
+        """The mechanism: ``(B, H, N, d)`` x3 and ``mask: (B, N) | None`` -> ``(B, H, N, d)``."""
+
+    @torch.no_grad()
+    def attention_map(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+        """The attention matrix this module applies to its values: ``(B, H, N, N)``.
+
+        Every mechanism here is linear in the values for fixed queries and keys, so feeding the
+        identity as values (``v = I``, width N) returns row i's weights over the keys. Meant for
+        small N (attention-map figures, tests); costs as much as one forward with ``d = N``.
+        """
+        mask = check_padding_mask(mask, x.shape[0], x.shape[1], x.device)
+        q, k, _ = self.project(x)
+        b, h, n, _ = q.shape
+        eye = torch.eye(n, dtype=q.dtype, device=q.device).expand(b, h, n, n)
+        return zero_masked_rows(self.attend(q, k, eye, mask), mask)
+
+    def merge(self, out: Tensor) -> Tensor:
+        """``(B, H, N, d) -> (B, N, dim)`` followed by the output projection."""
+        b, _, n, _ = out.shape
+        return self.proj(out.transpose(1, 2).reshape(b, n, self.dim))
+
+    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+        """Self-attention over ``x: (B, N, dim)`` with padding mask ``mask: (B, N)`` bool, True = real token.
+
+        Returns ``(B, N, dim)``; the attention output of padded query rows is zero before ``proj``.
+        """
+        if not isinstance(x, Tensor) or x.dim() != 3:
+            shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+            raise ValueError(f"x must have shape (B, N, dim) = (B, N, {self.dim}), got {shape}")
+        if x.shape[-1] != self.dim:
+            raise ValueError(f"x has width {x.shape[-1]} but the module was built with dim={self.dim}")
+        if not x.is_floating_point():
+            raise TypeError(f"x must be floating point, got {x.dtype}")
+        mask = check_padding_mask(mask, x.shape[0], x.shape[1], x.device)
+        q, k, v = self.project(x)
+        out = zero_masked_rows(self.attend(q, k, v, mask), mask)
+        return self.merge(out)
+
+    def attention_dropout(self) -> float:
+        """The dropout probability to apply now (0 in eval mode)."""
+        return self.dropout if self.training else 0.0
+

@@ -1,0 +1,40 @@
+"""``none``: the no-attention baseline (value projection, then output projection)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import Tensor
+
+from attnzoo.mechanisms.base import AttentionBase
+from attnzoo.ops.none import none_attention
+from attnzoo.registry import Capabilities, register
+
+__all__ = ["NoAttention", "NoneOptions"]
+
+
+@dataclass(frozen=True)
+class NoneOptions:
+    """The baseline has no options."""
+
+
+@register(
+    "none",
+    options=NoneOptions,
+    capabilities=Capabilities(
+        causal=True,
+        key_padding_mask=True,
+        cross_attention=False,
+        exact=True,
+        deterministic=True,
+        time="O(N*d)",
+        memory="O(N*d)",
+    ),
+    functional=none_attention,
+    reference=none_attention,
+)
+class NoAttention(AttentionBase):
+    """No token mixing: each position passes its own value vector through (LRA's "none" baseline)."""
+
+    def attend(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
+        return none_attention(q, k, v, mask=mask, causal=self.causal)

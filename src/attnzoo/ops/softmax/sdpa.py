@@ -1,0 +1,55 @@
+"""Exact softmax attention through ``F.scaled_dot_product_attention``."""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+from torch import Tensor
+
+from attnzoo.ops.common import check_qkv, padding_attn_mask, rows_with_keys
+
+__all__ = ["softmax_attention"]
+
+
+def softmax_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    *,
+    mask: Tensor | None = None,
+    causal: bool = False,
+    scale: float | None = None,
+    dropout_p: float = 0.0,
+) -> Tensor:
+    """Exact scaled-dot-product attention with a key padding mask; fully masked rows give 0.
+
+    Computes ``softmax(s * q k^T) v`` over the keys a query may see (real keys, and j <= i when
+    ``causal``). O(N*S*d) time; memory O(N*d) with SDPA's fused kernels.
+
+    Args:
+        q: queries, ``(B, H, N, d)``.
+        k: keys, ``(B, H, S, d)``.
+        v: values, ``(B, H, S, dv)``.
+        mask: bool padding mask ``(B, S)``, True = real key. Default: None.
+        causal: query i sees keys j <= i (needs N == S). Default: False.
+        scale: s, default ``d ** -0.5``.
+        dropout_p: dropout on the attention probabilities (pass 0 in eval).
+
+    Returns:
+        ``(B, H, N, dv)``.
+
+    Raises:
+        ValueError / TypeError: bad shapes, dtypes or mask (see :func:`check_qkv`).
+
+    Reference: :func:`attnzoo.ops.softmax.naive_softmax_attention`.
+    """
+    check_qkv(q, k, v)
+    if causal and q.shape[-2] != k.shape[-2]:
+        raise ValueError(f"causal attention needs N == S, got N={q.shape[-2]}, S={k.shape[-2]}")
+    if mask is not None and tuple(mask.shape) != (q.shape[0], k.shape[-2]):
+        raise ValueError(f"mask must have shape (B, S) = ({q.shape[0]}, {k.shape[-2]}), got {tuple(mask.shape)}")
+    if mask is None:
+        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=causal, scale=scale)
+    allowed = padding_attn_mask(mask, q.shape[-2], causal=causal)
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, dropout_p=dropout_p, scale=scale)
+    # SDPA kernels differ on rows with no visible key (0 or NaN): make them 0 everywhere.
+    return out.masked_fill(~rows_with_keys(mask, q.shape[-2], causal=causal), 0.0)

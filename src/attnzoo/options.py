@@ -1,0 +1,185 @@
+"""Option dataclasses: validation helpers, dict/YAML round trips and argparse integration.
+
+Every mechanism's options are a frozen dataclass of primitives (bool, int, float, str, tuples of
+ints, ``None``). Their ``__post_init__`` calls the ``check_*`` helpers below, whose messages name
+the option, the value and what is allowed. ``add_arguments`` exposes the fields as ``--prefix-field``
+flags, in the style of efficient-attention's ``add_attn_specific_args`` (dest ``attn_args.window_size``);
+``options_from_args`` reads them back, and unset flags stay ``None`` so ``build`` keeps the defaults.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import types
+import typing
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+__all__ = [
+    "add_arguments",
+    "check_choice",
+    "check_float",
+    "check_int",
+    "check_int_tuple",
+    "options_from_args",
+    "options_to_dict",
+    "options_from_mapping",
+    "parse_option_string",
+]
+
+
+def check_int(name: str, value: Any, *, minimum: int | None = None, maximum: int | None = None) -> None:
+    """Raise ``TypeError``/``ValueError`` unless ``value`` is an int within ``[minimum, maximum]``."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"option {name} must be an int, got {value!r} ({type(value).__name__})")
+    if minimum is not None and value < minimum:
+        raise ValueError(f"option {name} must be >= {minimum}, got {value}")
+    if maximum is not None and value > maximum:
+        raise ValueError(f"option {name} must be <= {maximum}, got {value}")
+
+
+def check_float(name: str, value: Any, *, minimum: float | None = None, maximum: float | None = None) -> None:
+    """Raise unless ``value`` is a real number within ``[minimum, maximum]``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"option {name} must be a number, got {value!r} ({type(value).__name__})")
+    if minimum is not None and value < minimum:
+        raise ValueError(f"option {name} must be >= {minimum}, got {value}")
+    if maximum is not None and value > maximum:
+        raise ValueError(f"option {name} must be <= {maximum}, got {value}")
+
+
+def check_choice(name: str, value: Any, choices: Iterable[Any]) -> None:
+    """Raise ``ValueError`` unless ``value`` is one of ``choices``."""
+    allowed = tuple(choices)
+    if value not in allowed:
+        raise ValueError(f"option {name} must be one of {', '.join(map(repr, allowed))}; got {value!r}")
+
+
+def check_int_tuple(name: str, value: Any, *, minimum: int = 1, nonempty: bool = True) -> None:
+    """Raise unless ``value`` is a tuple of ints, each >= ``minimum``."""
+    if not isinstance(value, tuple) or any(isinstance(v, bool) or not isinstance(v, int) for v in value):
+        raise TypeError(f"option {name} must be a tuple of ints, got {value!r}")
+    if nonempty and not value:
+        raise ValueError(f"option {name} must not be empty")
+    bad = [v for v in value if v < minimum]
+    if bad:
+        raise ValueError(f"option {name} entries must be >= {minimum}, got {value!r}")
+
+
+def options_to_dict(opts: Any) -> dict[str, Any]:
+    """The fields of an options dataclass as a plain dict (tuples become lists, for JSON/YAML)."""
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(opts).items()}
+
+
+def _base_type(annotation: Any) -> tuple[Any, bool]:
+    """``(type, optional)`` of a dataclass field annotation such as ``int | None``."""
+    hint = annotation
+    optional = False
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        optional = len(args) < len(typing.get_args(hint))
+        hint = args[0]
+    return hint, optional
+
+
+def _parse_bool(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected a boolean (true/false), got {text!r}")
+
+
+def _parse_int_tuple(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(part) for part in text.replace("[", "").replace("]", "").split(",") if part.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def _converter(cls: type, field: dataclasses.Field[Any]) -> Any:
+    hints = typing.get_type_hints(cls)
+    hint, optional = _base_type(hints[field.name])
+    if hint is bool:
+        convert: Any = _parse_bool
+    elif typing.get_origin(hint) is tuple:
+        convert = _parse_int_tuple
+    elif hint in (int, float, str):
+        convert = hint
+    else:
+        raise TypeError(f"option {field.name} of {cls.__name__} has unsupported type {hint!r}")
+    if not optional:
+        return convert
+
+    def maybe_none(text: str) -> Any:
+        return None if text.strip().lower() in ("none", "null") else convert(text)
+
+    return maybe_none
+
+
+def parse_option_string(cls: type, text: str) -> tuple[str, Any]:
+    """Parse ``"field=value"`` for options dataclass ``cls`` into ``(field, typed value)``.
+
+    Raises:
+        ValueError: no ``=``, an unknown field (the message lists valid ones) or a bad value.
+    """
+    if "=" not in text:
+        raise ValueError(f"attention option must look like name=value, got {text!r}")
+    key, raw = text.split("=", 1)
+    key = key.strip().replace("-", "_")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    if key not in fields:
+        raise ValueError(f"unknown option {key!r} for {cls.__name__}; valid options: {', '.join(sorted(fields))}")
+    try:
+        return key, _converter(cls, fields[key])(raw)
+    except (argparse.ArgumentTypeError, ValueError) as err:
+        raise ValueError(f"option {key}: {err}") from None
+
+
+def add_arguments(
+    parser: argparse.ArgumentParser, name: str, *, prefix: str = "", struct_name: str = "attn_args"
+) -> argparse._ArgumentGroup:
+    """Add one ``--{prefix-}{field}`` flag per option of mechanism ``name`` to ``parser``.
+
+    Each value is stored under dest ``"<struct_name>.<field>"``, as in efficient-attention's
+    ``add_attn_specific_args``; :func:`options_from_args` collects them. Unset flags stay ``None``.
+
+    Returns:
+        The argument group holding the flags.
+    """
+    from attnzoo.registry import options as options_of
+
+    cls = options_of(name)
+    group = parser.add_argument_group(f"{name} attention options")
+    flag_prefix = f"--{prefix}-" if prefix else "--"
+    for field in dataclasses.fields(cls):
+        group.add_argument(
+            flag_prefix + field.name.replace("_", "-"),
+            dest=f"{struct_name}.{field.name}",
+            type=_converter(cls, field),
+            default=None,
+            metavar=field.name.upper(),
+            help=f"default: {field.default!r}",
+        )
+    return group
+
+
+def options_from_args(args: argparse.Namespace, *, struct_name: str = "attn_args") -> dict[str, Any]:
+    """Collect the values set by :func:`add_arguments` into ``{field: value}`` (``None`` dropped)."""
+    found: dict[str, Any] = {}
+    lead = f"{struct_name}."
+    for key, value in vars(args).items():
+        if key.startswith(lead) and value is not None:
+            found[key[len(lead):]] = value
+    return found
+
+
+def options_from_mapping(cls: type, values: Mapping[str, Any]) -> Any:
+    """Build ``cls`` from a dict such as a YAML section (lists become tuples)."""
+    from attnzoo.registry import make_options
+
+    cleaned = {k: tuple(v) if isinstance(v, Sequence) and not isinstance(v, str) else v for k, v in values.items()}
+    return make_options(cls, cleaned, context=cls.__name__)
