@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["atomic_open", "atomic_write_bytes", "atomic_write_json", "atomic_write_text", "atomic_torch_save"]
+__all__ = ["atomic_open", "atomic_torch_save", "atomic_write_bytes", "atomic_write_json", "atomic_write_text"]
 
 
 @contextlib.contextmanager
@@ -66,7 +66,9 @@ def atomic_write_json(path: str | os.PathLike[str], obj: Any, *, indent: int | N
     atomic_write_text(path, json.dumps(obj, indent=indent, sort_keys=True) + "\n")
 
 
-def atomic_torch_save(path: str | os.PathLike[str], obj: Any, save: Callable[[Any, IO[bytes]], None] | None = None) -> None:
+def atomic_torch_save(
+    path: str | os.PathLike[str], obj: Any, save: Callable[[Any, IO[bytes]], None] | None = None
+) -> None:
     """``torch.save(obj)`` to ``path`` atomically (temporary file, fsync, ``os.replace``)."""
     import torch
 

@@ -23,8 +23,8 @@ __all__ = [
     "check_int",
     "check_int_tuple",
     "options_from_args",
-    "options_to_dict",
     "options_from_mapping",
+    "options_to_dict",
     "parse_option_string",
 ]
 
@@ -173,7 +173,7 @@ def options_from_args(args: argparse.Namespace, *, struct_name: str = "attn_args
     lead = f"{struct_name}."
     for key, value in vars(args).items():
         if key.startswith(lead) and value is not None:
-            found[key[len(lead):]] = value
+            found[key[len(lead) :]] = value
     return found
 
 

@@ -103,4 +103,3 @@ class AttentionBase(nn.Module, abc.ABC):
     def attention_dropout(self) -> float:
         """The dropout probability to apply now (0 in eval mode)."""
         return self.dropout if self.training else 0.0
-

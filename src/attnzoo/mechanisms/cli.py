@@ -20,7 +20,8 @@ def mechanism_table() -> str:
         c = spec.capabilities
         rows.append(
             f"| `{spec.name}` | {yes[c.causal]} | {yes[c.key_padding_mask]} | {yes[c.cross_attention]} | "
-            f"{yes[c.exact]} | {yes[c.deterministic]} | {yes[c.cpu_backward]} | {c.time} | {c.memory} | {spec.summary} |"
+            f"{yes[c.exact]} | {yes[c.deterministic]} | {yes[c.cpu_backward]} | {c.time} | {c.memory} | "
+            f"{spec.summary} |"
         )
     return "\n".join(rows)
 

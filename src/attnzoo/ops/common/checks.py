@@ -31,7 +31,8 @@ def check_qkv(q: Tensor, k: Tensor, v: Tensor, *, cross: bool = True) -> None:
         raise TypeError(f"q, k, v must be on one device, got {q.device}, {k.device}, {v.device}")
     if q.shape[:2] != k.shape[:2] or k.shape[:3] != v.shape[:3]:
         raise ValueError(
-            f"q, k, v must agree on (B, H) and k, v on S: got q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}"
+            "q, k, v must agree on (B, H) and k, v on S: "
+            f"got q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}"
         )
     if q.shape[-1] != k.shape[-1]:
         raise ValueError(f"q and k must have the same head width d, got {q.shape[-1]} and {k.shape[-1]}")

@@ -56,8 +56,5 @@ def rows_with_keys(mask: Tensor, query_len: int, *, causal: bool) -> Tensor:
     Without ``causal`` a row is empty only when the whole key sequence is padding; with ``causal``
     row i is empty when keys 0..i are all padding.
     """
-    if causal:
-        seen = mask.cumsum(-1)[:, :query_len] > 0
-    else:
-        seen = mask.any(-1, keepdim=True).expand(-1, query_len)
+    seen = mask.cumsum(-1)[:, :query_len] > 0 if causal else mask.any(-1, keepdim=True).expand(-1, query_len)
     return seen[:, None, :, None]

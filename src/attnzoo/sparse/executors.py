@@ -1,0 +1,228 @@
+"""Executors: interchangeable ways to run a :class:`ChunkPlan` on slot tensors.
+
+* ``gather`` (default on CPU): per chunk of query blocks, gather the visited key/value blocks and
+  run a dense kernel on them (:mod:`attnzoo.sparse.kernels`). A custom autograd function recomputes
+  each chunk in the backward pass, so memory stays O(L * d) plus one chunk; trains on CPU.
+* ``gather-autograd``: the same chunks through differentiable torch ops (memory O(L * visited));
+  used when attention dropout is on, and as an independent check.
+* ``flex``: FlexAttention with a ``BlockMask`` built from the layout (CUDA; CPU for inference only,
+  its CPU backward raises). Compiled once per shape.
+* ``dense``: the whole L x L mask and a plain masked softmax: tests only.
+
+All return ``(out, lse)``: ``out: (B, H, L, dv)``; ``lse: (B, H, L)`` with ``-inf`` for rows that see no key
+(their ``out`` is 0). ``flex`` on CPU returns ``lse = None`` (compiled CPU flex has no log-sum-exp).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from attnzoo.sparse.kernels import Kernel
+from attnzoo.sparse.plan import Chunk, ChunkPlan
+
+__all__ = ["EXECUTORS", "run_dense", "run_flex", "run_gather", "run_gather_autograd"]
+
+
+def _chunk_inputs(plan: ChunkPlan, chunk: Chunk, q: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Queries ``(B, G, bs, d)`` and gathered keys/values ``(B, G, K*bs, d)`` of one chunk."""
+    b, h, _, _ = q.shape
+    bs, nb, nc = plan.bs, plan.nb, chunk.stop - chunk.start
+    qc = q.view(b, h, nb, bs, -1)[:, :, chunk.start : chunk.stop].reshape(b, h * nc, bs, -1)
+    kc = k.view(b, h * nb, bs, -1).index_select(1, chunk.flat_kv).view(b, h * nc, plan.k * bs, -1)
+    vc = v.view(b, h * nb, bs, -1).index_select(1, chunk.flat_kv).view(b, h * nc, plan.k * bs, -1)
+    return qc, kc, vc
+
+
+def _place(target: Tensor, chunk: Chunk, plan: ChunkPlan, value: Tensor) -> None:
+    """Write chunk rows ``value: (B, G, bs[, d])`` into ``target: (B, H, L[, d])``."""
+    b, h = target.shape[:2]
+    rows = slice(chunk.start * plan.bs, chunk.stop * plan.bs)
+    target[:, :, rows] = value.reshape(b, h, (chunk.stop - chunk.start) * plan.bs, *value.shape[3:])
+
+
+def _mask_empty(lse: Tensor, has_key: Tensor | None) -> Tensor:
+    return lse if has_key is None else lse.masked_fill(~has_key, float("-inf"))
+
+
+class _GatherAttention(torch.autograd.Function):
+    """Block-sparse attention with recomputation in backward; gradients for q, k, v and through lse."""
+
+    @staticmethod
+    def forward(ctx: Any, q: Tensor, k: Tensor, v: Tensor, plan: ChunkPlan, kernel: Kernel, scale: float):  # type: ignore[override]
+        b, h, length, _ = q.shape
+        out = q.new_empty(b, h, length, v.shape[-1])
+        lse_raw = q.new_empty(b, h, length)
+        lse = q.new_empty(b, h, length)
+        for start, stop in plan.chunks():
+            chunk = plan.chunk(start, stop, q.dtype)
+            qc, kc, vc = _chunk_inputs(plan, chunk, q, k, v)
+            oc, lc = kernel.forward(qc, kc, vc, chunk.bias, chunk.causal, scale)
+            _place(out, chunk, plan, oc)
+            _place(lse_raw, chunk, plan, lc)
+            _place(lse, chunk, plan, _mask_empty(lc, chunk.has_key))
+        ctx.save_for_backward(q, k, v, out, lse_raw, lse)
+        ctx.plan, ctx.kernel, ctx.scale = plan, kernel, scale
+        ctx.mark_non_differentiable()
+        return out, lse
+
+    @staticmethod
+    def backward(ctx: Any, dout: Tensor, dlse: Tensor | None):  # type: ignore[override]
+        q, k, v, out, lse_raw, lse = ctx.saved_tensors
+        plan, kernel, scale = ctx.plan, ctx.kernel, ctx.scale
+        b, h = q.shape[:2]
+        dq, dk, dv = torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
+        dout = dout.contiguous()
+        if dlse is not None:
+            dlse = dlse.masked_fill(torch.isinf(lse), 0.0)
+        nb, bs = plan.nb, plan.bs
+        for start, stop in plan.chunks():
+            chunk = plan.chunk(start, stop, q.dtype)
+            qc, kc, vc = _chunk_inputs(plan, chunk, q, k, v)
+            g = h * (stop - start)
+            rows = slice(start * bs, stop * bs)
+            oc = out[:, :, rows].reshape(b, g, bs, -1)
+            doc = dout[:, :, rows].reshape(b, g, bs, -1)
+            lc = lse_raw[:, :, rows].reshape(b, g, bs)
+            dlc = None if dlse is None else dlse[:, :, rows].reshape(b, g, bs)
+            dqc, dkc, dvc = kernel.backward(doc, dlc, qc, kc, vc, oc, lc, chunk.bias, chunk.causal, scale)
+            _place(dq, chunk, plan, dqc)
+            dk.view(b, h * nb, bs, -1).index_add_(1, chunk.flat_kv, dkc.reshape(b, -1, bs, dkc.shape[-1]))
+            dv.view(b, h * nb, bs, -1).index_add_(1, chunk.flat_kv, dvc.reshape(b, -1, bs, dvc.shape[-1]))
+        return dq, dk, dv, None, None, None
+
+
+def run_gather(
+    q: Tensor, k: Tensor, v: Tensor, plan: ChunkPlan, kernel: Kernel, scale: float, dropout_p: float = 0.0
+) -> tuple[Tensor, Tensor]:
+    """Gather executor with recomputation (see module docstring).
+
+    Falls back to :func:`run_gather_autograd` for attention dropout and for a ``score_mod`` while
+    gradients are on (its parameters need gradients, which the fused backward does not produce).
+    """
+    learned_bias = plan.score_mod is not None and torch.is_grad_enabled()
+    if dropout_p > 0.0 or learned_bias:
+        return run_gather_autograd(q, k, v, plan, kernel, scale, dropout_p)
+    return _GatherAttention.apply(q.contiguous(), k.contiguous(), v.contiguous(), plan, kernel, scale)
+
+
+def run_gather_autograd(
+    q: Tensor, k: Tensor, v: Tensor, plan: ChunkPlan, kernel: Kernel, scale: float, dropout_p: float = 0.0
+) -> tuple[Tensor, Tensor]:
+    """Gather executor through differentiable torch ops (dropout on the probabilities supported)."""
+    b, h = q.shape[:2]
+    outs, lses = [], []
+    q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+    for start, stop in plan.chunks():
+        chunk = plan.chunk(start, stop, q.dtype)
+        qc, kc, vc = _chunk_inputs(plan, chunk, q, k, v)
+        scores = torch.matmul(qc, kc.transpose(-1, -2)) * scale
+        if chunk.bias is not None:
+            scores = scores + chunk.bias
+        if chunk.causal:
+            scores = scores.masked_fill(torch.ones_like(scores[0, 0], dtype=torch.bool).triu(1), float("-inf"))
+        lse = torch.logsumexp(scores, dim=-1)
+        probs = torch.exp(scores - lse.nan_to_num(0.0, neginf=0.0)[..., None])
+        probs = F.dropout(probs, dropout_p, training=dropout_p > 0)
+        nc = stop - start
+        outs.append(torch.matmul(probs, vc).view(b, h, nc * plan.bs, -1))
+        lses.append(_mask_empty(lse, chunk.has_key).view(b, h, nc * plan.bs))
+    return torch.cat(outs, dim=2), torch.cat(lses, dim=2)
+
+
+def run_dense(q: Tensor, k: Tensor, v: Tensor, plan: ChunkPlan, kernel: Kernel, scale: float) -> tuple[Tensor, Tensor]:
+    """Reference executor: the full ``(B, H, L, L)`` allowed-mask and a masked softmax (tests only)."""
+    h = q.shape[1]
+    allowed = dense_slot_mask(plan)
+    scores = torch.matmul(q, k.transpose(-1, -2)) * scale
+    if plan.score_mod is not None:
+        pos = plan.positions.clamp_min(0)
+        heads = torch.arange(max(h, pos.shape[0]), device=pos.device)[:, None, None]
+        scores = scores + plan.score_mod(heads, pos[:, :, None], pos[:, None, :])
+    scores = scores.masked_fill(~allowed, float("-inf"))
+    lse = torch.logsumexp(scores, dim=-1)
+    probs = torch.exp(scores - lse.nan_to_num(0.0, neginf=0.0)[..., None])
+    return torch.matmul(probs, v), lse
+
+
+def dense_slot_mask(plan: ChunkPlan) -> Tensor:
+    """``(B|1, H|1, L, L)`` bool over slots: the plan's pattern, padding and causal mask, densely."""
+    pattern, bs = plan.pattern, plan.bs
+    slot_block = torch.arange(plan.nb * bs, device=plan.positions.device) // bs
+    visited = pattern.layout.to_dense().to(plan.positions.device)[:, slot_block][:, :, slot_block]
+    pos = plan.positions
+    qp, kp = pos[:, :, None], pos[:, None, :]
+    allowed = visited & (qp >= 0) & (kp >= 0)
+    if pattern.mask_mod is not None:
+        heads = torch.arange(allowed.shape[0], device=pos.device)[:, None, None]
+        allowed = allowed & pattern.mask_mod(heads, qp.clamp_min(0), kp.clamp_min(0))
+    if plan.causal:
+        allowed = allowed & (kp <= qp)
+    return allowed[None] & plan.key_ok[:, :, None, :]
+
+
+@functools.cache
+def _compiled_flex() -> Any:
+    from torch.nn.attention.flex_attention import flex_attention
+
+    return torch.compile(flex_attention, dynamic=False)
+
+
+def run_flex(
+    q: Tensor, k: Tensor, v: Tensor, plan: ChunkPlan, kernel: Kernel, scale: float
+) -> tuple[Tensor, Tensor | None]:
+    """FlexAttention executor: the layout becomes a ``BlockMask``, the element predicate its ``mask_mod``."""
+    from torch.nn.attention.flex_attention import BlockMask
+
+    if q.device.type == "cpu" and torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
+        raise ValueError(
+            "executor 'flex' cannot train on CPU (FlexAttention has no CPU backward); use executor='gather'"
+        )
+    b, h = q.shape[:2]
+    pattern = plan.pattern
+    valid = plan.kv_valid
+    order = torch.argsort((~valid).to(torch.int8), dim=-1, stable=True)  # valid entries first
+    kv_indices = torch.gather(plan.kv_indices, -1, order).to(torch.int32)
+    kv_indices = F.pad(kv_indices, (0, plan.nb - plan.k))  # BlockMask wants one column per key block
+    kv_count = valid.sum(-1).to(torch.int32)
+    pos, key_ok, causal = plan.positions, plan.key_ok, plan.causal
+    hp, hk = pos.shape[0], key_ok.shape[1]
+    bk = key_ok.shape[0]
+
+    def mask_mod(bi: Tensor, hi: Tensor, qi: Tensor, ki: Tensor) -> Tensor:
+        qp = pos[hi % hp, qi]
+        kp = pos[hi % hp, ki]
+        ok = key_ok[bi % bk, hi % hk, ki] & (qp >= 0)
+        if pattern.mask_mod is not None:
+            ok = ok & pattern.mask_mod(hi, qp, kp)
+        if causal:
+            ok = ok & (kp <= qp)
+        return ok
+
+    length = plan.nb * plan.bs
+    block_mask = BlockMask.from_kv_blocks(
+        kv_count[None].expand(b, h, -1).contiguous(),
+        kv_indices[None].expand(b, h, -1, -1).contiguous(),
+        BLOCK_SIZE=plan.bs,
+        mask_mod=mask_mod,
+        seq_lengths=(length, length),
+    )
+    score_mod = None
+    if plan.score_mod is not None:
+        user_mod = plan.score_mod
+
+        def score_mod(score: Tensor, bi: Tensor, hi: Tensor, qi: Tensor, ki: Tensor) -> Tensor:
+            return score + user_mod(hi, pos[hi % hp, qi].clamp_min(0), pos[hi % hp, ki].clamp_min(0))
+
+    flex = _compiled_flex()
+    if q.device.type == "cpu":
+        # Compiled flex on CPU supports inference without log-sum-exp only.
+        return flex(q, k, v, score_mod=score_mod, block_mask=block_mask, scale=scale), None
+    return flex(q, k, v, score_mod=score_mod, block_mask=block_mask, scale=scale, return_lse=True)
+
+
+EXECUTORS = {"gather": run_gather, "gather-autograd": run_gather_autograd, "flex": run_flex, "dense": run_dense}

@@ -1,0 +1,137 @@
+"""Dense attention kernels with log-sum-exp, used by the gather executor on each chunk of blocks.
+
+Two interchangeable kernels with the same contract:
+
+* ``cpu_flash``: PyTorch's fused CPU flash-attention op (``aten._scaled_dot_product_flash_attention_for_cpu``
+  and its backward), the same kernel SDPA uses for exact attention on CPU.
+* ``math``: plain matmul / softmax, for other devices and as an independent check.
+
+``forward(q, k, v, bias, causal, scale) -> (out, lse)`` and ``backward(...) -> (dq, dk, dv)`` on
+``(B, G, M, d)`` queries and ``(B, G, S, d)`` keys/values, where ``bias`` is an additive float mask
+broadcastable to ``(B, G, M, S)`` (``-inf`` = masked) or ``None``. Rows whose keys are all masked
+return ``out = 0`` and a finite placeholder ``lse`` (callers know which rows are empty). The backward
+also takes ``dlse``, the gradient of the log-sum-exp, so partial attentions merged by their
+log-sum-exp (LongNet's mixture) get exact gradients.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+__all__ = ["KERNELS", "Kernel", "pick_kernel"]
+
+_aten = torch.ops.aten
+
+
+def _math_scores(q: Tensor, k: Tensor, bias: Tensor | None, causal: bool, scale: float) -> Tensor:
+    scores = torch.matmul(q, k.transpose(-1, -2)).mul_(scale)
+    if bias is not None:
+        scores = scores + bias
+    if causal:
+        m, s = scores.shape[-2:]
+        scores = scores.masked_fill(torch.ones(m, s, dtype=torch.bool, device=q.device).triu_(1), float("-inf"))
+    return scores
+
+
+def _math_forward(
+    q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None, causal: bool, scale: float
+) -> tuple[Tensor, Tensor]:
+    scores = _math_scores(q, k, bias, causal, scale)
+    lse = torch.logsumexp(scores, dim=-1)
+    safe = torch.where(torch.isfinite(lse), lse, torch.zeros_like(lse))
+    probs = torch.exp(scores - safe[..., None])
+    return torch.matmul(probs, v), safe
+
+
+def _math_backward(
+    dout: Tensor,
+    dlse: Tensor | None,
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    out: Tensor,
+    lse: Tensor,
+    bias: Tensor | None,
+    causal: bool,
+    scale: float,
+) -> tuple[Tensor, Tensor, Tensor]:
+    probs = torch.exp(_math_scores(q, k, bias, causal, scale) - lse[..., None])
+    dv = torch.matmul(probs.transpose(-1, -2), dout)
+    dprobs = torch.matmul(dout, v.transpose(-1, -2))
+    row = (dout * out).sum(-1, keepdim=True)
+    if dlse is not None:
+        row = row - dlse[..., None]
+    dscores = probs * (dprobs - row) * scale
+    return torch.matmul(dscores, k), torch.matmul(dscores.transpose(-1, -2), q), dv
+
+
+def _flash_forward(
+    q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None, causal: bool, scale: float
+) -> tuple[Tensor, Tensor]:
+    out, lse = _aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, 0.0, causal, attn_mask=bias, scale=scale)
+    return out, lse
+
+
+def _flash_backward(
+    dout: Tensor,
+    dlse: Tensor | None,
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    out: Tensor,
+    lse: Tensor,
+    bias: Tensor | None,
+    causal: bool,
+    scale: float,
+) -> tuple[Tensor, Tensor, Tensor]:
+    grad = _aten._scaled_dot_product_flash_attention_for_cpu_backward
+    if dlse is None:
+        return grad(dout, q, k, v, out, lse, 0.0, causal, attn_mask=bias, scale=scale)
+    # d lse / d score_ij = p_ij, so dscores = p * (dP - rowsum(dO * O) + dlse). The fused backward has
+    # no dlse input; append a value column of ones whose output-gradient is dlse and whose recorded
+    # output is 0: then dP gains + dlse while rowsum(dO * O) is unchanged. q, k get a zero column so
+    # the scores (and the explicit scale) stay the same.
+    zero_col = q.new_zeros(*q.shape[:-1], 1)
+    dq, dk, dv = grad(
+        torch.cat([dout, dlse[..., None]], -1),
+        torch.cat([q, zero_col], -1),
+        torch.cat([k, k.new_zeros(*k.shape[:-1], 1)], -1),
+        torch.cat([v, v.new_ones(*v.shape[:-1], 1)], -1),
+        torch.cat([out, out.new_zeros(*out.shape[:-1], 1)], -1),
+        lse,
+        0.0,
+        causal,
+        attn_mask=bias,
+        scale=scale,
+    )
+    d = q.shape[-1]
+    return dq[..., :d], dk[..., :d], dv[..., : v.shape[-1]]
+
+
+class Kernel:
+    """A named (forward, backward) pair."""
+
+    def __init__(self, name: str, forward, backward) -> None:
+        self.name, self.forward, self.backward = name, forward, backward
+
+    def __repr__(self) -> str:
+        return f"Kernel({self.name})"
+
+
+KERNELS = {
+    "cpu_flash": Kernel("cpu_flash", _flash_forward, _flash_backward),
+    "math": Kernel("math", _math_forward, _math_backward),
+}
+
+
+def pick_kernel(device: torch.device, dtype: torch.dtype, name: str = "auto") -> Kernel:
+    """``cpu_flash`` for CPU tensors of a supported dtype, else ``math``; or the kernel named."""
+    if name != "auto":
+        if name not in KERNELS:
+            raise ValueError(f"unknown kernel {name!r}; choose from auto, {', '.join(KERNELS)}")
+        return KERNELS[name]
+    has_op = hasattr(_aten, "_scaled_dot_product_flash_attention_for_cpu_backward")
+    if device.type == "cpu" and has_op and dtype in (torch.float32, torch.float64, torch.bfloat16, torch.float16):
+        return KERNELS["cpu_flash"]
+    return KERNELS["math"]

@@ -1,0 +1,138 @@
+"""Block-sparse layouts: which key blocks each query block visits, plus an element-level mask.
+
+A :class:`SparsePattern` is everything the engine needs to run a sparse attention pattern:
+
+* an optional token order ``positions: (Hp, L)``: slot s of head h holds original token
+  ``positions[h, s]`` (``-1`` = empty slot). Patterns that are block-local in another order (2D tiles,
+  LongNet's dilated segments) gather tokens into that order; ``None`` means slot i = token i.
+* a :class:`BlockLayout` over the L slots: query block i visits key blocks ``kv_indices[h, i, :]``
+  (entries with ``kv_valid`` False are padding of the ragged list).
+* ``mask_mod(h, q_pos, kv_pos) -> bool``, evaluated on ORIGINAL token positions (broadcasting index
+  tensors), saying which pairs inside the visited blocks attend; ``None`` = all of them.
+
+An N x N mask never exists outside :meth:`SparsePattern.to_dense` (tests, figures).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+__all__ = ["BlockLayout", "MaskMod", "SparsePattern"]
+
+MaskMod = Callable[[Tensor, Tensor, Tensor], Tensor]
+"""``mask_mod(h, q_pos, kv_pos) -> bool tensor``: True where query ``q_pos`` may attend key ``kv_pos``."""
+
+
+@dataclass(frozen=True)
+class BlockLayout:
+    """Which key blocks each query block visits (cf. FlexAttention's ``BlockMask``).
+
+    Attributes:
+        block_size: tokens per block (queries and keys alike).
+        kv_indices: ``(Hp, nB, K)`` long, key-block indices visited by each query block; Hp is 1
+            (shared by all heads) or H.
+        kv_valid: ``(Hp, nB, K)`` bool, False for the padding entries of shorter lists.
+    """
+
+    block_size: int
+    kv_indices: Tensor
+    kv_valid: Tensor
+
+    def __post_init__(self) -> None:
+        if self.kv_indices.shape != self.kv_valid.shape or self.kv_indices.dim() != 3:
+            raise ValueError(
+                f"kv_indices and kv_valid must both be (Hp, nB, K); got {tuple(self.kv_indices.shape)} "
+                f"and {tuple(self.kv_valid.shape)}"
+            )
+
+    @property
+    def num_blocks(self) -> int:
+        """nB, the number of query (and key) blocks."""
+        return self.kv_indices.shape[1]
+
+    @property
+    def max_visits(self) -> int:
+        """K, the longest list of visited key blocks."""
+        return self.kv_indices.shape[2]
+
+    def to_dense(self) -> Tensor:
+        """``(Hp, nB, nB)`` bool: block (i, j) is visited."""
+        hp, nb, _ = self.kv_indices.shape
+        counts = torch.zeros(hp, nb, nb, dtype=torch.int32, device=self.kv_indices.device)
+        counts.scatter_add_(2, self.kv_indices, self.kv_valid.to(torch.int32))
+        return counts > 0
+
+    def density(self) -> float:
+        """Fraction of the nB x nB block grid that is visited (averaged over heads)."""
+        return float(self.to_dense().float().mean())
+
+    def __repr__(self) -> str:
+        grid = self.to_dense()[0]
+        shown = min(grid.shape[0], 32)
+        rows = "\n".join("  " + "".join("#" if grid[i, j] else "." for j in range(shown)) for i in range(shown))
+        return (
+            f"BlockLayout(block_size={self.block_size}, num_blocks={self.num_blocks}, "
+            f"max_visits={self.max_visits}, density={self.density():.3f}, head 0:\n{rows})"
+        )
+
+
+@dataclass(frozen=True)
+class SparsePattern:
+    """A named sparse attention pattern over a sequence padded to ``layout.num_blocks * block_size`` slots.
+
+    Attributes:
+        name: e.g. ``"sliding_window(before=4, after=4)"``.
+        layout: the block layout over slots.
+        mask_mod: element-level predicate on original positions, or ``None``.
+        positions: ``(Hp, L)`` long, original token of each slot (-1 = empty), or ``None`` (identity).
+        seq_len: N, the number of real tokens the pattern was built for.
+    """
+
+    name: str
+    layout: BlockLayout
+    mask_mod: MaskMod | None
+    positions: Tensor | None
+    seq_len: int
+
+    @property
+    def num_slots(self) -> int:
+        """L = nB * block_size."""
+        return self.layout.num_blocks * self.layout.block_size
+
+    def slot_positions(self) -> Tensor:
+        """``(Hp, L)`` original token index of every slot (-1 for empty and beyond-N slots)."""
+        if self.positions is not None:
+            return self.positions
+        pos = torch.arange(self.num_slots, device=self.layout.kv_indices.device)
+        return pos.masked_fill(pos >= self.seq_len, -1)[None]
+
+    def to_dense(self, *, causal: bool = False) -> Tensor:
+        """``(Hp, N, N)`` bool mask over original tokens: the exact attention pattern (for tests and plots).
+
+        An entry is True when query token i and key token j share a visited block pair in some slot
+        and ``mask_mod`` (and ``causal``) allow them.
+        """
+        pos = self.slot_positions()
+        hp_pos, length = pos.shape
+        bs, nb = self.layout.block_size, self.layout.num_blocks
+        block_of_slot = torch.arange(length, device=pos.device) // bs
+        visited = self.layout.to_dense()  # (Hp, nB, nB)
+        hp = max(hp_pos, visited.shape[0])
+        pos = pos.expand(hp, length)
+        slot_pairs = visited.expand(hp, nb, nb)[:, block_of_slot][:, :, block_of_slot]  # (Hp, L, L)
+        qp, kp = pos[:, :, None], pos[:, None, :]
+        allowed = slot_pairs & (qp >= 0) & (kp >= 0)
+        if self.mask_mod is not None:
+            heads = torch.arange(hp, device=pos.device)[:, None, None]
+            allowed &= self.mask_mod(heads, qp.clamp_min(0), kp.clamp_min(0))
+        if causal:
+            allowed &= kp <= qp
+        dense = torch.zeros(hp, self.seq_len, self.seq_len, dtype=torch.bool, device=pos.device)
+        h_idx = torch.arange(hp, device=pos.device)[:, None, None].expand_as(allowed)
+        keep = allowed.nonzero(as_tuple=True)
+        dense[h_idx[keep], qp.expand_as(allowed)[keep], kp.expand_as(allowed)[keep]] = True
+        return dense
