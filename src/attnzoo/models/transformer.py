@@ -1,0 +1,200 @@
+"""The Transformer encoder every benchmark model shares: embeddings, positions, blocks with any attention.
+
+Reads top-down (nanoGPT style): ``ModelConfig``, ``InputEmbedding``, ``MLP``, ``Block``, ``Encoder``.
+The layer follows the Nystromformer-LRA code (spec diffuser-psf-butterfly-nystrom §5.2): pre-LN,
+``x + Drop(Attn(LN x))``, ``x + MLP(LN x)`` with ``MLP = Linear -> GELU -> Drop -> Linear -> Drop``,
+a final LN and the output multiplied by the mask. ``norm="post"`` gives the original post-LN layer.
+
+Shape legend: B batch, N tokens given to the model, T tokens inside the encoder (N / patch_size^2 for
+patches, plus one for a CLS token), F continuous features, p patch side.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+import attnzoo
+from attnzoo.models.positions import POSITION_KINDS, make_positions
+
+__all__ = ["Block", "Encoder", "InputEmbedding", "ModelConfig"]
+
+
+@dataclass
+class ModelConfig:
+    """Architecture of an encoder model; every field has a default and can be set from YAML or the CLI."""
+
+    attention: str = "softmax"  # registered mechanism name (attnzoo.available())
+    attention_options: dict[str, Any] = field(default_factory=dict)  # fields of attnzoo.options(attention)
+    layer_attention: list[dict[str, Any]] = field(default_factory=list)  # per-layer {"name": ..., **options}
+    dim: int = 64  # model width D (= qkv width)
+    num_heads: int = 2
+    num_layers: int = 2
+    mlp_dim: int = 128  # hidden width of the block MLP
+    head_hidden: int = 0  # hidden width of the classifier head; 0 = mlp_dim
+    dropout: float = 0.1  # residual / MLP / embedding dropout
+    attention_dropout: float = 0.1
+    norm: str = "pre"  # "pre" (Nystromformer-LRA) or "post" (original Transformer)
+    pooling: str = "mean"  # "cls", "mean" (over real tokens) or "mean-all" (over all N, Nystromformer-LRA)
+    positions: str = "learned"  # one of POSITION_KINDS
+    patch_size: int = 1  # images: side of square patches (1 = one token per pixel)
+    causal: bool = False  # causal attention (language-model style tasks)
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the field for any invalid value."""
+        known = {spec.name for spec in attnzoo.available()}
+        names = [self.attention] + [str(layer.get("name", self.attention)) for layer in self.layer_attention]
+        for name in names:
+            if name not in known:
+                raise ValueError(f"model.attention: unknown mechanism {name!r}; available: {', '.join(sorted(known))}")
+        for name in ("dim", "num_heads", "num_layers", "mlp_dim", "patch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"model.{name} must be >= 1, got {getattr(self, name)}")
+        if self.dim % self.num_heads:
+            raise ValueError(f"model.dim ({self.dim}) must be divisible by model.num_heads ({self.num_heads})")
+        if self.layer_attention and len(self.layer_attention) != self.num_layers:
+            raise ValueError(
+                f"model.layer_attention has {len(self.layer_attention)} entries for {self.num_layers} layers"
+            )
+        for name in ("dropout", "attention_dropout"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"model.{name} must be in [0, 1), got {getattr(self, name)}")
+        choices = {"norm": ("pre", "post"), "pooling": ("cls", "mean", "mean-all"), "positions": POSITION_KINDS}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"model.{name} must be one of {', '.join(allowed)}; got {getattr(self, name)!r}")
+
+    def layer_spec(self, index: int) -> tuple[str, dict[str, Any]]:
+        """``(mechanism name, options)`` of layer ``index``."""
+        if not self.layer_attention:
+            return self.attention, dict(self.attention_options)
+        entry = dict(self.layer_attention[index])
+        name = str(entry.pop("name", self.attention))
+        return name, entry
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict (JSON/YAML friendly)."""
+        return dataclasses.asdict(self)
+
+
+class InputEmbedding(nn.Module):
+    """Ids, pixels, patches or features to vectors: ``(B, N) | (B, N, F) -> (B, T, D)`` plus the new mask.
+
+    tokens/bytes/pixels: ``Embedding(vocab, D)``, N(0, 0.02) (LRA embeds raw pixel values 0..255).
+    continuous: ``Linear(F, D)``. pixels with ``patch_size > 1``: pixels scaled to [0, 1], cut into
+    p x p patches (ViT), ``Linear(p*p, D)``; a patch is real if any of its pixels is.
+    """
+
+    def __init__(self, task: Any, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.kind, self.patch = task.input_kind, cfg.patch_size
+        self.image_shape: tuple[int, int] | None = tuple(task.image_shape) if task.image_shape else None
+        self.grid = self.image_shape
+        if self.patch > 1:
+            if self.kind != "pixels" or self.image_shape is None:
+                raise ValueError(f"model.patch_size > 1 needs an image task; {task.name!r} has {self.kind} inputs")
+            h, w = self.image_shape
+            if h % self.patch or w % self.patch:
+                raise ValueError(f"model.patch_size {self.patch} does not divide the image shape {self.image_shape}")
+            self.grid = (h // self.patch, w // self.patch)
+            self.proj: nn.Module = nn.Linear(self.patch * self.patch, cfg.dim)
+        elif self.kind == "continuous":
+            self.proj = nn.Linear(task.num_features, cfg.dim)
+        else:
+            self.proj = nn.Embedding(task.vocab_size, cfg.dim)
+            nn.init.normal_(self.proj.weight, std=0.02)
+        self.length = self.grid[0] * self.grid[1] if self.patch > 1 and self.grid else task.seq_len
+
+    def forward(self, inputs: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+        if self.patch == 1:
+            return self.proj(inputs), mask
+        b, p = inputs.shape[0], self.patch
+        gh, gw = self.grid  # type: ignore[misc]
+        pix = inputs.float().div(255.0).view(b, gh, p, gw, p).permute(0, 1, 3, 2, 4).reshape(b, gh * gw, p * p)
+        patch_mask = mask.view(b, gh, p, gw, p).any(dim=4).any(dim=2).reshape(b, gh * gw)
+        return self.proj(pix), patch_mask
+
+
+class MLP(nn.Module):
+    """``Linear(D, D_h) -> GELU -> Drop -> Linear(D_h, D) -> Drop``."""
+
+    def __init__(self, dim: int, hidden: int, dropout: float) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Linear(dim, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, dim), nn.Dropout(dropout)
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)
+
+
+class Block(nn.Module):
+    """One Transformer layer with attention ``name`` built by :func:`attnzoo.build`: ``(B, T, D) -> (B, T, D)``."""
+
+    def __init__(self, cfg: ModelConfig, name: str, options: dict[str, Any]) -> None:
+        super().__init__()
+        self.pre_norm = cfg.norm == "pre"
+        self.norm1, self.norm2 = nn.LayerNorm(cfg.dim), nn.LayerNorm(cfg.dim)
+        self.attn = attnzoo.build(
+            name, cfg.dim, cfg.num_heads, causal=cfg.causal, dropout=cfg.attention_dropout, **options
+        )
+        self.drop = nn.Dropout(cfg.dropout)
+        self.mlp = MLP(cfg.dim, cfg.mlp_dim, cfg.dropout)
+
+    def attention_input(self, x: Tensor) -> Tensor:
+        """What the attention module sees for residual stream ``x``."""
+        return self.norm1(x) if self.pre_norm else x
+
+    def forward(self, x: Tensor, mask: Tensor | None) -> Tensor:
+        if self.pre_norm:
+            x = x + self.drop(self.attn(self.norm1(x), mask))
+            return x + self.mlp(self.norm2(x))
+        x = self.norm1(x + self.drop(self.attn(x, mask)))
+        return self.norm2(x + self.mlp(x))
+
+
+class Encoder(nn.Module):
+    """Embedding, positions, optional CLS token, ``num_layers`` blocks, final LN (pre-LN) and ``* mask``.
+
+    ``forward(inputs (B, N) | (B, N, F), mask (B, N) bool) -> (h (B, T, D), mask (B, T))``.
+    """
+
+    def __init__(self, task: Any, cfg: ModelConfig) -> None:
+        super().__init__()
+        cfg.validate()
+        self.cfg = cfg
+        self.embed = InputEmbedding(task, cfg)
+        self.positions = make_positions(cfg.positions, self.embed.length, cfg.dim, self.embed.grid)
+        self.cls = nn.Parameter(torch.zeros(1, 1, cfg.dim)) if cfg.pooling == "cls" else None
+        self.drop = nn.Dropout(cfg.dropout)
+        self.blocks = nn.ModuleList(Block(cfg, *cfg.layer_spec(i)) for i in range(cfg.num_layers))
+        self.norm = nn.LayerNorm(cfg.dim) if cfg.norm == "pre" else nn.Identity()
+
+    def embed_inputs(self, inputs: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+        """Embedded, position-encoded tokens ``(B, T, D)`` (CLS first when pooling is "cls") and their mask."""
+        x, mask = self.embed(inputs, mask)
+        x = self.positions(x)
+        if self.cls is not None:
+            x = torch.cat([self.cls.expand(x.shape[0], -1, -1).to(x.dtype), x], dim=1)
+            mask = torch.cat([mask.new_ones(mask.shape[0], 1), mask], dim=1)
+        return self.drop(x), mask
+
+    def forward(self, inputs: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+        x, mask = self.embed_inputs(inputs, mask)
+        for block in self.blocks:
+            x = block(x, mask)
+        return self.norm(x) * mask[..., None].to(x.dtype), mask
+
+    @torch.no_grad()
+    def attention_maps(self, inputs: Tensor, mask: Tensor) -> list[Tensor]:
+        """Dense attention weights of every layer, each ``(B, H, T, T)``; for small T (materialised)."""
+        x, mask = self.embed_inputs(inputs, mask)
+        maps = []
+        for block in self.blocks:
+            maps.append(block.attn.attention_map(block.attention_input(x), mask))
+            x = block(x, mask)
+        return maps

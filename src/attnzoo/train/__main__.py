@@ -1,0 +1,27 @@
+"""``python -m attnzoo.train train|compare|attention-map ...``: the harness commands on their own.
+
+This is the entry point for ``torchrun``: ``torchrun --nproc_per_node 2 -m attnzoo.train train --task listops-mini``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from attnzoo.train.cli import register_commands
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse ``argv`` and run the chosen command; errors in the config print one line and return 2."""
+    parser = argparse.ArgumentParser(prog="python -m attnzoo.train")
+    register_commands(parser.add_subparsers(dest="command", metavar="COMMAND", required=True))
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (ValueError, TypeError, FileNotFoundError, FileExistsError) as err:
+        print(f"attnzoo {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

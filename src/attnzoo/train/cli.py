@@ -1,0 +1,202 @@
+"""Sub-commands ``attnzoo train``, ``attnzoo compare`` and ``attnzoo attention-map``.
+
+Every ``TrainConfig`` field is also a flag (``--lr``, ``--batch-size``, ``--model.num-heads``,
+``--task-options '{seq_len: 512}'``), as is ``--set key=value`` for any of them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import attnzoo
+from attnzoo.options import parse_option_string
+from attnzoo.train.config import flat_fields, load_config
+
+__all__ = ["attention_map_command", "compare_command", "register_commands", "train_command"]
+
+PRESETS = ("mini", "lra", "nystromformer")
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _add_config_flags(parser: argparse.ArgumentParser, *, skip: tuple[str, ...] = ()) -> None:
+    parser.add_argument(
+        "--config", metavar="FILE", help="config file (.yaml, .toml or .json); default: the task's file"
+    )
+    parser.add_argument("--preset", choices=PRESETS, help="which configs/<preset>/<task>.yaml to start from")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override any config field, e.g. --set model.dim=128 (repeatable)",
+    )
+    group = parser.add_argument_group("config fields (each overrides the file)")
+    for name in flat_fields():
+        if name not in skip:
+            group.add_argument(_flag(name), dest=f"cfg:{name}", metavar="VALUE", default=None)
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """``{field: raw value}`` from ``--set`` and the generated flags."""
+    found: dict[str, Any] = {}
+    for item in args.overrides:
+        if "=" not in item:
+            raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
+        key, value = item.split("=", 1)
+        found[key.strip().replace("-", "_")] = value
+    for key, value in vars(args).items():
+        if key.startswith("cfg:") and value is not None:
+            found[key[4:]] = value
+    return found
+
+
+def _attention_options(name: str, items: list[str]) -> dict[str, Any]:
+    """``["window_size=16"] -> {"window_size": 16}``, typed and checked against ``name``'s options."""
+    cls = attnzoo.options(name)
+    return dict(parse_option_string(cls, item) for item in items)
+
+
+def train_command(args: argparse.Namespace) -> int:
+    """``attnzoo train``: train one configuration (or ``--seeds K`` of them, or ``--profile-overhead``)."""
+    from attnzoo.train.runs import train_seeds
+
+    overrides = _overrides(args)
+    if args.attention:
+        overrides["model.attention"] = args.attention
+    cfg = load_config(args.config, overrides, task=overrides.pop("task", None), preset=args.preset)
+    if args.attention_option:
+        options = {**cfg.model.attention_options, **_attention_options(cfg.model.attention, args.attention_option)}
+        cfg.model.attention_options = options
+        cfg.validate()
+    if args.profile_overhead:
+        from attnzoo.train.overhead import measure_overhead
+
+        print(json.dumps(measure_overhead(cfg, steps=args.profile_steps), indent=2))
+        return 0
+    summary = train_seeds(cfg, args.seeds)
+    keys = ("accuracy", "dev_accuracy", "loss", "steps_per_s", "tokens_per_s", "peak_memory_mb")
+    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun only rank 0 prints
+        brief = {k: summary[f"{k}_mean"] for k in keys if f"{k}_mean" in summary}
+        brief.update({f"{k}_std": summary[f"{k}_std"] for k in ("accuracy",) if args.seeds > 1})
+        print(
+            json.dumps(
+                {
+                    "task": cfg.task,
+                    "attention": cfg.model.attention,
+                    "seeds": summary["seeds"],
+                    "parameters": summary["parameters"],
+                    **brief,
+                },
+                indent=2,
+            )
+        )
+    return 0
+
+
+def compare_command(args: argparse.Namespace) -> int:
+    """``attnzoo compare``: the leaderboard job."""
+    from attnzoo.train.compare import DEFAULT_TASK, compare
+
+    per_mechanism: dict[str, dict[str, Any]] = {}
+    for item in args.attention_option:
+        name, sep, option = item.partition(":")
+        if not sep:
+            raise ValueError(f"--attention-option for compare is NAME:KEY=VALUE, got {item!r}")
+        per_mechanism.setdefault(name, {}).update(_attention_options(name, [option]))
+    overrides = _overrides(args)
+    task = overrides.pop("task", None) or DEFAULT_TASK
+    out_dir = Path((overrides.pop("out_dir", None) or "runs/compare-{task}").format(task=task))
+    compare(
+        task,
+        args.attention,
+        out_dir=out_dir,
+        overrides=overrides,
+        attention_options=per_mechanism,
+        config=args.config,
+        preset=args.preset,
+        seeds=args.seeds,
+        plot=not args.no_plot,
+    )
+    print((out_dir / "compare.md").read_text(encoding="utf-8"))
+    return 0
+
+
+def attention_map_command(args: argparse.Namespace) -> int:
+    """``attnzoo attention-map``: draw a trained model's attention weights on one example."""
+    from attnzoo.viz.attention_map import draw_attention_map
+
+    try:
+        info = draw_attention_map(
+            args.checkpoint, args.index, args.out, split=args.split, heads=args.heads, data_dir=args.data_dir
+        )
+    except ImportError as err:
+        print(f"attnzoo attention-map: {err}", file=sys.stderr)
+        return 1
+    print(json.dumps({**info, "out": args.out}))
+    return 0
+
+
+def register_commands(subparsers: Any) -> None:
+    """Add ``train``, ``compare`` and ``attention-map`` to the ``attnzoo`` parser."""
+    train = subparsers.add_parser("train", help="train a model on a task", description=train_command.__doc__)
+    train.add_argument("--attention", help="attention mechanism (shorthand for --model.attention)")
+    train.add_argument(
+        "--attention-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="an option of the mechanism, e.g. window_size=16 (repeatable)",
+    )
+    train.add_argument("--seeds", type=int, default=1, help="train this many seeds; report mean and std")
+    train.add_argument(
+        "--profile-overhead",
+        action="store_true",
+        help="measure raw fwd+bwd steps/s against the full harness and print both",
+    )
+    train.add_argument("--profile-steps", type=int, default=60, help="timed steps for --profile-overhead")
+    _add_config_flags(train)
+    train.set_defaults(func=train_command)
+
+    comp = subparsers.add_parser(
+        "compare", help="train several mechanisms under one budget; table + plot", description=compare_command.__doc__
+    )
+    comp.add_argument(
+        "--attention",
+        nargs="+",
+        default=None,
+        metavar="NAME",
+        help="mechanisms (default: softmax local dilated none, those registered)",
+    )
+    comp.add_argument(
+        "--attention-option",
+        action="append",
+        default=[],
+        metavar="NAME:KEY=VALUE",
+        help="an option for one mechanism, e.g. local:window_size=16 (repeatable)",
+    )
+    comp.add_argument("--seeds", type=int, default=1, help="seeds per mechanism")
+    comp.add_argument("--no-plot", action="store_true", help="skip compare.png")
+    _add_config_flags(comp, skip=("model.attention", "model.attention_options"))
+    comp.set_defaults(func=compare_command)
+
+    amap = subparsers.add_parser(
+        "attention-map",
+        help="plot a trained model's attention weights on one example",
+        description=attention_map_command.__doc__,
+    )
+    amap.add_argument("--checkpoint", required=True, help="a best.pt / last.pt written by attnzoo train")
+    amap.add_argument("--index", type=int, required=True, help="example index in the split")
+    amap.add_argument("--out", required=True, help="output image (.png, .svg, .pdf)")
+    amap.add_argument("--split", default="dev", choices=("train", "dev", "test"))
+    amap.add_argument("--heads", default="all", choices=("all", "mean"), help="one panel per head, or their mean")
+    amap.add_argument("--data-dir", default=None, help="where the task's files are, if not where they were in training")
+    amap.set_defaults(func=attention_map_command)

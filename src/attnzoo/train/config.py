@@ -1,0 +1,260 @@
+"""``TrainConfig``: one typed dataclass for a run, read from YAML/TOML/JSON and overridden field by field.
+
+Files live in ``configs/`` (``lra/`` official LRA ``transformer_base``, ``nystromformer/`` the
+Nystromformer-LRA settings, ``mini/`` CPU-sized runs). A file holds the fields of ``TrainConfig``
+with the model under ``model:``; every field can then be overridden as ``key=value`` or
+``model.key=value``. Unknown keys, wrong types and out-of-range values raise ``ValueError``
+naming the field.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from attnzoo.models import ModelConfig
+from attnzoo.train.yaml_subset import parse_scalar, parse_yaml
+
+__all__ = [
+    "CONFIG_ROOT",
+    "SCHEDULES",
+    "TrainConfig",
+    "apply_overrides",
+    "config_from_dict",
+    "default_config_path",
+    "flat_fields",
+    "load_config",
+    "read_config_file",
+]
+
+CONFIG_ROOT = Path(__file__).resolve().parents[3] / "configs"  # the repository's configs/ folder
+SCHEDULES = ("constant", "rsqrt", "cosine", "linear", "onecycle")
+
+
+@dataclass
+class TrainConfig:
+    """Everything a run needs; ``out_dir`` may use ``{task}``, ``{attention}`` and ``{seed}``."""
+
+    task: str = "listops-mini"  # attnzoo.tasks name
+    task_options: dict[str, Any] = field(default_factory=dict)  # e.g. {seq_len: 512}
+    data_dir: str | None = None  # official-layout files; None = generate and cache
+    cache_dir: str | None = None  # where generated data is cached (None = the task default)
+    train_size: int | None = None  # generated examples per split (None = task default)
+    dev_size: int | None = None
+    test_size: int | None = None
+    data_seed: int = 0  # seed of the generated data (independent of the model seed)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    batch_size: int = 32  # examples per optimiser step, over all processes and accumulation steps
+    accumulate: int = 1  # gradient accumulation steps per optimiser step
+    steps: int = 1000  # optimiser steps
+    lr: float = 1e-3  # peak learning rate
+    weight_decay: float = 0.0
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    eps: float = 1e-8
+    schedule: str = "cosine"  # one of SCHEDULES
+    warmup_steps: int = 0
+    grad_clip: float = 0.0  # max gradient norm; 0 = off
+    eval_every: int = 100  # dev evaluation (and checkpoint) every k steps
+    eval_batches: int = 0  # dev batches per evaluation; 0 = the whole dev set
+    precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast; fp16 only on CUDA)
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    out_dir: str = "runs/{task}-{attention}-s{seed}"
+    log_every: int = 10  # train metrics every k steps
+    save_every: int = 0  # extra "last" checkpoints every k steps; 0 = only at evaluations
+    num_workers: int = 0  # DataLoader worker processes (a background thread always prefetches)
+    prefetch: int = 2  # batches kept ready ahead of the model
+    resume: str = ""  # "" (fresh run; refuses an existing checkpoint), "auto" or a checkpoint path
+    init_from: str = ""  # curriculum: start from this checkpoint's weights (positions resized)
+    scale_options: list[str] = field(default_factory=lambda: ["block_size"])  # options scaled with the side length
+    max_time: float = 0.0  # wall-clock budget in seconds; 0 = none
+    tensorboard: bool = True  # also log to TensorBoard when it is installed
+    progress: bool = True  # progress bar on a terminal
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the first invalid field."""
+        self.model.validate()
+        positive = ("batch_size", "accumulate", "steps", "eval_every", "log_every", "prefetch")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("warmup_steps", "eval_batches", "save_every", "num_workers", "lr", "weight_decay", "grad_clip"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.batch_size % self.accumulate:
+            raise ValueError(f"batch_size ({self.batch_size}) must be divisible by accumulate ({self.accumulate})")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}; got {self.schedule!r}")
+        if self.schedule in ("rsqrt", "onecycle") and self.warmup_steps < 1:
+            raise ValueError(f"schedule {self.schedule!r} needs warmup_steps >= 1")
+        if self.warmup_steps > self.steps and self.schedule == "onecycle":
+            raise ValueError(f"onecycle needs warmup_steps <= steps, got {self.warmup_steps} > {self.steps}")
+        if self.precision not in ("fp32", "bf16", "fp16"):
+            raise ValueError(f"precision must be fp32, bf16 or fp16; got {self.precision!r}")
+        if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
+            raise ValueError(f"betas must be two numbers in [0, 1), got {self.betas}")
+        if self.data_dir is not None and not Path(self.data_dir).is_dir():
+            raise FileNotFoundError(f"data_dir {self.data_dir!r} does not exist or is not a directory")
+        if self.init_from and not Path(self.init_from).is_file():
+            raise FileNotFoundError(f"init_from checkpoint {self.init_from!r} does not exist")
+
+    def run_dir(self) -> Path:
+        """``out_dir`` with ``{task}``, ``{attention}`` and ``{seed}`` filled in."""
+        return Path(self.out_dir.format(task=self.task, attention=self.model.attention, seed=self.seed))
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain nested dict (JSON/YAML friendly); ``config_from_dict`` inverts it."""
+        return dataclasses.asdict(self)
+
+
+def flat_fields() -> dict[str, Any]:
+    """Every overridable field as ``{"lr": float, "model.dim": int, ...}`` (name to type hint)."""
+    out: dict[str, Any] = {}
+    for prefix, cls in (("", TrainConfig), ("model.", ModelConfig)):
+        for name, hint in typing.get_type_hints(cls).items():
+            if hint is not ModelConfig:
+                out[prefix + name] = hint
+    return out
+
+
+def _coerce(key: str, hint: Any, value: Any) -> Any:
+    """Check/convert ``value`` for field ``key`` of type ``hint`` (strings from the CLI are parsed)."""
+    origin = typing.get_origin(hint)
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    if origin in (typing.Union, types.UnionType):
+        if value is None or (isinstance(value, str) and value.strip().lower() in ("none", "null")):
+            return None
+        return _coerce(key, args[0], value)
+    if origin in (dict, list):
+        if isinstance(value, str):
+            text = value.strip()
+            try:
+                value = json.loads(text)
+            except json.JSONDecodeError:
+                value = parse_yaml(f"v: {text}")["v"]
+        if not isinstance(value, origin):
+            raise ValueError(f"{key} must be a {origin.__name__}, got {value!r}")
+        if origin is list and args and args[0] in (int, float):
+            return [_coerce(f"{key}[{i}]", args[0], v) for i, v in enumerate(value)]
+        return value
+    if isinstance(value, str) and hint is not str:
+        value = parse_scalar(value)
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint is bool and not isinstance(value, bool):
+        raise ValueError(f"{key} must be true or false, got {value!r}")
+    if not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
+        raise ValueError(f"{key} must be of type {hint.__name__}, got {value!r} ({type(value).__name__})")
+    return value
+
+
+def _build(cls: type, values: dict[str, Any], prefix: str) -> Any:
+    if not isinstance(values, dict):
+        raise ValueError(f"{prefix.rstrip('.') or 'config'} must be a mapping, got {values!r}")
+    hints = typing.get_type_hints(cls)
+    unknown = sorted(set(values) - set(hints))
+    if unknown:
+        raise ValueError(
+            f"unknown config key(s) {', '.join(prefix + k for k in unknown)}; valid keys: {', '.join(sorted(hints))}"
+        )
+    kwargs = {}
+    for name, raw in values.items():
+        if hints[name] is ModelConfig:
+            kwargs[name] = _build(ModelConfig, raw or {}, "model.")
+        else:
+            kwargs[name] = _coerce(prefix + name, hints[name], raw)
+    return cls(**kwargs)
+
+
+def config_from_dict(values: dict[str, Any]) -> TrainConfig:
+    """``TrainConfig`` from a nested dict, type-checked; does not call ``validate``."""
+    return _build(TrainConfig, dict(values), "")
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """Read a ``.yaml``/``.yml`` (PyYAML or the built-in subset reader), ``.toml`` or ``.json`` config."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file {str(path)!r} does not exist")
+    text = path.read_text(encoding="utf-8")
+    try:
+        if path.suffix in (".yaml", ".yml"):
+            try:
+                import yaml
+            except ImportError:
+                data = parse_yaml(text)
+            else:
+                data = yaml.safe_load(text)
+        elif path.suffix == ".toml":
+            try:
+                import tomllib
+            except ImportError:  # Python 3.10
+                raise ValueError(f"{path}: reading TOML needs Python >= 3.11; use YAML or JSON") from None
+            data = tomllib.loads(text)
+        elif path.suffix == ".json":
+            data = json.loads(text)
+        else:
+            raise ValueError(f"{path}: config files must end in .yaml, .yml, .toml or .json")
+    except ValueError as err:
+        raise ValueError(f"{path}: cannot parse config: {err}") from None
+    except Exception as err:  # PyYAML's errors do not derive from ValueError
+        raise ValueError(f"{path}: cannot parse config: {err}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: a config file must hold a mapping of fields, got {type(data).__name__}")
+    return data
+
+
+def apply_overrides(values: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """Copy of ``values`` with ``{"lr": "3e-4", "model.dim": 64}`` applied (dotted keys reach ``model``)."""
+    out = json.loads(json.dumps(values, default=str))
+    known = flat_fields()
+    for key, value in overrides.items():
+        if key not in known:
+            raise ValueError(f"unknown config key {key!r}; valid keys: {', '.join(sorted(known))}")
+        head, _, tail = key.partition(".")
+        if tail:
+            out.setdefault(head, {})
+            out[head][tail] = value
+        else:
+            out[key] = value
+    return out
+
+
+def default_config_path(task: str, preset: str | None = None) -> Path | None:
+    """``configs/<preset>/<task>.yaml``; without a preset ``mini/`` then ``lra/``; ``None`` if absent."""
+    presets = [preset] if preset else ["mini", "lra"]
+    for name in presets:
+        path = CONFIG_ROOT / name / f"{task}.yaml"
+        if path.is_file():
+            return path
+    if preset:
+        have = sorted(p.stem for p in (CONFIG_ROOT / preset).glob("*.yaml"))
+        raise ValueError(f"no {preset!r} config for task {task!r}; {preset} configs: {', '.join(have) or '(none)'}")
+    return None
+
+
+def load_config(
+    path: str | Path | None = None,
+    overrides: dict[str, Any] | None = None,
+    *,
+    task: str | None = None,
+    preset: str | None = None,
+) -> TrainConfig:
+    """Resolve a run's config: file (given, or the task's default under ``configs/``), then overrides.
+
+    Returns a validated ``TrainConfig``. Raises ``ValueError``/``FileNotFoundError`` with the field or file.
+    """
+    overrides = dict(overrides or {})
+    if task is not None:
+        overrides["task"] = task
+    if path is None and task is not None:
+        path = default_config_path(task, preset)
+    values = read_config_file(path) if path is not None else {}
+    cfg = config_from_dict(apply_overrides(values, overrides))
+    cfg.validate()
+    return cfg
