@@ -7,6 +7,7 @@ torch.Size([2, 100, 64])
 """
 
 from attnzoo import mechanisms  # noqa: F401  (registers every mechanism)
+from attnzoo.official import load_official
 from attnzoo.options import add_arguments, options_from_args
 from attnzoo.registry import Capabilities, MechanismSpec, available, build, get_spec, options
 
@@ -20,6 +21,7 @@ __all__ = [
     "available",
     "build",
     "get_spec",
+    "load_official",
     "options",
     "options_from_args",
 ]

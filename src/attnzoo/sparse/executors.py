@@ -49,6 +49,17 @@ def _mask_empty(lse: Tensor, has_key: Tensor | None) -> Tensor:
     return lse if has_key is None else lse.masked_fill(~has_key, float("-inf"))
 
 
+def _softmax_lse(scores: Tensor) -> tuple[Tensor, Tensor]:
+    """Differentiable ``(softmax, logsumexp)`` over the last axis; rows of all ``-inf`` give 0 and ``-inf``.
+
+    The empty rows are replaced by zeros before ``logsumexp`` so that its backward stays finite.
+    """
+    empty = torch.isneginf(scores).all(-1, keepdim=True)
+    lse = torch.logsumexp(scores.masked_fill(empty, 0.0), dim=-1)
+    probs = torch.exp(scores - lse[..., None])
+    return probs, lse.masked_fill(empty.squeeze(-1), float("-inf"))
+
+
 class _GatherAttention(torch.autograd.Function):
     """Block-sparse attention with recomputation in backward; gradients for q, k, v and through lse."""
 
@@ -125,8 +136,7 @@ def run_gather_autograd(
             scores = scores + chunk.bias
         if chunk.causal:
             scores = scores.masked_fill(torch.ones_like(scores[0, 0], dtype=torch.bool).triu(1), float("-inf"))
-        lse = torch.logsumexp(scores, dim=-1)
-        probs = torch.exp(scores - lse.nan_to_num(0.0, neginf=0.0)[..., None])
+        probs, lse = _softmax_lse(scores)
         probs = F.dropout(probs, dropout_p, training=dropout_p > 0)
         nc = stop - start
         outs.append(torch.matmul(probs, vc).view(b, h, nc * plan.bs, -1))
@@ -144,8 +154,7 @@ def run_dense(q: Tensor, k: Tensor, v: Tensor, plan: ChunkPlan, kernel: Kernel, 
         heads = torch.arange(max(h, pos.shape[0]), device=pos.device)[:, None, None]
         scores = scores + plan.score_mod(heads, pos[:, :, None], pos[:, None, :])
     scores = scores.masked_fill(~allowed, float("-inf"))
-    lse = torch.logsumexp(scores, dim=-1)
-    probs = torch.exp(scores - lse.nan_to_num(0.0, neginf=0.0)[..., None])
+    probs, lse = _softmax_lse(scores)
     return torch.matmul(probs, v), lse
 
 

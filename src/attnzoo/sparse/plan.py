@@ -137,7 +137,7 @@ class ChunkPlan:
         kv_pos = self._gather_blocks(pos[None], start, stop)[0]  # (Hx, nc, K, bs)
         kv_pos = kv_pos.reshape(kv_pos.shape[0], stop - start, 1, -1)
         allowed = torch.ones((), dtype=torch.bool, device=pos.device)
-        heads = torch.arange(max(q_pos.shape[0], kv_pos.shape[0]), device=pos.device)[:, None, None, None]
+        heads = torch.arange(self.heads, device=pos.device)[:, None, None, None]
         q_pos, kv_pos = q_pos.clamp_min(0), kv_pos.clamp_min(0)  # empty slots are masked by key_ok
         if self.pattern.mask_mod is not None:
             allowed = self.pattern.mask_mod(heads, q_pos, kv_pos)

@@ -1,0 +1,112 @@
+"""``dilated``: LongNet dilated attention, a softmax-denominator mixture of (segment, dilation) branches."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from attnzoo.mechanisms.base import AttentionBase
+from attnzoo.mechanisms.local import EXECUTORS
+from attnzoo.ops.dilated import dilated_attention, naive_dilated_attention
+from attnzoo.ops.dilated.offsets import OFFSET_RULES, check_branches
+from attnzoo.options import check_choice
+from attnzoo.registry import Capabilities, register
+
+__all__ = ["DilatedAttention", "DilatedOptions"]
+
+
+@dataclass(frozen=True)
+class DilatedOptions:
+    """Options of ``dilated`` (LongNet; torchscale's ``DilatedAttention`` semantics by default).
+
+    ``segment_lengths`` w_i and ``dilation_rates`` r_i pair up (w clipped to N). ``offset_rule``:
+    per-head offsets as torchscale (contiguous head blocks) or the paper (j mod r).
+    ``detach_mixing``: stop gradients through the mixing weights, as torchscale does (off by
+    default: exact gradients). ``subln``: torchscale's sub-LayerNorm before the output projection.
+    """
+
+    segment_lengths: tuple[int, ...] = (2048, 4096, 8192)
+    dilation_rates: tuple[int, ...] = (1, 2, 4)
+    offset_rule: str = "torchscale"
+    detach_mixing: bool = False
+    subln: bool = False
+    executor: str = "auto"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "segment_lengths", tuple(self.segment_lengths))
+        object.__setattr__(self, "dilation_rates", tuple(self.dilation_rates))
+        check_branches(self.segment_lengths, self.dilation_rates)
+        check_choice("offset_rule", self.offset_rule, OFFSET_RULES)
+        check_choice("executor", self.executor, EXECUTORS)
+
+
+@register(
+    "dilated",
+    options=DilatedOptions,
+    capabilities=Capabilities(
+        causal=True,
+        key_padding_mask=True,
+        cross_attention=False,
+        exact=True,
+        deterministic=True,
+        time="O(N*d*sum(w_i/r_i^2))",
+        memory="O(N*d)",
+        pattern="dilated_segments",
+    ),
+    functional=dilated_attention,
+    reference=naive_dilated_attention,
+)
+class DilatedAttention(AttentionBase):
+    """LongNet dilated attention: segments, dilation, per-head offsets, log-sum-exp mixture."""
+
+    def __init__(self, dim: int, num_heads: int, *, causal: bool = False, dropout: float = 0.0, options: Any) -> None:
+        super().__init__(dim, num_heads, causal=causal, dropout=dropout, options=options)
+        self.inner_attn_ln = nn.LayerNorm(dim) if options.subln else None
+
+    def attend(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
+        o: DilatedOptions = self.options
+        return dilated_attention(
+            q,
+            k,
+            v,
+            mask=mask,
+            causal=self.causal,
+            segment_lengths=o.segment_lengths,
+            dilation_rates=o.dilation_rates,
+            offset_rule=o.offset_rule,
+            detach_mixing=o.detach_mixing,
+            dropout_p=self.attention_dropout(),
+            executor=o.executor,
+        )
+
+    def merge(self, out: Tensor) -> Tensor:
+        """Merge heads, apply the optional sub-LayerNorm, then the output projection."""
+        b, _, n, _ = out.shape
+        merged = out.transpose(1, 2).reshape(b, n, self.dim)
+        if self.inner_attn_ln is not None:
+            merged = self.inner_attn_ln(merged)
+        return self.proj(merged)
+
+    @staticmethod
+    def convert_official(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Map torchscale ``DilatedAttention`` weights to this module.
+
+        ``q_proj``, ``k_proj``, ``v_proj`` are stacked into ``qkv`` (q first; heads are contiguous
+        slices in both), ``out_proj`` becomes ``proj``, ``inner_attn_ln`` keeps its name (a
+        ``MultiwayWrapper``'s ``.A`` branch is used when present).
+        """
+        sd = {k.replace("inner_attn_ln.A.", "inner_attn_ln.").replace(".A.", "."): v for k, v in state_dict.items()}
+        missing = [f"{p}_proj.{t}" for p in "qkv" for t in ("weight", "bias") if f"{p}_proj.{t}" not in sd]
+        if missing:
+            raise ValueError(f"not a torchscale DilatedAttention state dict: missing {', '.join(missing)}")
+        out = {
+            "qkv.weight": torch.cat([sd["q_proj.weight"], sd["k_proj.weight"], sd["v_proj.weight"]]),
+            "qkv.bias": torch.cat([sd["q_proj.bias"], sd["k_proj.bias"], sd["v_proj.bias"]]),
+            "proj.weight": sd["out_proj.weight"],
+            "proj.bias": sd["out_proj.bias"],
+        }
+        out.update({k: v for k, v in sd.items() if k.startswith("inner_attn_ln.")})
+        return out

@@ -1,0 +1,145 @@
+"""``local``: sliding or blockwise window attention, 1D or over a 2D grid, optional learned RPE."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from attnzoo.mechanisms.base import AttentionBase
+from attnzoo.ops.local import LocalWindow, local_attention, naive_local_attention
+from attnzoo.options import check_choice, check_int
+from attnzoo.registry import Capabilities, register
+
+__all__ = ["LocalAttention", "LocalOptions"]
+
+EXECUTORS = ("auto", "gather", "gather-autograd", "flex", "dense")
+
+
+@dataclass(frozen=True)
+class LocalOptions:
+    """Options of ``local`` (efficient-attention's names where they exist).
+
+    ``mode="sliding"``: query i sees keys within ``window_size`` tokens (``look_back`` /
+    ``look_ahead`` override each side). ``mode="blockwise"``: efficient-attention's non-sliding
+    blocks of ``window_size`` (widened by ``max(1, w // 2)`` with ``overlap_window``).
+    ``attn_2d``: windows over a row-major ``image_height x image_width`` grid (a square
+    ``sqrt(N) x sqrt(N)`` grid when the sizes are not given); tiles of ``window_size x window_size``
+    for blockwise, a ``(2w+1) x (2w+1)`` neighbourhood for sliding. ``use_rpe``: a learned relative
+    position bias per head (efficient-attention's table for blockwise windows).
+    """
+
+    window_size: int = 64
+    mode: str = "sliding"
+    look_back: int | None = None
+    look_ahead: int | None = None
+    overlap_window: bool = False
+    attn_2d: bool = False
+    image_height: int | None = None
+    image_width: int | None = None
+    use_rpe: bool = False
+    block_size: int | None = None
+    executor: str = "auto"
+
+    def __post_init__(self) -> None:
+        grid = (1, 1) if self.attn_2d else None
+        LocalWindow.resolve(
+            mode=self.mode,
+            window_size=self.window_size,
+            look_back=self.look_back,
+            look_ahead=self.look_ahead,
+            overlap_window=self.overlap_window,
+            grid=grid,
+        )
+        for name in ("image_height", "image_width"):
+            value = getattr(self, name)
+            if value is not None:
+                check_int(name, value, minimum=1)
+                if not self.attn_2d:
+                    raise ValueError(f"option {name} needs attn_2d=True")
+        if (self.image_height is None) != (self.image_width is None):
+            raise ValueError("give both image_height and image_width, or neither (square grid)")
+        if self.block_size is not None:
+            check_int("block_size", self.block_size, minimum=1)
+        check_choice("executor", self.executor, EXECUTORS)
+
+
+@register(
+    "local",
+    options=LocalOptions,
+    capabilities=Capabilities(
+        causal=True,
+        key_padding_mask=True,
+        cross_attention=False,
+        exact=True,
+        deterministic=True,
+        time="O(N*w*d)",
+        memory="O(N*d)",
+        pattern="sliding_window | blockwise_window | window_2d",
+    ),
+    functional=local_attention,
+    reference=naive_local_attention,
+)
+class LocalAttention(AttentionBase):
+    """Exact softmax inside a local window (sliding or blockwise, 1D or 2D), run block-sparse."""
+
+    def __init__(self, dim: int, num_heads: int, *, causal: bool = False, dropout: float = 0.0, options: Any) -> None:
+        super().__init__(dim, num_heads, causal=causal, dropout=dropout, options=options)
+        o: LocalOptions = options
+        self.window = LocalWindow.resolve(
+            mode=o.mode,
+            window_size=o.window_size,
+            look_back=o.look_back,
+            look_ahead=o.look_ahead,
+            overlap_window=o.overlap_window,
+            grid=(1, 1) if o.attn_2d else None,
+            causal=causal,
+        )
+        self.rpe_table = nn.Parameter(torch.zeros(self.window.rpe_shape(num_heads))) if o.use_rpe else None
+        if self.rpe_table is not None:
+            nn.init.trunc_normal_(self.rpe_table, std=0.02)
+
+    def grid(self, n: int) -> tuple[int, int] | None:
+        """The 2D grid for N tokens (``None`` for 1D)."""
+        o: LocalOptions = self.options
+        if not o.attn_2d:
+            return None
+        if o.image_height is not None and o.image_width is not None:
+            return (o.image_height, o.image_width)
+        side = math.isqrt(n)
+        if side * side != n:
+            raise ValueError(f"attn_2d with N={n} tokens: N is not square; set image_height and image_width")
+        return (side, side)
+
+    def attend(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
+        o: LocalOptions = self.options
+        return local_attention(
+            q,
+            k,
+            v,
+            mask=mask,
+            causal=self.causal,
+            window_size=o.window_size,
+            mode=o.mode,
+            look_back=o.look_back,
+            look_ahead=o.look_ahead,
+            overlap_window=o.overlap_window,
+            grid=self.grid(q.shape[-2]),
+            rpe_table=self.rpe_table,
+            dropout_p=self.attention_dropout(),
+            executor=o.executor,
+            block_size=o.block_size,
+        )
+
+    @staticmethod
+    def convert_official(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Rename efficient-attention ``LocalAttention`` weights to this module's names.
+
+        ``qkv.*`` and ``proj.*`` keep their names; ``local_relative_position_bias_table`` becomes
+        ``rpe_table``; the 2D ``relative_position_index`` buffer is dropped (recomputed here).
+        """
+        renamed = {"local_relative_position_bias_table": "rpe_table"}
+        return {renamed.get(k, k): v for k, v in state_dict.items() if k != "relative_position_index"}
