@@ -60,7 +60,9 @@ def write_entry(folder: Path, arrays: SplitArrays, header: dict[str, Any]) -> No
             with atomic_open(folder / f"{name}.npy", "wb") as handle:
                 np.save(handle, np.ascontiguousarray(array), allow_pickle=False)
             shapes[name] = {"shape": list(array.shape), "dtype": str(array.dtype)}
-        atomic_write_json(folder / HEADER, {**header, "format": CACHE_FORMAT, "arrays": shapes, "examples": len(arrays)})
+        atomic_write_json(
+            folder / HEADER, {**header, "format": CACHE_FORMAT, "arrays": shapes, "examples": len(arrays)}
+        )
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)
         raise

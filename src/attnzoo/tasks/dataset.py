@@ -18,7 +18,9 @@ from attnzoo.tasks.spec import SplitArrays, TaskSpec
 __all__ = ["LengthBucketSampler", "TaskDataset", "collate", "pad_sequences"]
 
 
-def pad_sequences(seqs: Sequence[np.ndarray], seq_len: int, dtype: np.dtype | type = np.int16) -> tuple[np.ndarray, np.ndarray]:
+def pad_sequences(
+    seqs: Sequence[np.ndarray], seq_len: int, dtype: np.dtype | type = np.int16
+) -> tuple[np.ndarray, np.ndarray]:
     """Truncate each 1-D id sequence to ``seq_len`` and right-pad it with 0.
 
     Returns:

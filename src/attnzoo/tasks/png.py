@@ -34,7 +34,12 @@ def encode_png_gray(image: np.ndarray, level: int = 6) -> bytes:
     raw = np.zeros((h, w + 1), dtype=np.uint8)  # filter byte 0 ("None") in front of every row
     raw[:, 1:] = image
     header = struct.pack(">IIBBBBB", w, h, 8, 0, 0, 0, 0)
-    return _SIGNATURE + _chunk(b"IHDR", header) + _chunk(b"IDAT", zlib.compress(raw.tobytes(), level)) + _chunk(b"IEND", b"")
+    return (
+        _SIGNATURE
+        + _chunk(b"IHDR", header)
+        + _chunk(b"IDAT", zlib.compress(raw.tobytes(), level))
+        + _chunk(b"IEND", b"")
+    )
 
 
 def write_png_gray(path: str | Path, image: np.ndarray) -> None:

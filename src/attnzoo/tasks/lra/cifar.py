@@ -1,8 +1,8 @@
 """Grayscale CIFAR-10 (LRA ``Image``) from the official ``cifar-10-batches-py`` pickles, safely.
 
 The batches are Python pickles; they are read with a restricted unpickler that resolves only the
-globals an array needs (numpy ``_reconstruct``/``_frombuffer``, ``ndarray``, ``dtype``, ``_codecs.encode``), and the result must be a
-dict holding ``data`` (uint8, (n, 3072)) and ``labels`` (a list of ints 0..9). Splits as in LRA
+globals an array needs (numpy ``_reconstruct``/``_frombuffer``, ``ndarray``, ``dtype``, ``_codecs.encode``),
+and the result must be a dict holding ``data`` (uint8, (n, 3072)) and ``labels`` (a list of ints 0..9). Splits as in LRA
 (spec 1.4): train = first 90% of the 50,000 training images, dev = last 10%, test = ``test_batch``.
 Grayscale as ``tf.image.rgb_to_grayscale`` on uint8: weights 0.2989/0.5870/0.1140 in float32 on
 x/255, back to uint8 by rounding. Tokens are the raw pixel values 0..255.
@@ -40,7 +40,9 @@ class _ArrayOnlyUnpickler(pickle.Unpickler):
 
     def find_class(self, module: str, name: str) -> Any:
         if (module, name) not in _ALLOWED:
-            raise ValueError(f"{self.where}: pickle refers to {module}.{name}; only numpy arrays, lists and dicts are allowed")
+            raise ValueError(
+                f"{self.where}: pickle refers to {module}.{name}; only numpy arrays, lists and dicts are allowed"
+            )
         return super().find_class(module, name)
 
 
@@ -62,7 +64,9 @@ def load_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     labels = obj.get(b"labels", obj.get("labels"))
     if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
         shape = getattr(data, "shape", None)
-        raise ValueError(f"{where}: entry 'data' must be a uint8 array of shape (n, 3072), got {type(data).__name__} {shape}")
+        raise ValueError(
+            f"{where}: entry 'data' must be a uint8 array of shape (n, 3072), got {type(data).__name__} {shape}"
+        )
     if not isinstance(labels, list) or len(labels) != data.shape[0]:
         raise ValueError(f"{where}: entry 'labels' must be a list of {data.shape[0]} ints")
     for i, label in enumerate(labels):
@@ -90,7 +94,9 @@ def cifar_files(data_dir: Path, split: str) -> list[Path]:
     files = [root / "test_batch"] if split == "test" else [root / n for n in TRAIN_FILES]
     for f in files:
         if not f.is_file():
-            raise ValueError(f"image: missing {f}; unpack cifar-10-python.tar.gz (cifar-10-batches-py/) into the data dir")
+            raise ValueError(
+                f"image: missing {f}; unpack cifar-10-python.tar.gz (cifar-10-batches-py/) into the data dir"
+            )
     return files
 
 
@@ -100,7 +106,7 @@ def read_cifar_gray(data_dir: Path, split: str, shift_pixels: bool) -> SplitArra
     gray = to_grayscale(np.concatenate(images)).reshape(-1, 1024)
     y = np.concatenate(labels)
     if split != "test":
-        cut = int(round(0.9 * len(y)))
+        cut = round(0.9 * len(y))
         gray, y = (gray[:cut], y[:cut]) if split == "train" else (gray[cut:], y[cut:])
     ids = gray.astype(np.int16) + (1 if shift_pixels else 0)
     return SplitArrays(ids, np.full(len(y), 1024, dtype=np.int32), y)

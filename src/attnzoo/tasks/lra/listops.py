@@ -68,7 +68,9 @@ class ListOpsOptions:
         if self.max_args < 2:
             raise ValueError(f"listops: max_args must be >= 2, got {self.max_args}")
         if not 0 <= self.min_length < self.max_length - 1:
-            raise ValueError(f"listops: need 0 <= min_length < max_length - 1, got {self.min_length}, {self.max_length}")
+            raise ValueError(
+                f"listops: need 0 <= min_length < max_length - 1, got {self.min_length}, {self.max_length}"
+            )
         if self.seq_len < 2:
             raise ValueError(f"listops: seq_len must be >= 2, got {self.seq_len}")
 
@@ -141,9 +143,15 @@ def generate_examples(opts: ListOpsOptions, split: str, size: int, seed: int) ->
     while len(seen) < size:
         draws += 1
         if draws > 1000 * size + 100_000:
-            raise ValueError(f"listops: only {len(seen)} distinct trees of {size} after {draws} draws; relax the bounds")
+            raise ValueError(
+                f"listops: only {len(seen)} distinct trees of {size} after {draws} draws; relax the bounds"
+            )
         source, value, length = generate_tree(rng, 1, opts.max_depth, opts.max_args)
-        if opts.min_length < length < opts.max_length and zlib.crc32(source.encode()) % 10 in buckets and source not in seen:
+        if (
+            opts.min_length < length < opts.max_length
+            and zlib.crc32(source.encode()) % 10 in buckets
+            and source not in seen
+        ):
             seen[source] = value
             bar.update(1)
     bar.close()

@@ -35,11 +35,17 @@ def generate_images(p: PathfinderParams, size: int, seed: int, split: str) -> tu
     for start in progress(range(0, size, CHUNK), desc=f"pathfinder{p.size} {split}"):
         n = min(CHUNK, size - start)
         batch = generate_batch(p, n, np.random.default_rng([seed, split_id, start // CHUNK]))
-        images[start : start + n], labels[start : start + n], margins[start : start + n] = batch.images, batch.labels, batch.margins
+        images[start : start + n], labels[start : start + n], margins[start : start + n] = (
+            batch.images,
+            batch.labels,
+            batch.margins,
+        )
     return images, labels, margins
 
 
-def write_layout(root: Path, p: PathfinderParams, images: np.ndarray, labels: np.ndarray, margins: np.ndarray) -> list[Path]:
+def write_layout(
+    root: Path, p: PathfinderParams, images: np.ndarray, labels: np.ndarray, margins: np.ndarray
+) -> list[Path]:
     """Write images and text metadata in the official layout under ``root``; returns the metadata files."""
     written = []
     for batch in progress(range(0, len(labels), PER_BATCH), desc="writing pngs"):
@@ -60,7 +66,9 @@ def write_layout(root: Path, p: PathfinderParams, images: np.ndarray, labels: np
 def metadata_files(root: Path) -> list[Path]:
     """The metadata files under ``root/metadata`` sorted by integer stem; ValueError if there are none."""
     folder = Path(root) / "metadata"
-    files = sorted(folder.glob("*.npy"), key=lambda f: (not f.stem.isdigit(), int(f.stem) if f.stem.isdigit() else 0, f.stem))
+    files = sorted(
+        folder.glob("*.npy"), key=lambda f: (not f.stem.isdigit(), int(f.stem) if f.stem.isdigit() else 0, f.stem)
+    )
     if not files:
         raise ValueError(f"pathfinder: no metadata/*.npy files in {root}")
     return files
@@ -87,7 +95,7 @@ def read_split(root: Path, split: str, resolution: int) -> tuple[np.ndarray, np.
     """
     entries = [(path, label) for path, label in _entries(root) if not (path.is_file() and path.stat().st_size == 0)]
     lo, hi = SPLIT_RANGE[split]
-    chosen = entries[int(round(lo * len(entries))) : int(round(hi * len(entries)))]
+    chosen = entries[round(lo * len(entries)) : round(hi * len(entries))]
     images = np.zeros((len(chosen), resolution * resolution), dtype=np.uint8)
     for i, (path, _) in enumerate(progress(chosen, desc=f"reading {split}")):
         if not path.is_file():

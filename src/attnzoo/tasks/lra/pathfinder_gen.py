@@ -50,7 +50,7 @@ def _unit(theta: np.ndarray) -> np.ndarray:
 def segment_patch(a: np.ndarray, b: np.ndarray, radius: float, length: float) -> tuple[np.ndarray, ...]:
     """Pixel patch around segments a->b (shape (..., 2)): integer rows (..., P, 1), cols (..., 1, P) and
     the squared distance of each pixel centre to the segment (..., P, P); P covers ``radius`` around it."""
-    size = int(math.ceil(length + 2 * radius)) + 2
+    size = math.ceil(length + 2 * radius) + 2
     origin = np.floor(np.minimum(a, b) - radius).astype(np.int64)
     ar = np.arange(size)
     yy = origin[..., 0, None, None] + ar[:, None]
@@ -73,7 +73,7 @@ class _Grower:
         self.p, self.rng = p, rng
         self.r0 = p.core_radius
         self.keep_out = p.gap * SQRT2 + 1e-6
-        self.off = int(math.ceil(p.marker_radius + 0.5 + self.keep_out)) + 3
+        self.off = math.ceil(p.marker_radius + 0.5 + self.keep_out) + 3
         side = p.size + 2 * self.off
         self.forbidden = np.zeros((n, side, side), dtype=bool)
         self.lo, self.hi = float(p.padding), float(p.size - 1 - p.padding)
@@ -103,7 +103,9 @@ class _Grower:
     def commit(self, rows: np.ndarray, seg: np.ndarray) -> None:
         self.stamp(rows, seg[:, :2], seg[:, 2:], self.r0 + self.keep_out, self.p.paddle_length)
 
-    def grow(self, rows: np.ndarray, start: np.ndarray, theta0: np.ndarray, n_paddles: int, margin: np.ndarray) -> np.ndarray:
+    def grow(
+        self, rows: np.ndarray, start: np.ndarray, theta0: np.ndarray, n_paddles: int, margin: np.ndarray
+    ) -> np.ndarray:
         """Grow one contour per row; first paddle = the first free of K0 candidates (start (n, K0, 2),
         theta0 (n, K0)). Returns segments (n, n_paddles, 4), NaN after the contour got stuck."""
         n, length = len(rows), self.p.paddle_length
@@ -199,7 +201,7 @@ def render(p: PathfinderParams, segments: np.ndarray, values: np.ndarray, marker
     """Draw paddles (n, S, 4) with values (n, S) and marker discs (n, 2, 2); returns (n, H, W) uint8."""
     n = segments.shape[0]
     r0, rm = p.core_radius, p.marker_radius + 0.5
-    off = int(math.ceil(rm)) + 3
+    off = math.ceil(rm) + 3
     canvas = np.zeros((n, p.size + 2 * off, p.size + 2 * off), dtype=np.float64)
 
     def draw(rows: np.ndarray, a: np.ndarray, b: np.ndarray, radius: float, length: float, value: np.ndarray) -> None:

@@ -47,7 +47,7 @@ class PathfinderParams:
         Distinct contours are kept more than g apart, so "both markers on one contour" is exactly
         "connected through drawn pixels with steps of at most g" (what the tests check).
         """
-        return int(math.ceil(max(self.margins)))
+        return math.ceil(max(self.margins))
 
     @property
     def paddle_value(self) -> float:

@@ -36,7 +36,9 @@ def _pixels(seg: tuple[float, float, float, float], radius: float, size: int) ->
     return out
 
 
-def render_image(p: PathfinderParams, segments: list[tuple[float, float, float, float]], markers: list[tuple[float, float]]) -> list[list[int]]:
+def render_image(
+    p: PathfinderParams, segments: list[tuple[float, float, float, float]], markers: list[tuple[float, float]]
+) -> list[list[int]]:
     """Draw paddles and marker discs; returns rows of 0..255 (H lists of W ints)."""
     canvas = [[0.0] * p.size for _ in range(p.size)]
     for seg in segments:
@@ -84,8 +86,12 @@ class _Image:
             for turn, w in self.turns:
                 t = theta + turn
                 ty, tx = segs[-1][2], segs[-1][3]
-                cand = (ty + margin * math.sin(t), tx + margin * math.cos(t),
-                        ty + (margin + length) * math.sin(t), tx + (margin + length) * math.cos(t))
+                cand = (
+                    ty + margin * math.sin(t),
+                    tx + margin * math.cos(t),
+                    ty + (margin + length) * math.sin(t),
+                    tx + (margin + length) * math.cos(t),
+                )
                 if self.free(cand):
                     options.append((t, w, cand))
             if not options:

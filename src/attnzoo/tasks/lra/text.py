@@ -39,7 +39,9 @@ def imdb_files(data_dir: Path, split: str) -> list[Path]:
     for cls in ("neg", "pos"):
         folder = root / cls
         if not folder.is_dir():
-            raise ValueError(f"text: missing folder {folder}; expected the aclImdb layout {{train,test}}/{{pos,neg}}/*.txt")
+            raise ValueError(
+                f"text: missing folder {folder}; expected the aclImdb layout {{train,test}}/{{pos,neg}}/*.txt"
+            )
         files += sorted(folder.glob("*.txt"), key=lambda p: (len(p.stem.split("_")[0]), p.stem))
     return files
 
@@ -80,7 +82,9 @@ def read_aan(data_dir: Path, split: str, seq_len: int) -> SplitArrays:
         for lineno, line in enumerate(handle, start=1):
             cols = line.rstrip("\r\n").split("\t")
             if len(cols) != 5:
-                raise ValueError(f"{path}:{lineno}: expected 5 tab-separated columns (label id1 id2 text1 text2), got {len(cols)}")
+                raise ValueError(
+                    f"{path}:{lineno}: expected 5 tab-separated columns (label id1 id2 text1 text2), got {len(cols)}"
+                )
             try:
                 label = float(cols[0])
             except ValueError:
