@@ -23,7 +23,7 @@ def load_split(
     seed: int = 0,
     **task_options: Any,
 ) -> TaskDataset:
-    """One split of task ``name`` as a Dataset of dicts: ``input_ids``, ``mask``, ``label`` (+ ``input_ids2``, ``mask2``).
+    """One split of task ``name`` as a Dataset of dicts (input_ids, mask, label; input_ids2, mask2 if paired).
 
     Args:
         name: a registered task (see ``available()``).

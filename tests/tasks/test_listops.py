@@ -1,0 +1,95 @@
+"""ListOps: official bounds, labels checked by an independent evaluator, determinism, TSV round trip."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from attnzoo import tasks
+from attnzoo.tasks.lra import listops
+
+
+def _independent_value(source: str) -> int:
+    """Evaluate the printed left-nested pair form by recursive descent (no shared code with listops)."""
+    toks = source.replace("(", " ").replace(")", " ").split()
+    pos = 0
+
+    def node() -> int:
+        nonlocal pos
+        tok = toks[pos]
+        pos += 1
+        if not tok.startswith("["):
+            return int(tok)
+        args = []
+        while toks[pos] != "]":
+            args.append(node())
+        pos += 1
+        s = sorted(args)
+        return {
+            "[MIN": s[0],
+            "[MAX": s[-1],
+            "[MED": int(np.median(s)),
+            "[SM": sum(s) % 10,
+        }[tok]
+
+    value = node()
+    assert pos == len(toks)
+    return value
+
+
+def test_official_bounds_and_labels() -> None:
+    opts = listops.ListOpsOptions()
+    sources, labels = listops.generate_examples(opts, "train", 40, seed=3)
+    assert len(set(sources)) == 40
+    for src, label in zip(sources, labels, strict=True):
+        n = len(listops.tokenize(src))
+        assert opts.min_length < n < opts.max_length
+        assert _independent_value(src) == label
+        assert src.count("(") == src.count(")")
+
+
+def test_mini_bounds_determinism_and_disjoint_splits() -> None:
+    opts = tasks.get_task("listops-mini").options()
+    a, la = listops.generate_examples(opts, "train", 300, seed=0)
+    b, lb = listops.generate_examples(opts, "train", 300, seed=0)
+    c, _ = listops.generate_examples(opts, "train", 300, seed=1)
+    assert a == b and np.array_equal(la, lb) and a != c
+    test, _ = listops.generate_examples(opts, "test", 100, seed=0)
+    assert not set(test) & set(a)
+    lengths = [len(listops.tokenize(s)) for s in a]
+    assert min(lengths) > opts.min_length and max(lengths) < opts.max_length
+    assert all(_independent_value(s) == v for s, v in zip(a, la, strict=True))
+    assert np.bincount(la, minlength=10).min() > 0
+
+
+def test_example_from_spec() -> None:
+    assert listops.evaluate_tree("( ( ( [MAX 2 ) 9 ) ] )") == 9
+    assert listops.evaluate_tree("( ( ( [MED 1 ) 2 ) ] )") == 1
+    assert listops.tokenize("( ( ( [MAX 2 ) 9 ) ] )").tolist() == [11, 3, 10, 15]
+
+
+def test_tsv_round_trip(tmp_path) -> None:
+    opts = tasks.get_task("listops-mini").options()
+    sources, labels = listops.generate_examples(opts, "dev", 20, seed=0)
+    listops.write_tsv(tmp_path / "basic_val.tsv", sources, labels)
+    back, back_labels = listops.read_tsv(tmp_path / "basic_val.tsv")
+    assert back == sources and np.array_equal(back_labels, labels)
+    ds = tasks.load_split("listops-mini", "dev", data_dir=tmp_path, cache_dir=tmp_path / "cache")
+    gen = tasks.load_split("listops-mini", "dev", size=20, cache_dir=tmp_path / "cache")
+    assert all(bool((ds[i]["input_ids"] == gen[i]["input_ids"]).all()) for i in range(20))
+
+
+@pytest.mark.parametrize(
+    ("body", "match"),
+    [
+        ("Source\tTarget\n( [MAX 1 ] )\t1\textra\n", r"basic_test.tsv:2: expected 2 tab-separated columns, got 3"),
+        ("Source\tTarget\n( [MAX 1 ] )\t12\n", r"basic_test.tsv:2: label 12 out of range"),
+        ("Source\tTarget\n( [MAX 1 ] )\tx\n", r"basic_test.tsv:2: label 'x' is not an integer"),
+        ("1\t( [MAX 1 ] )\n", r"basic_test.tsv:1: expected the header"),
+    ],
+)
+def test_malformed_tsv(tmp_path, body: str, match: str) -> None:
+    (tmp_path / "basic_test.tsv").write_text(body)
+    with pytest.raises(ValueError, match=match):
+        tasks.load_split("listops", "test", data_dir=tmp_path, cache_dir=tmp_path / "cache")
+    assert not list((tmp_path / "cache").rglob("*.npy"))

@@ -1,0 +1,113 @@
+"""Pathfinder: label = connectivity of the two markers, balance, determinism, reference render, file layout."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+
+from attnzoo import tasks
+from attnzoo.tasks.lra import pathfinder
+from attnzoo.tasks.lra.pathfinder_gen import generate_batch, render
+from attnzoo.tasks.lra.pathfinder_params import lra_params
+from attnzoo.tasks.lra.pathfinder_ref import generate_image, render_image
+from attnzoo.tasks.png import PngError, encode_png_gray, read_png_gray
+
+
+def connected(image: np.ndarray, start: tuple[int, int], goal: tuple[int, int], step: int) -> bool:
+    """Flood fill over drawn pixels (> 0), moving at most ``step`` pixels in each axis (dashed contours)."""
+    drawn = image > 0
+    seen = np.zeros_like(drawn)
+    seen[start] = True
+    frontier = [start]
+    while frontier:
+        y, x = frontier.pop()
+        if (y, x) == goal:
+            return True
+        ys = slice(max(0, y - step), y + step + 1)
+        xs = slice(max(0, x - step), x + step + 1)
+        new = np.argwhere(drawn[ys, xs] & ~seen[ys, xs]) + [ys.start, xs.start]
+        for ny, nx in new:
+            seen[ny, nx] = True
+            frontier.append((int(ny), int(nx)))
+    return False
+
+
+@pytest.mark.parametrize("res", [32, 128])
+def test_label_is_marker_connectivity(res: int) -> None:
+    p = lra_params(res)
+    batch = generate_batch(p, 48 if res == 32 else 12, np.random.default_rng(7))
+    for img, label, markers in zip(batch.images, batch.labels, batch.markers, strict=True):
+        a, b = (tuple(int(v) for v in np.round(m)) for m in markers)
+        assert img[a] > 0 and img[b] > 0
+        assert connected(img, a, b, p.gap) == bool(label)
+
+
+def test_reference_generator_labels_too() -> None:
+    p = lra_params(32, "easy")
+    for seed in range(6):
+        rows, label = generate_image(p, random.Random(seed))
+        img = np.asarray(rows, dtype=np.uint8)
+        assert img.shape == (32, 32) and img.max() == 255 and label in (0, 1)
+
+
+def test_vectorised_render_matches_reference() -> None:
+    p = lra_params(64)
+    batch = generate_batch(p, 3, np.random.default_rng(1))
+    again = render(p, batch.segments, batch.values, batch.markers)
+    np.testing.assert_array_equal(again, batch.images)
+    for i in range(3):
+        segs = [tuple(s) for s in batch.segments[i] if not np.isnan(s[0])]
+        ref = np.asarray(render_image(p, segs, [tuple(m) for m in batch.markers[i]]), dtype=np.uint8)
+        assert np.abs(ref.astype(int) - batch.images[i]).max() <= 1  # float32 vs float64 rounding only
+
+
+def test_balance_determinism_and_params() -> None:
+    p = lra_params(32)
+    assert (p.contour_length, p.distractor_length, p.num_distractors) == (14, 4, 5)
+    assert [lra_params(32, d).contour_length for d in ("easy", "intermediate", "hard")] == [6, 9, 14]
+    assert lra_params(128).num_distractors == 35 // 4
+    images, labels, _ = pathfinder.generate_images(p, 400, seed=0, split="train")
+    assert abs(labels.mean() - 0.5) < 0.1  # 4 sigma for 400 fair coin flips
+    again, labels2, _ = pathfinder.generate_images(p, 400, seed=0, split="train")
+    assert np.array_equal(images, again) and np.array_equal(labels, labels2)
+    other, _, _ = pathfinder.generate_images(p, 10, seed=1, split="train")
+    assert not np.array_equal(other, images[:10])
+    assert (images.reshape(400, -1).max(1) == 255).all() and (images == 0).mean() > 0.5
+
+
+def test_png_round_trip_and_errors(tmp_path) -> None:
+    img = np.random.default_rng(0).integers(0, 256, size=(5, 7), dtype=np.uint8)
+    data = encode_png_gray(img)
+    (tmp_path / "a.png").write_bytes(data)
+    np.testing.assert_array_equal(read_png_gray(tmp_path / "a.png"), img)
+    (tmp_path / "b.png").write_bytes(data[:-20])
+    with pytest.raises(PngError, match=r"b\.png: truncated"):
+        read_png_gray(tmp_path / "b.png")
+
+
+def test_files_round_trip_and_malformed(tmp_path) -> None:
+    p = lra_params(32)
+    out = tmp_path / "pf"
+    task = tasks.get_task("pathfinder32")
+    task.export(task.options(), "train", 20, 0, out)
+    root = out / "curv_contour_length_14" / "train"
+    images, labels = pathfinder.read_split(root, "train", 32)
+    gen, gen_labels, _ = pathfinder.generate_images(p, 20, 0, "train")
+    np.testing.assert_array_equal(images, gen[:16].reshape(16, -1))
+    np.testing.assert_array_equal(labels, gen_labels[:16])
+    ds = tasks.load_split("pathfinder32", "test", data_dir=root, cache_dir=tmp_path / "c")
+    assert len(ds) == 2 and ds[0]["input_ids"].shape == (1024,)
+    # LRA's pitfall: black pixels are padding by default; shift_pixels=True keeps them
+    assert not ds[0]["mask"].all() and bool((ds[0]["mask"] == (ds[0]["input_ids"] != 0)).all())
+    fixed = tasks.load_split("pathfinder32", "test", data_dir=root, cache_dir=tmp_path / "c", shift_pixels=True)
+    assert fixed[0]["mask"].all() and int(fixed[0]["input_ids"].min()) >= 1
+    (root / "imgs" / "0" / "sample_19.png").write_bytes(encode_png_gray(np.zeros((16, 16), np.uint8)))
+    with pytest.raises(ValueError, match=r"sample_19\.png: image is 16x16, expected 32x32"):
+        tasks.load_split("pathfinder32", "test", data_dir=root, cache_dir=tmp_path / "c2")
+    meta = root / "metadata" / "0.npy"
+    meta.write_text(meta.read_text().replace(" 0 1.0 14", " 7 1.0 14", 1))
+    with pytest.raises(ValueError, match=r"0\.npy:\d+: label '7' out of range"):
+        tasks.load_split("pathfinder32", "test", data_dir=root, cache_dir=tmp_path / "c3")
+    assert not list((tmp_path / "c2").rglob("*.npy")) and not list((tmp_path / "c3").rglob("*.npy"))
