@@ -250,11 +250,12 @@ def load_config(
     Returns a validated ``TrainConfig``. Raises ``ValueError``/``FileNotFoundError`` with the field or file.
     """
     overrides = dict(overrides or {})
-    if task is not None:
-        overrides["task"] = task
-    if path is None and task is not None:
-        path = default_config_path(task, preset)
+    named_by_task = path is None and task is not None
+    if named_by_task:
+        path = default_config_path(task, preset)  # type: ignore[arg-type]
     values = read_config_file(path) if path is not None else {}
+    if task is not None and not (named_by_task and "task" in values):  # "listops-mini.yaml" may name its task
+        overrides["task"] = task
     cfg = config_from_dict(apply_overrides(values, overrides))
     cfg.validate()
     return cfg

@@ -1,0 +1,34 @@
+"""Subprocess runner: ``python run_toy.py [--kill-at-step N] train ...`` with the toy tasks installed.
+
+``--kill-at-step N`` sends SIGKILL to this process when training logs step N (no cleanup runs),
+standing in for a crash or pre-emption. Also usable under ``torchrun``.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import toy_tasks  # noqa: E402
+
+from attnzoo.train import log  # noqa: E402
+from attnzoo.train.__main__ import main  # noqa: E402
+
+if __name__ == "__main__":
+    toy_tasks.install_globally()
+    argv = sys.argv[1:]
+    if argv[:1] == ["--kill-at-step"]:
+        kill_at, argv = int(argv[1]), argv[2:]
+        original = log.MetricLogger.log
+
+        def log_then_die(self, record, **kwargs):  # type: ignore[no-untyped-def]
+            original(self, record, **kwargs)
+            if record.get("split") == "train" and record["step"] == kill_at:
+                os.kill(os.getpid(), signal.SIGKILL)
+
+        log.MetricLogger.log = log_then_die  # type: ignore[method-assign]
+    raise SystemExit(main(argv))
