@@ -39,7 +39,7 @@ def test_registry() -> None:
     spec = tasks.get("pathx")
     assert (spec.seq_len, spec.vocab_size, spec.num_classes, spec.image_shape) == (16384, 256, 2, (128, 128))
     assert tasks.get("listops").vocab_size == 17 and tasks.get("retrieval").paired
-    with pytest.raises(ValueError, match="known tasks: .*listops"):
+    with pytest.raises(ValueError, match=r"known tasks: .*listops"):
         tasks.get("nope")
     with pytest.raises(ValueError, match=r"unknown option\(s\) \['bogus'\]; valid options"):
         tasks.get("copy", bogus=1)

@@ -27,7 +27,7 @@ def connected(image: np.ndarray, start: tuple[int, int], goal: tuple[int, int], 
             return True
         ys = slice(max(0, y - step), y + step + 1)
         xs = slice(max(0, x - step), x + step + 1)
-        new = np.argwhere(drawn[ys, xs] & ~seen[ys, xs]) + [ys.start, xs.start]
+        new = np.argwhere(drawn[ys, xs] & ~seen[ys, xs]) + np.array([ys.start, xs.start])
         for ny, nx in new:
             seen[ny, nx] = True
             frontier.append((int(ny), int(nx)))
