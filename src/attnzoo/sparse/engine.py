@@ -124,13 +124,14 @@ def sparse_attention(
     )
     name = pick_executor(q, executor)
     run = EXECUTORS[name]
+    chosen = pick_kernel(q.device, q.dtype, kernel, equal_widths=v.shape[-1] == d)
     qs, ks, vs = (_to_slots(t, positions, length) for t in (q, k, v))
     if name.startswith("gather"):
-        out, lse = run(qs, ks, vs, plan, pick_kernel(q.device, q.dtype, kernel), scale, dropout_p)
+        out, lse = run(qs, ks, vs, plan, chosen, scale, dropout_p)
     else:
         if dropout_p > 0:
             raise ValueError(f"executor {name!r} does not apply attention dropout; use executor='gather'")
-        out, lse = run(qs, ks, vs, plan, pick_kernel(q.device, q.dtype, kernel), scale)
+        out, lse = run(qs, ks, vs, plan, chosen, scale)
     lse = None if lse is None else _from_slots(lse, positions, n, float("-inf"))
     return _from_slots(out, positions, n, 0.0), lse
 

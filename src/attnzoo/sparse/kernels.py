@@ -125,13 +125,24 @@ KERNELS = {
 }
 
 
-def pick_kernel(device: torch.device, dtype: torch.dtype, name: str = "auto") -> Kernel:
-    """``cpu_flash`` for CPU tensors of a supported dtype, else ``math``; or the kernel named."""
-    if name != "auto":
-        if name not in KERNELS:
-            raise ValueError(f"unknown kernel {name!r}; choose from auto, {', '.join(KERNELS)}")
-        return KERNELS[name]
+def pick_kernel(device: torch.device, dtype: torch.dtype, name: str = "auto", *, equal_widths: bool = True) -> Kernel:
+    """``cpu_flash`` for CPU tensors of a supported dtype with equal q/k/v widths, else ``math``; or the one named.
+
+    Raises:
+        ValueError: an unknown name, or ``cpu_flash`` for inputs it cannot take.
+    """
     has_op = hasattr(_aten, "_scaled_dot_product_flash_attention_for_cpu_backward")
-    if device.type == "cpu" and has_op and dtype in (torch.float32, torch.float64, torch.bfloat16, torch.float16):
-        return KERNELS["cpu_flash"]
-    return KERNELS["math"]
+    flash_ok = device.type == "cpu" and has_op and equal_widths and dtype in _FLASH_DTYPES
+    if name == "auto":
+        return KERNELS["cpu_flash" if flash_ok else "math"]
+    if name not in KERNELS:
+        raise ValueError(f"unknown kernel {name!r}; choose from auto, {', '.join(KERNELS)}")
+    if name == "cpu_flash" and not flash_ok:
+        raise ValueError(
+            f"kernel 'cpu_flash' needs CPU tensors of dtype {_FLASH_DTYPES} with equal q/k/v widths; "
+            f"got {device}, {dtype}"
+        )
+    return KERNELS[name]
+
+
+_FLASH_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)

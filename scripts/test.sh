@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# Install attnzoo with its test tools, check style, run the test suite (slow tests excluded).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh dev,plot,yaml
+python3 -m ruff check src tests
+python3 -m pytest -q -p no:cacheprovider "$@"

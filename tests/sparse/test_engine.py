@@ -1,0 +1,128 @@
+"""The engine: every executor and kernel against the dense masked softmax; lse and its merge."""
+
+import pytest
+import torch
+
+from attnzoo.ops.softmax import naive_softmax_attention
+from attnzoo.sparse import dilated_segments, merge_partials, sliding_window, sparse_attention, window_2d
+from attnzoo.sparse.kernels import KERNELS, pick_kernel
+from attnzoo.testing import assert_close, make_qkv, random_padding_mask
+
+PATTERNS = {
+    "sliding": lambda n: sliding_window(n, 9, 4, 16),
+    "dilated": lambda n: dilated_segments(n, 32, 3, (0, 1, 2)),
+    "tiles": lambda n: window_2d(10, n // 10, 4, 4, 2, 3, True),
+}
+
+
+@pytest.mark.parametrize("pattern_name", list(PATTERNS))
+@pytest.mark.parametrize("executor", ["gather", "gather-autograd", "dense"])
+@pytest.mark.parametrize("kernel", ["cpu_flash", "math"])
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+def test_executor_matches_dense_softmax(pattern_name, executor, kernel, causal):
+    n = 120
+    pattern = PATTERNS[pattern_name](n)
+    q, k, v = make_qkv(2, 3, n, 8, seed=11)
+    mask = random_padding_mask(2, n, seed=5)
+    out, lse = sparse_attention(q, k, v, pattern, mask=mask, causal=causal, executor=executor, kernel=kernel)
+    allowed = pattern.to_dense(causal=causal)[None]
+    ref = naive_softmax_attention(q, k, v, mask=mask, attn_mask=allowed, causal=causal)
+    assert_close("out", ref, out, 1e-10)
+    scores = (q @ k.transpose(-1, -2)) * 8**-0.5
+    order = torch.ones(n, n, dtype=torch.bool)
+    keep = allowed & mask[:, None, None, :] & (order.tril() if causal else order)
+    ref_lse = torch.logsumexp(scores.masked_fill(~keep, float("-inf")), -1)
+    assert torch.equal(torch.isinf(lse), torch.isinf(ref_lse))
+    finite = torch.isfinite(ref_lse)
+    assert_close("lse", ref_lse[finite], lse[finite], 1e-10)
+    g = torch.randn_like(out)
+    for name, a, b in zip(
+        "qkv",
+        torch.autograd.grad((ref * g).sum(), (q, k, v)),
+        torch.autograd.grad((out * g).sum(), (q, k, v)),
+        strict=True,
+    ):
+        assert_close(f"d{name}", a, b, 1e-10)
+
+
+@pytest.mark.parametrize("kernel", list(KERNELS))
+def test_kernel_gradient_through_lse(kernel):
+    """d(lse) flows into q and k exactly (the fused kernel has no lse input; see kernels.py)."""
+    q, k, v = make_qkv(1, 2, 40, 8, seed=2)
+    pattern = sliding_window(40, 6, 6, 16)
+    _, lse = sparse_attention(q, k, v, pattern, kernel=kernel)
+    allowed = pattern.to_dense()[None]
+    ref = torch.logsumexp(((q @ k.transpose(-1, -2)) * 8**-0.5).masked_fill(~allowed, float("-inf")), -1)
+    w = torch.randn_like(lse)
+    for name, a, b in zip(
+        "qk", torch.autograd.grad((ref * w).sum(), (q, k)), torch.autograd.grad((lse * w).sum(), (q, k)), strict=True
+    ):
+        assert_close(f"d{name}", a, b, 1e-10)
+
+
+def test_merge_partials_of_disjoint_keys_is_full_softmax():
+    q, k, v = make_qkv(2, 2, 30, 8, seed=4)
+    halves = [torch.arange(30) < 12, torch.arange(30) >= 12]
+    outs, lses = [], []
+    scores = (q @ k.transpose(-1, -2)) * 8**-0.5
+    for keep in halves:
+        outs.append(naive_softmax_attention(q, k, v, attn_mask=keep[None, None, None, :]))
+        lses.append(torch.logsumexp(scores.masked_fill(~keep, float("-inf")), -1))
+    merged, lse = merge_partials(outs, lses)
+    full = naive_softmax_attention(q, k, v)
+    assert_close("out", full, merged, 1e-12)
+    assert_close("lse", torch.logsumexp(scores, -1), lse, 1e-12)
+    g_full = torch.autograd.grad(full.sum(), q, retain_graph=True)[0]
+    g_merged = torch.autograd.grad(merged.sum(), q)[0]
+    assert_close("dq", g_full, g_merged, 1e-10)
+
+
+def test_merge_partials_all_empty_rows_give_zero():
+    out = torch.randn(1, 1, 3, 2)
+    empty = torch.full((1, 1, 3), float("-inf"))
+    merged, total = merge_partials([out, out], [empty, empty])
+    assert merged.abs().max() == 0 and torch.isneginf(total).all()
+
+
+def test_pattern_length_mismatch():
+    q, k, v = make_qkv(1, 1, 10, 4)
+    with pytest.raises(ValueError, match="was built for N=12, got N=10"):
+        sparse_attention(q, k, v, sliding_window(12, 2, 2))
+
+
+def test_pattern_heads_mismatch():
+    q, k, v = make_qkv(1, 2, 16, 4)
+    with pytest.raises(ValueError, match="has 3 positions heads; the input has H=2"):
+        sparse_attention(q, k, v, dilated_segments(16, 8, 2, (0, 1, 0)))
+
+
+def test_unknown_executor_and_kernel():
+    q, k, v = make_qkv(1, 1, 8, 4)
+    with pytest.raises(ValueError, match="unknown executor 'fast'"):
+        sparse_attention(q, k, v, sliding_window(8, 1, 1), executor="fast")
+    with pytest.raises(ValueError, match="unknown kernel 'cuda'"):
+        sparse_attention(q, k, v, sliding_window(8, 1, 1), kernel="cuda")
+
+
+def test_pick_kernel():
+    assert pick_kernel(torch.device("cpu"), torch.float32).name == "cpu_flash"
+    assert pick_kernel(torch.device("cpu"), torch.float32, "math").name == "math"
+
+
+@pytest.mark.compile
+def test_flex_inference_matches_gather_on_cpu():
+    n = 200
+    pattern = sliding_window(n, 20, 20, 128)
+    q, k, v = make_qkv(1, 2, n, 16, dtype=torch.float32, requires_grad=False)
+    mask = random_padding_mask(1, n, seed=1)
+    with torch.no_grad():
+        flex, flex_lse = sparse_attention(q, k, v, pattern, mask=mask, executor="flex")
+        gather, _ = sparse_attention(q, k, v, pattern, mask=mask, executor="gather")
+    assert flex_lse is None  # compiled CPU flex has no lse
+    assert_close("out", gather, flex, 1e-5)
+
+
+def test_flex_refuses_cpu_training():
+    q, k, v = make_qkv(1, 1, 16, 4, dtype=torch.float32)
+    with pytest.raises(ValueError, match="cannot train on CPU"):
+        sparse_attention(q, k, v, sliding_window(16, 2, 2), executor="flex")
