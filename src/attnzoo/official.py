@@ -44,7 +44,12 @@ def load_official(module: nn.Module, state_dict: Mapping[str, Tensor], *, strict
     ]
     if wrong:
         raise ValueError(f"shape mismatch loading official weights into {type(module).__name__}: {'; '.join(wrong)}")
-    result = module.load_state_dict(converted, strict=strict)
-    if strict and (result.missing_keys or result.unexpected_keys):
-        raise ValueError(f"missing {result.missing_keys}, unexpected {result.unexpected_keys}")
+    missing = sorted(set(own) - set(converted))
+    unexpected = sorted(set(converted) - set(own))
+    if strict and (missing or unexpected):
+        raise ValueError(
+            f"official weights do not fit {type(module).__name__}: missing {missing}, unexpected {unexpected} "
+            "(after renaming to attnzoo's names)"
+        )
+    module.load_state_dict(converted, strict=False)
     return module

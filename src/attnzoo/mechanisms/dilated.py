@@ -98,7 +98,8 @@ class DilatedAttention(AttentionBase):
         slices in both), ``out_proj`` becomes ``proj``, ``inner_attn_ln`` keeps its name (a
         ``MultiwayWrapper``'s ``.A`` branch is used when present).
         """
-        sd = {k.replace("inner_attn_ln.A.", "inner_attn_ln.").replace(".A.", "."): v for k, v in state_dict.items()}
+        # A MultiwayWrapper holds two copies (.A for the first modality, .B for the second): keep .A.
+        sd = {k.replace(".A.", "."): v for k, v in state_dict.items() if ".B." not in k}
         missing = [f"{p}_proj.{t}" for p in "qkv" for t in ("weight", "bias") if f"{p}_proj.{t}" not in sd]
         if missing:
             raise ValueError(f"not a torchscale DilatedAttention state dict: missing {', '.join(missing)}")
