@@ -22,7 +22,7 @@ from attnzoo.models import (
 from attnzoo.models.positions import make_positions, sinusoidal_table_2d
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "train"))
-import toy_tasks  # noqa: E402
+import toy_tasks
 
 TINY = ModelConfig(dim=16, num_heads=2, num_layers=2, mlp_dim=32, dropout=0.0, attention_dropout=0.0)
 

@@ -13,10 +13,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import toy_tasks  # noqa: E402
+import toy_tasks
 
-from attnzoo.train import log  # noqa: E402
-from attnzoo.train.__main__ import main  # noqa: E402
+from attnzoo.train import log
+from attnzoo.train.__main__ import main
 
 if __name__ == "__main__":
     toy_tasks.install_globally()

@@ -49,8 +49,12 @@ def test_nystromformer_listops_matches_spec() -> None:
 
 def test_subset_reader_handles_lists_flow_and_comments() -> None:
     text = "a: 1  # one\nb:\n  c: [1, 2.5, x]\n  d: {name: local, k: 'q # r'}\nitems:\n  - 3\n  - null\ne: true\n"
-    assert parse_yaml(text) == {"a": 1, "b": {"c": [1, 2.5, "x"], "d": {"name": "local", "k": "q # r"}},
-                                "items": [3, None], "e": True}
+    assert parse_yaml(text) == {
+        "a": 1,
+        "b": {"c": [1, 2.5, "x"], "d": {"name": "local", "k": "q # r"}},
+        "items": [3, None],
+        "e": True,
+    }
     with pytest.raises(ValueError, match="line 2"):
         parse_yaml("a: 1\n   b: 2\n")
 
@@ -64,8 +68,17 @@ def test_toml_and_json_configs(tmp_path) -> None:
 
 
 def test_overrides_are_typed() -> None:
-    values = apply_overrides({}, {"lr": "3e-4", "model.dim": "128", "model.attention_options": "{window_size: 16}",
-                                  "betas": "[0.9, 0.95]", "data_dir": "none", "model.causal": "true"})
+    values = apply_overrides(
+        {},
+        {
+            "lr": "3e-4",
+            "model.dim": "128",
+            "model.attention_options": "{window_size: 16}",
+            "betas": "[0.9, 0.95]",
+            "data_dir": "none",
+            "model.causal": "true",
+        },
+    )
     cfg = config_from_dict(values)
     assert cfg.lr == 3e-4 and cfg.model.dim == 128 and cfg.model.causal is True
     assert cfg.model.attention_options == {"window_size": 16} and cfg.betas == [0.9, 0.95] and cfg.data_dir is None

@@ -10,16 +10,22 @@ from pathlib import Path
 
 import pytest
 import torch
-
 import toy_tasks
+
 from attnzoo.train import load_config, train, train_seeds
 from attnzoo.train.__main__ import main
 from attnzoo.train.checkpoint import load_checkpoint
 
 RUNNER = Path(__file__).resolve().parent / "run_toy.py"
 TINY = ["--task", "toy", "--model.dim", "16", "--model.num-layers", "1", "--batch-size", "16", "--eval-batches", "2"]
-SMALL = {"model.dim": 16, "model.num_layers": 1, "model.mlp_dim": 32, "batch_size": 16, "eval_batches": 2,
-         "progress": False}
+SMALL = {
+    "model.dim": 16,
+    "model.num_layers": 1,
+    "model.mlp_dim": 32,
+    "batch_size": 16,
+    "eval_batches": 2,
+    "progress": False,
+}
 
 
 @pytest.fixture(autouse=True)
@@ -29,7 +35,9 @@ def toy(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def run_cli(*args: str, env_extra: dict[str, str] | None = None, torchrun: bool = False) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1", **(env_extra or {})}
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"] if torchrun else [sys.executable]
+    launcher = (
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"] if torchrun else [sys.executable]
+    )
     return subprocess.run([*launcher, str(RUNNER), *args], capture_output=True, text=True, env=env, timeout=120)
 
 
@@ -39,8 +47,20 @@ def train_losses(run_dir: Path) -> dict[int, float]:
 
 
 def test_tiny_model_learns_and_writes_everything(tmp_path: Path) -> None:
-    cfg = load_config(None, {**SMALL, "task": "toy", "steps": 80, "eval_every": 40, "log_every": 10, "lr": 3e-3,
-                             "schedule": "cosine", "warmup_steps": 5, "out_dir": str(tmp_path / "run")})
+    cfg = load_config(
+        None,
+        {
+            **SMALL,
+            "task": "toy",
+            "steps": 80,
+            "eval_every": 40,
+            "log_every": 10,
+            "lr": 3e-3,
+            "schedule": "cosine",
+            "warmup_steps": 5,
+            "out_dir": str(tmp_path / "run"),
+        },
+    )
     results = train(cfg)
     losses = train_losses(tmp_path / "run")
     assert losses[80] < 0.5 * losses[10]
@@ -74,8 +94,19 @@ def test_killed_run_resumes_with_identical_losses(tmp_path: Path) -> None:
 
 
 def test_ddp_two_gloo_processes_match_one_process(tmp_path: Path) -> None:
-    args = [*TINY, "--steps", "6", "--eval-every", "3", "--log-every", "1", "--model.dropout", "0",
-            "--model.attention-dropout", "0"]
+    args = [
+        *TINY,
+        "--steps",
+        "6",
+        "--eval-every",
+        "3",
+        "--log-every",
+        "1",
+        "--model.dropout",
+        "0",
+        "--model.attention-dropout",
+        "0",
+    ]
     ddp = run_cli("train", *args, "--out-dir", str(tmp_path / "ddp"), torchrun=True)
     assert ddp.returncode == 0, ddp.stderr[-2000:]
     single = run_cli("train", *args, "--out-dir", str(tmp_path / "one"))
@@ -105,11 +136,30 @@ def test_errors_are_clear(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
 
 
 def test_init_from_shorter_length_resizes_positions(tmp_path: Path) -> None:
-    short = load_config(None, {**SMALL, "task": "toy", "steps": 4, "eval_every": 4, "out_dir": str(tmp_path / "a"),
-                               "task_options": {"seq_len": 12}})
+    short = load_config(
+        None,
+        {
+            **SMALL,
+            "task": "toy",
+            "steps": 4,
+            "eval_every": 4,
+            "out_dir": str(tmp_path / "a"),
+            "task_options": {"seq_len": 12},
+        },
+    )
     train(short)
-    long = load_config(None, {**SMALL, "task": "toy", "steps": 2, "eval_every": 2, "out_dir": str(tmp_path / "b"),
-                              "task_options": {"seq_len": 24}, "init_from": str(tmp_path / "a" / "best.pt")})
+    long = load_config(
+        None,
+        {
+            **SMALL,
+            "task": "toy",
+            "steps": 2,
+            "eval_every": 2,
+            "out_dir": str(tmp_path / "b"),
+            "task_options": {"seq_len": 24},
+            "init_from": str(tmp_path / "a" / "best.pt"),
+        },
+    )
     results = train(long)
     assert results["resized_from_init"] == ["encoder.positions.weight: (12, 16) -> (24, 16)"]
     old = load_checkpoint(tmp_path / "a" / "best.pt")["model"]["encoder.blocks.0.mlp.net.0.weight"]
@@ -117,8 +167,7 @@ def test_init_from_shorter_length_resizes_positions(tmp_path: Path) -> None:
 
 
 def test_seeds_report_mean_and_std(tmp_path: Path) -> None:
-    cfg = load_config(None, {**SMALL, "task": "toy", "steps": 3, "eval_every": 3,
-                             "out_dir": str(tmp_path / "s{seed}")})
+    cfg = load_config(None, {**SMALL, "task": "toy", "steps": 3, "eval_every": 3, "out_dir": str(tmp_path / "s{seed}")})
     summary = train_seeds(cfg, 2)
     accs = [r["accuracy"] for r in summary["runs"]]
     assert summary["seeds"] == [0, 1]
@@ -131,20 +180,37 @@ def test_seeds_report_mean_and_std(tmp_path: Path) -> None:
 
 def test_compare_writes_table_csv_and_plot(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "cmp"
-    rc = main(["compare", *TINY, "--attention", "softmax", "none", "--steps", "4", "--eval-every", "2",
-               "--out-dir", str(out), "--set", "progress=false"])
+    rc = main(
+        [
+            "compare",
+            *TINY,
+            "--attention",
+            "softmax",
+            "none",
+            "--steps",
+            "4",
+            "--eval-every",
+            "2",
+            "--out-dir",
+            str(out),
+            "--set",
+            "progress=false",
+        ]
+    )
     assert rc == 0
     table = (out / "compare.md").read_text()
     assert "| softmax |" in table and "| none |" in table and "majority class" in table
-    assert (out / "compare.csv").read_text().splitlines()[0].startswith("mechanism,accuracy")
+    assert (out / "compare.csv").read_text().splitlines()[0].startswith("mechanism,steps,accuracy")
     pytest.importorskip("matplotlib")
     assert (out / "compare.png").read_bytes()[:4] == b"\x89PNG"
     assert "| softmax |" in capsys.readouterr().out
 
 
 def test_attention_map_command(tmp_path: Path) -> None:
-    cfg = load_config(None, {**SMALL, "task": "toy", "steps": 2, "eval_every": 2, "out_dir": str(tmp_path / "r"),
-                             "model.num_heads": 2})
+    cfg = load_config(
+        None,
+        {**SMALL, "task": "toy", "steps": 2, "eval_every": 2, "out_dir": str(tmp_path / "r"), "model.num_heads": 2},
+    )
     train(cfg)
     from attnzoo.viz.attention_map import attention_maps_from_checkpoint
 
@@ -155,8 +221,9 @@ def test_attention_map_command(tmp_path: Path) -> None:
         attention_maps_from_checkpoint(tmp_path / "r" / "best.pt", 10_000)
     pytest.importorskip("matplotlib")
     out = tmp_path / "map.png"
-    assert main(["attention-map", "--checkpoint", str(tmp_path / "r" / "best.pt"), "--index", "3",
-                 "--out", str(out)]) == 0
+    assert (
+        main(["attention-map", "--checkpoint", str(tmp_path / "r" / "best.pt"), "--index", "3", "--out", str(out)]) == 0
+    )
     assert out.read_bytes()[:4] == b"\x89PNG"
 
 

@@ -26,6 +26,7 @@ DEFAULT_TASK = "listops-mini"
 DEFAULT_MECHANISMS = ("softmax", "local", "dilated", "none")
 COLUMNS = (
     "mechanism",
+    "steps",
     "accuracy",
     "accuracy_std",
     "dev_accuracy",
@@ -63,15 +64,13 @@ def majority_accuracy(cfg: Any) -> float | None:
 
 
 def _markdown(rows: list[dict[str, Any]], title: str) -> str:
-    head = (
-        "| mechanism | test accuracy | best dev accuracy | steps/s | train time (s) | peak memory (MB) | parameters |"
-    )
-    lines = [f"### {title}", "", head, "|---|---|---|---|---|---|---|"]
+    head = "| mechanism | test accuracy (%) | best dev accuracy (%) | steps | steps/s | train time (s) | peak mem (MB)"
+    lines = [f"### {title}", "", head + " | parameters |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         acc = f"{100 * r['accuracy']:.1f}" + (f" ± {100 * r['accuracy_std']:.1f}" if r["accuracy_std"] else "")
         lines.append(
-            f"| {r['mechanism']} | {acc} | {100 * (r['dev_accuracy'] or 0):.1f} | {r['steps_per_s']:.2f} | "
-            f"{r['train_time_s']:.0f} | {r['peak_memory_mb']:.0f} | {r['parameters']:,} |"
+            f"| {r['mechanism']} | {acc} | {100 * (r['dev_accuracy'] or 0):.1f} | {r['steps']} "
+            f"| {r['steps_per_s']:.2f} | {r['train_time_s']:.0f} | {r['peak_memory_mb']:.0f} | {r['parameters']:,} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -126,6 +125,7 @@ def compare(
         rows.append(
             {
                 "mechanism": name,
+                "steps": run["steps"],
                 "accuracy": summary["accuracy_mean"],
                 "accuracy_std": summary["accuracy_std"],
                 "dev_accuracy": summary.get("dev_accuracy_mean"),

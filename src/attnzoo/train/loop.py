@@ -23,6 +23,7 @@ import random
 import resource
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -99,9 +100,22 @@ def prepare_model(cfg: TrainConfig, spec: Any, init: dict[str, Any] | None) -> t
     return model, resized
 
 
+def _reset_peak_memory(device: torch.device) -> None:
+    """Start peak-memory accounting afresh (CUDA allocator; on Linux the process VmHWM via clear_refs)."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        return
+    with contextlib.suppress(OSError):
+        Path("/proc/self/clear_refs").write_text("5")
+
+
 def _peak_memory(device: torch.device) -> tuple[float, str]:
+    """Peak memory in MiB since :func:`_reset_peak_memory`, and how it was measured."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20, "cuda max_memory_allocated"
+    with contextlib.suppress(OSError, ValueError, StopIteration):
+        status = Path("/proc/self/status").read_text().splitlines()
+        return int(next(line for line in status if line.startswith("VmHWM")).split()[1]) / 1024, "process VmHWM"
     scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, KiB on Linux
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 2**20, "process peak RSS"
 
@@ -118,6 +132,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
 
     cfg.validate()
     info = setup(cfg.device)
+    _reset_peak_memory(info.device)
     run_dir = cfg.run_dir()
     prefetch: Prefetcher | None = None
     logger: MetricLogger | None = None
