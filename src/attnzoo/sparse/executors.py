@@ -28,25 +28,45 @@ from attnzoo.sparse.plan import Chunk, ChunkPlan
 __all__ = ["EXECUTORS", "run_dense", "run_flex", "run_gather", "run_gather_autograd"]
 
 
-def _chunk_inputs(plan: ChunkPlan, chunk: Chunk, q: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """Queries ``(B, G, bs, d)`` and gathered keys/values ``(B, G, K*bs, d)`` of one chunk."""
-    b, h, _, _ = q.shape
-    bs, nb, nc = plan.bs, plan.nb, chunk.stop - chunk.start
-    qc = q.view(b, h, nb, bs, -1)[:, :, chunk.start : chunk.stop].reshape(b, h * nc, bs, -1)
-    kc = k.view(b, h * nb, bs, -1).index_select(1, chunk.flat_kv).view(b, h * nc, plan.k * bs, -1)
-    vc = v.view(b, h * nb, bs, -1).index_select(1, chunk.flat_kv).view(b, h * nc, plan.k * bs, -1)
-    return qc, kc, vc
+def _queries(plan: ChunkPlan, start: int, stop: int, q: Tensor) -> Tensor:
+    """Queries of query blocks ``[start, stop)``: ``(B, G, bs, d)``."""
+    b, h = q.shape[:2]
+    return q.view(b, h, plan.nb, plan.bs, -1)[:, :, start:stop].reshape(b, h * (stop - start), plan.bs, -1)
 
 
-def _place(target: Tensor, chunk: Chunk, plan: ChunkPlan, value: Tensor) -> None:
-    """Write chunk rows ``value: (B, G, bs[, d])`` into ``target: (B, H, L[, d])``."""
+def _keys(plan: ChunkPlan, chunk: Chunk, k: Tensor) -> Tensor:
+    """Gathered key (or value) blocks of one kernel call: ``(B, G, span, d)``."""
+    b, h = k.shape[:2]
+    g = h * (chunk.stop - chunk.start)
+    return k.view(b, h * plan.nb, plan.bs, -1).index_select(1, chunk.flat_kv).view(b, g, chunk.span, -1)
+
+
+def _rows(x: Tensor, plan: ChunkPlan, start: int, stop: int) -> Tensor:
+    """Rows of query blocks ``[start, stop)`` of ``x: (B, H, L[, d])`` as ``(B, G, bs[, d])``."""
+    b, h = x.shape[:2]
+    return x[:, :, start * plan.bs : stop * plan.bs].reshape(b, h * (stop - start), plan.bs, *x.shape[3:])
+
+
+def _place(target: Tensor, plan: ChunkPlan, start: int, stop: int, value: Tensor) -> None:
+    """Write ``value: (B, G, bs[, d])`` into the rows of query blocks ``[start, stop)`` of ``target``."""
     b, h = target.shape[:2]
-    rows = slice(chunk.start * plan.bs, chunk.stop * plan.bs)
-    target[:, :, rows] = value.reshape(b, h, (chunk.stop - chunk.start) * plan.bs, *value.shape[3:])
+    rows = slice(start * plan.bs, stop * plan.bs)
+    target[:, :, rows] = value.reshape(b, h, (stop - start) * plan.bs, *value.shape[3:])
 
 
 def _mask_empty(lse: Tensor, has_key: Tensor | None) -> Tensor:
     return lse if has_key is None else lse.masked_fill(~has_key, float("-inf"))
+
+
+def _combine(outs: list[Tensor], lses: list[Tensor]) -> tuple[Tensor, Tensor]:
+    """Log-sum-exp merge of partial results over disjoint key sets (no autograd)."""
+    if len(outs) == 1:
+        return outs[0], lses[0]
+    total = torch.logsumexp(torch.stack(lses), dim=0)
+    safe = total.masked_fill(torch.isinf(total), 0.0)
+    out = sum(torch.exp(lse - safe)[..., None] * o for o, lse in zip(outs, lses, strict=True))
+    assert isinstance(out, Tensor)
+    return out, total
 
 
 def _softmax_lse(scores: Tensor) -> tuple[Tensor, Tensor]:
@@ -61,49 +81,57 @@ def _softmax_lse(scores: Tensor) -> tuple[Tensor, Tensor]:
 
 
 class _GatherAttention(torch.autograd.Function):
-    """Block-sparse attention with recomputation in backward; gradients for q, k, v and through lse."""
+    """Block-sparse attention with recomputation in backward; gradients for q, k, v and through lse.
+
+    Each chunk may be several kernel calls over disjoint key sets (full and partial blocks); their
+    results merge by log-sum-exp, and each call's backward is given the merged output and
+    log-sum-exp, which makes its gradient contribution exact (as in ring/flash attention).
+    """
 
     @staticmethod
     def forward(ctx: Any, q: Tensor, k: Tensor, v: Tensor, plan: ChunkPlan, kernel: Kernel, scale: float):  # type: ignore[override]
         b, h, length, _ = q.shape
         out = q.new_empty(b, h, length, v.shape[-1])
-        lse_raw = q.new_empty(b, h, length)
         lse = q.new_empty(b, h, length)
         for start, stop in plan.chunks():
-            chunk = plan.chunk(start, stop, q.dtype)
-            qc, kc, vc = _chunk_inputs(plan, chunk, q, k, v)
-            oc, lc = kernel.forward(qc, kc, vc, chunk.bias, chunk.causal, scale)
-            _place(out, chunk, plan, oc)
-            _place(lse_raw, chunk, plan, lc)
-            _place(lse, chunk, plan, _mask_empty(lc, chunk.has_key))
-        ctx.save_for_backward(q, k, v, out, lse_raw, lse)
+            qc = _queries(plan, start, stop, q)
+            outs, lses = [], []
+            for chunk in plan.chunk(start, stop, q.dtype):
+                kc, vc = _keys(plan, chunk, k), _keys(plan, chunk, v)
+                oc, lc = kernel.forward(qc, kc, vc, chunk.bias, chunk.causal, scale)
+                outs.append(oc)
+                lses.append(_mask_empty(lc, chunk.has_key))
+            oc, lc = _combine(outs, lses)
+            _place(out, plan, start, stop, oc)
+            _place(lse, plan, start, stop, lc)
+        ctx.save_for_backward(q, k, v, out, lse)
         ctx.plan, ctx.kernel, ctx.scale = plan, kernel, scale
-        ctx.mark_non_differentiable()
         return out, lse
 
     @staticmethod
     def backward(ctx: Any, dout: Tensor, dlse: Tensor | None):  # type: ignore[override]
-        q, k, v, out, lse_raw, lse = ctx.saved_tensors
+        q, k, v, out, lse = ctx.saved_tensors
         plan, kernel, scale = ctx.plan, ctx.kernel, ctx.scale
         b, h = q.shape[:2]
         dq, dk, dv = torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
+        dk_blocks, dv_blocks = dk.view(b, h * plan.nb, plan.bs, -1), dv.view(b, h * plan.nb, plan.bs, -1)
         dout = dout.contiguous()
+        empty = torch.isinf(lse)
+        safe_lse = lse.masked_fill(empty, 0.0)  # rows without keys: any finite value (their p is 0)
         if dlse is not None:
-            dlse = dlse.masked_fill(torch.isinf(lse), 0.0)
-        nb, bs = plan.nb, plan.bs
+            dlse = dlse.masked_fill(empty, 0.0)
         for start, stop in plan.chunks():
-            chunk = plan.chunk(start, stop, q.dtype)
-            qc, kc, vc = _chunk_inputs(plan, chunk, q, k, v)
-            g = h * (stop - start)
-            rows = slice(start * bs, stop * bs)
-            oc = out[:, :, rows].reshape(b, g, bs, -1)
-            doc = dout[:, :, rows].reshape(b, g, bs, -1)
-            lc = lse_raw[:, :, rows].reshape(b, g, bs)
-            dlc = None if dlse is None else dlse[:, :, rows].reshape(b, g, bs)
-            dqc, dkc, dvc = kernel.backward(doc, dlc, qc, kc, vc, oc, lc, chunk.bias, chunk.causal, scale)
-            _place(dq, chunk, plan, dqc)
-            dk.view(b, h * nb, bs, -1).index_add_(1, chunk.flat_kv, dkc.reshape(b, -1, bs, dkc.shape[-1]))
-            dv.view(b, h * nb, bs, -1).index_add_(1, chunk.flat_kv, dvc.reshape(b, -1, bs, dvc.shape[-1]))
+            qc = _queries(plan, start, stop, q)
+            oc, doc, lc = (_rows(t, plan, start, stop) for t in (out, dout, safe_lse))
+            dlc = None if dlse is None else _rows(dlse, plan, start, stop)
+            dqc = torch.zeros_like(qc)
+            for chunk in plan.chunk(start, stop, q.dtype):
+                kc, vc = _keys(plan, chunk, k), _keys(plan, chunk, v)
+                dqp, dkc, dvc = kernel.backward(doc, dlc, qc, kc, vc, oc, lc, chunk.bias, chunk.causal, scale)
+                dqc += dqp
+                dk_blocks.index_add_(1, chunk.flat_kv, dkc.reshape(b, -1, plan.bs, dkc.shape[-1]))
+                dv_blocks.index_add_(1, chunk.flat_kv, dvc.reshape(b, -1, plan.bs, dvc.shape[-1]))
+            _place(dq, plan, start, stop, dqc)
         return dq, dk, dv, None, None, None
 
 
@@ -129,8 +157,8 @@ def run_gather_autograd(
     outs, lses = [], []
     q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
     for start, stop in plan.chunks():
-        chunk = plan.chunk(start, stop, q.dtype)
-        qc, kc, vc = _chunk_inputs(plan, chunk, q, k, v)
+        (chunk,) = plan.chunk(start, stop, q.dtype, split=False)
+        qc, kc, vc = _queries(plan, start, stop, q), _keys(plan, chunk, k), _keys(plan, chunk, v)
         scores = torch.matmul(qc, kc.transpose(-1, -2)) * scale
         if chunk.bias is not None:
             scores = scores + chunk.bias

@@ -110,6 +110,31 @@ class SparsePattern:
         pos = torch.arange(self.num_slots, device=self.layout.kv_indices.device)
         return pos.masked_fill(pos >= self.seq_len, -1)[None]
 
+    def full_entries(self) -> Tensor:
+        """``(Hp, nB, K)`` bool: visited key blocks that ``mask_mod`` allows for every (query, key) pair.
+
+        Computed once per pattern (patterns are cached), block by block, never as an N x N mask.
+        Empty slots do not count against fullness (the engine masks them as keys anyway).
+        """
+        cached = self.__dict__.get("_full_entries")
+        if cached is not None:
+            return cached
+        layout = self.layout
+        if self.mask_mod is None:
+            full = layout.kv_valid.clone()
+        else:
+            pos = self.slot_positions().view(-1, layout.num_blocks, layout.block_size)
+            hx = max(pos.shape[0], layout.kv_indices.shape[0])
+            heads = torch.arange(hx)[:, None, None]
+            kv_pos = pos.expand(hx, -1, -1)[heads, layout.kv_indices.expand(hx, -1, -1)]  # (Hx, nB, K, bs)
+            q_pos = pos[:, :, None, :, None]  # (Hp, nB, 1, bs, 1)
+            k_pos = kv_pos[:, :, :, None, :]  # (Hx, nB, K, 1, bs)
+            ok = self.mask_mod(torch.zeros((), dtype=torch.long), q_pos.clamp_min(0), k_pos.clamp_min(0))
+            ok = ok | (q_pos < 0) | (k_pos < 0)
+            full = ok.flatten(-2).all(-1) & layout.kv_valid
+        object.__setattr__(self, "_full_entries", full)
+        return full
+
     def to_dense(self, *, causal: bool = False) -> Tensor:
         """``(Hp, N, N)`` bool mask over original tokens: the exact attention pattern (for tests and plots).
 

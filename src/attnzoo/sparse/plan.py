@@ -29,18 +29,24 @@ CHUNK_BYTES = 12 * 2**20
 
 @dataclass
 class Chunk:
-    """Inputs of one chunk: query blocks ``[start, stop)``."""
+    """One kernel call: query blocks ``[start, stop)`` against ``span`` gathered key slots each."""
 
     start: int
     stop: int
-    flat_kv: Tensor  # (H * nc * K,) indices into the (H * nB) key blocks
-    bias: Tensor | None  # broadcastable to (B, G, bs, K*bs); -inf = masked
+    flat_kv: Tensor  # (H * nc * Kp,) indices into the (H * nB) key blocks, ordered (head, query block, entry)
+    span: int  # Kp * bs
+    bias: Tensor | None  # broadcastable to (B, G, bs, span); -inf = masked
     causal: bool  # let the kernel apply the causal mask (diagonal-only layouts)
-    has_key: Tensor | None  # (B|1, G, bs) rows with at least one visible key; None = all rows
+    has_key: Tensor | None  # (B|1, G, bs|1) rows with at least one visible key; None = all rows
 
 
 class ChunkPlan:
     """Everything the executors need to run ``pattern`` on slot tensors of a given shape.
+
+    Visited key blocks that the pattern (and ``causal``) allow entirely are "full": they need only
+    the cheap key-padding mask, while the others ("partial") need the element mask of every
+    (query, key) pair. By default each chunk is run as two kernel calls, one per kind, merged by
+    log-sum-exp (as FlexAttention separates ``full_kv_indices``).
 
     Args:
         pattern: the sparse pattern.
@@ -75,12 +81,11 @@ class ChunkPlan:
         own = torch.arange(self.nb, device=device)[None, :, None]
         diagonal_only = self.k == 1 and bool((self.kv_indices == own).all())
         # Causal inside diagonal blocks is the kernel's own causal mask when slots keep token order.
-        self.kernel_causal = causal and diagonal_only and pattern.mask_mod is None
-        if score_mod is not None:
-            self.kernel_causal = False
+        self.kernel_causal = causal and diagonal_only and pattern.mask_mod is None and score_mod is None
         self.needs_elements = (
             pattern.mask_mod is not None or score_mod is not None or (causal and not self.kernel_causal)
         )
+        self.full = self._full_entries() if self.needs_elements and score_mod is None else None
         span = self.k * self.bs
         per_block = heads * (2 * span + 2 * self.bs) * head_dim * itemsize
         if self.needs_elements:
@@ -92,56 +97,94 @@ class ChunkPlan:
         step = self.blocks_per_chunk
         return [(s, min(s + step, self.nb)) for s in range(0, self.nb, step)]
 
-    def chunk(self, start: int, stop: int, dtype: torch.dtype) -> Chunk:
-        """Gather indices and the additive mask of query blocks ``[start, stop)``."""
-        h, nb, bs, k = self.heads, self.nb, self.bs, self.k
-        nc = stop - start
-        device = self.kv_indices.device
-        kv_idx = self.kv_indices[:, start:stop].expand(h, nc, k)
-        kv_valid = self.kv_valid[:, start:stop]
-        flat = (torch.arange(h, device=device)[:, None, None] * nb + kv_idx).reshape(-1)
-        blocks_ok = self._gather_blocks(self.key_ok.view(self.key_ok.shape[0], -1, nb, bs), start, stop)
-        allowed = blocks_ok & kv_valid[None, ..., None]  # (B|1, Hx, nc, K, bs)
-        allowed = allowed.reshape(allowed.shape[0], allowed.shape[1], nc, 1, k * bs)
+    def chunk(self, start: int, stop: int, dtype: torch.dtype, *, split: bool = True) -> list[Chunk]:
+        """The kernel calls for query blocks ``[start, stop)``: full and partial key blocks apart when
+        ``split`` (and the pattern has element masks), else one call over all visited blocks."""
+        if not split or self.full is None:
+            return [
+                self._part(
+                    start,
+                    stop,
+                    self.kv_indices[:, start:stop],
+                    self.kv_valid[:, start:stop],
+                    dtype,
+                    elementwise=self.needs_elements,
+                )
+            ]
+        parts = []
+        for selected, elementwise in ((self.full, False), (self.kv_valid & ~self.full, True)):
+            chosen = selected[:, start:stop]
+            kp = int(chosen.sum(-1).max())
+            if kp == 0:
+                continue
+            order = torch.argsort((~chosen).to(torch.int8), dim=-1, stable=True)[..., :kp]
+            idx = torch.gather(self.kv_indices[:, start:stop].expand_as(chosen), -1, order)
+            parts.append(self._part(start, stop, idx, torch.gather(chosen, -1, order), dtype, elementwise=elementwise))
+        return parts
+
+    def _part(
+        self, start: int, stop: int, idx: Tensor, valid: Tensor, dtype: torch.dtype, *, elementwise: bool
+    ) -> Chunk:
+        """One kernel call over key blocks ``idx: (Hi, nc, Kp)`` (``valid`` False = padding entry)."""
+        h, nb, bs = self.heads, self.nb, self.bs
+        nc, kp = stop - start, idx.shape[-1]
+        flat = (torch.arange(h, device=idx.device)[:, None, None] * nb + idx.expand(h, nc, kp)).reshape(-1)
+        blocks_ok = self._gather_blocks(self.key_ok.view(self.key_ok.shape[0], -1, nb, bs), idx)
+        allowed = blocks_ok & valid[None, ..., None]  # (B|1, Hx, nc, Kp, bs)
+        allowed = allowed.reshape(allowed.shape[0], allowed.shape[1], nc, 1, kp * bs)
         scores = None
-        if self.needs_elements:
-            elements, scores = self._elements(start, stop)
+        if elementwise:
+            elements, scores = self._elements(start, stop, idx)
             allowed = allowed & elements
-        allowed = self._by_group(allowed, nc)
         if scores is None and bool(allowed.all()):
-            return Chunk(start, stop, flat, None, self.kernel_causal, None)
+            return Chunk(start, stop, flat, kp * bs, None, self.kernel_causal, None)
         bias = key_mask_bias(allowed, dtype)
         if scores is not None:
-            bias = bias + self._by_group(scores.to(dtype), nc)
-        # Diagonal causal blocks (key-only mask, K = 1): row i sees a key iff some slot <= i is a key.
+            bias = bias + scores.to(dtype)
+        # Diagonal causal blocks (key-only mask, Kp = 1): row i sees a key iff some slot <= i is a key.
         has_key = allowed.cumsum(-1).gt(0).squeeze(-2) if self.kernel_causal else allowed.any(-1)
-        return Chunk(start, stop, flat, bias, self.kernel_causal, has_key)
+        return Chunk(start, stop, flat, kp * bs, self._by_group(bias), self.kernel_causal, self._by_group(has_key))
 
-    def _by_group(self, x: Tensor, nc: int) -> Tensor:
-        """``(B|1, Hx, nc, rows, K*bs) -> (B|1, H*nc, rows, K*bs)`` (heads broadcast when Hx = 1)."""
+    def _by_group(self, x: Tensor) -> Tensor:
+        """``(B|1, Hx, nc, ...) -> (B|1, H*nc, ...)`` (heads broadcast when Hx = 1)."""
         x = x.expand(x.shape[0], self.heads, *x.shape[2:])
-        return x.reshape(x.shape[0], self.heads * nc, x.shape[-2], x.shape[-1])
+        return x.reshape(x.shape[0], self.heads * x.shape[2], *x.shape[3:])
 
-    def _gather_blocks(self, per_slot: Tensor, start: int, stop: int) -> Tensor:
-        """``per_slot: (B|1, Hs, nB, bs)`` -> values at the visited key blocks ``(B|1, Hx, nc, K, bs)``."""
-        kv_idx = self.kv_indices[:, start:stop]
-        hx = max(per_slot.shape[1], kv_idx.shape[0])
-        heads = torch.arange(hx, device=kv_idx.device)[:, None, None]
+    def _gather_blocks(self, per_slot: Tensor, idx: Tensor) -> Tensor:
+        """``per_slot: (B|1, Hs, nB, bs)`` at key blocks ``idx: (Hi, nc, Kp)`` -> ``(B|1, Hx, nc, Kp, bs)``."""
+        hx = max(per_slot.shape[1], idx.shape[0])
+        heads = torch.arange(hx, device=idx.device)[:, None, None]
         src = per_slot.expand(per_slot.shape[0], hx, *per_slot.shape[2:])
-        return src[:, heads, kv_idx.expand(hx, *kv_idx.shape[1:])]
+        return src[:, heads, idx.expand(hx, *idx.shape[1:])]
 
-    def _elements(self, start: int, stop: int) -> tuple[Tensor, Tensor | None]:
-        """Pattern predicate (and causal) and the ``score_mod`` bias, each ``(1, Hx, nc, bs, K*bs)``."""
+    def _elements(self, start: int, stop: int, idx: Tensor) -> tuple[Tensor, Tensor | None]:
+        """Pattern predicate (and causal), ``(1, Hx, nc, bs, Kp*bs)``, and the ``score_mod`` bias (all H heads).
+
+        ``mask_mod`` must not depend on the head (per-head patterns use per-head positions).
+        """
         pos = self.positions.view(self.positions.shape[0], self.nb, self.bs)
-        q_pos = pos[:, start:stop, :, None]  # (Hp, nc, bs, 1)
-        kv_pos = self._gather_blocks(pos[None], start, stop)[0]  # (Hx, nc, K, bs)
+        q_pos = pos[:, start:stop, :, None].clamp_min(0)  # (Hp, nc, bs, 1); empty slots are masked by key_ok
+        kv_pos = self._gather_blocks(pos[None], idx)[0].clamp_min(0)  # (Hx, nc, Kp, bs)
         kv_pos = kv_pos.reshape(kv_pos.shape[0], stop - start, 1, -1)
         allowed = torch.ones((), dtype=torch.bool, device=pos.device)
-        heads = torch.arange(self.heads, device=pos.device)[:, None, None, None]
-        q_pos, kv_pos = q_pos.clamp_min(0), kv_pos.clamp_min(0)  # empty slots are masked by key_ok
         if self.pattern.mask_mod is not None:
-            allowed = self.pattern.mask_mod(heads, q_pos, kv_pos)
+            allowed = self.pattern.mask_mod(torch.zeros((), dtype=torch.long, device=pos.device), q_pos, kv_pos)
         if self.causal and not self.kernel_causal:
             allowed = allowed & (kv_pos <= q_pos)
-        scores = None if self.score_mod is None else self.score_mod(heads, q_pos, kv_pos)[None]
+        scores = None
+        if self.score_mod is not None:
+            heads = torch.arange(self.heads, device=pos.device)[:, None, None, None]
+            scores = self.score_mod(heads, q_pos, kv_pos)[None]
         return allowed[None], scores
+
+    def _full_entries(self) -> Tensor:
+        """``(Hx, nB, K)`` bool: visited key blocks that ``mask_mod`` and ``causal`` allow for every pair."""
+        full = self.pattern.full_entries().to(self.kv_valid.device) & self.kv_valid
+        if self.causal:
+            pos = self.positions.view(self.positions.shape[0], self.nb, self.bs)
+            last_key = pos.amax(-1)  # (Hp, nB); empty slots are -1
+            first_query = torch.where(pos >= 0, pos, torch.iinfo(pos.dtype).max).amin(-1)
+            heads = torch.arange(max(pos.shape[0], self.kv_indices.shape[0]), device=pos.device)[:, None, None]
+            key_last = last_key.expand(heads.shape[0], -1)[heads, self.kv_indices.expand(heads.shape[0], -1, -1)]
+            full = full & (key_last <= first_query.expand(heads.shape[0], -1)[:, :, None])
+        return full
