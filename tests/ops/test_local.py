@@ -35,13 +35,18 @@ def _compare(q, k, v, table, **kw):
         assert_close(name, a, b, 1e-10)
 
 
+# look-ahead with causal is rejected (see test_errors), so those pairs are left out
+WINDOW_CAUSAL = [(kw, causal) for kw in CASES_1D for causal in (False, True) if not (causal and kw.get("look_ahead"))]
+
+
 @pytest.mark.parametrize("n", [1, 7, 100, 131], ids=lambda n: f"N{n}")
-@pytest.mark.parametrize("kw", CASES_1D, ids=lambda kw: "-".join(f"{k}{v}" for k, v in kw.items()))
-@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+@pytest.mark.parametrize(
+    ("kw", "causal"),
+    WINDOW_CAUSAL,
+    ids=["-".join(f"{k}{v}" for k, v in kw.items()) + ("-causal" if c else "") for kw, c in WINDOW_CAUSAL],
+)
 @pytest.mark.parametrize("rpe", [False, True], ids=["norpe", "rpe"])
 def test_matches_naive_1d(n, kw, causal, rpe):
-    if causal and kw.get("look_ahead"):
-        pytest.skip("look-ahead is rejected with causal (tested in test_errors)")
     q, k, v = make_qkv(2, 3, n, 8, seed=n)
     mask = random_padding_mask(2, n, seed=n)
     window = LocalWindow.resolve(causal=causal, **kw)
