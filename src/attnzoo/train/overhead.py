@@ -82,7 +82,7 @@ def _harness_rate(cfg: TrainConfig, steps: int, warmup: int) -> float:
     return (last["step"] - first["step"]) / (last["train_time_s"] - first["train_time_s"])
 
 
-def measure_overhead(cfg: TrainConfig, *, steps: int = 60, warmup: int = 10, repeats: int = 2) -> dict[str, Any]:
+def measure_overhead(cfg: TrainConfig, *, steps: int = 60, warmup: int = 10, repeats: int = 3) -> dict[str, Any]:
     """Steps/s of the raw model step and of the harness; overhead = raw rate / harness rate - 1.
 
     Each measurement is repeated ``repeats`` times, alternating, and the best rate is kept (the
