@@ -234,3 +234,29 @@ def test_profile_overhead_reports_rates(tmp_path: Path) -> None:
     report = measure_overhead(cfg, steps=4, warmup=2, repeats=1)
     assert report["raw_fwd_bwd_steps_per_s"] > 0 and report["harness_steps_per_s"] > 0
     assert "overhead_vs_fwd_bwd_opt_pct" in report
+
+
+def test_real_listops_mini_integration(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.undo()  # the real attnzoo.tasks, not the toy stand-in
+    tasks = pytest.importorskip("attnzoo.tasks")
+    if not hasattr(tasks, "load_split"):
+        pytest.skip("attnzoo.tasks is not available yet")
+    cfg = load_config(
+        None,
+        {
+            "steps": 2,
+            "eval_every": 2,
+            "batch_size": 8,
+            "train_size": 32,
+            "dev_size": 16,
+            "test_size": 16,
+            "cache_dir": str(tmp_path / "cache"),
+            "out_dir": str(tmp_path / "r"),
+            "model.dim": 16,
+            "model.mlp_dim": 32,
+            "progress": False,
+        },
+        task="listops-mini",
+    )
+    results = train(cfg)
+    assert results["task"] == "listops-mini" and results["test_examples"] == 16 and results["steps"] == 2
