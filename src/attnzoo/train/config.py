@@ -32,7 +32,7 @@ __all__ = [
     "read_config_file",
 ]
 
-CONFIG_ROOT = Path(__file__).resolve().parents[3] / "configs"  # the repository's configs/ folder
+CONFIG_ROOT = Path(__file__).resolve().parents[1] / "configs"  # shipped in the package; configs/ links here
 SCHEDULES = ("constant", "rsqrt", "cosine", "linear", "onecycle")
 
 
