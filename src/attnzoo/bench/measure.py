@@ -2,17 +2,21 @@
 
 Time: median of ``repeats`` runs after ``warmup`` runs (CUDA synchronised). Memory: on CUDA the
 peak of ``torch.cuda.max_memory_allocated`` above the memory held before the call; on CPU (Linux,
-glibc) the rise of the process's peak resident set (``VmHWM``, reset through ``/proc/self/clear_refs``)
-above its resident set before the call, with glibc told to ``mmap`` every block over 64 KiB for the
-duration, so that each tensor is fresh memory that counts and is returned when freed. Smaller blocks
-recycled inside the heap are not seen (a few MiB at most).
+glibc) the highest resident set seen by a thread polling ``/proc/self/statm`` every 0.2 ms, above the
+resident set before the call, after ``malloc_trim`` has returned free heap pages and with glibc told
+to ``mmap`` every block over 64 KiB for the duration,
+so that each tensor is fresh memory that counts and is returned when freed. (The kernel's own
+high-water mark, ``VmHWM``, misses short peaks: its per-thread counters are folded in lazily.)
+Blocks recycled inside the heap and peaks shorter than the polling interval are not seen.
 """
 
 from __future__ import annotations
 
 import ctypes
 import gc
+import os
 import statistics
+import threading
 import time
 from collections.abc import Callable
 
@@ -40,22 +44,19 @@ def measure_time(fn: Callable[[], object], device: torch.device, *, repeats: int
     return statistics.median(times)
 
 
-def _proc_status(key: str) -> int | None:
+def _resident_bytes() -> int | None:
     try:
-        with open("/proc/self/status") as status:
-            for line in status:
-                if line.startswith(key):
-                    return int(line.split()[1]) * 1024
-    except OSError:
+        with open("/proc/self/statm", "rb") as statm:
+            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
         return None
-    return None
 
 
 def memory_method(device: torch.device) -> str:
     """How :func:`measure_peak_memory` measures on ``device`` (recorded with every result)."""
     if device.type == "cuda":
         return "cuda.max_memory_allocated"
-    return "VmHWM-VmRSS (mmap threshold 64 KiB)" if _proc_status("VmHWM") is not None else "unavailable"
+    return "polled RSS (mmap threshold 64 KiB)" if _resident_bytes() is not None else "unavailable"
 
 
 def measure_peak_memory(fn: Callable[[], object], device: torch.device) -> int | None:
@@ -68,22 +69,31 @@ def measure_peak_memory(fn: Callable[[], object], device: torch.device) -> int |
         fn()
         _sync(device)
         return torch.cuda.max_memory_allocated(device) - before
-    try:
-        with open("/proc/self/clear_refs", "w") as refs:
-            refs.write("5")
-    except OSError:
-        return None
     libc = _glibc()
     if libc is not None:
+        libc.malloc_trim(0)  # hand free heap pages back, so that reusing them shows up as growth
         libc.mallopt(_M_MMAP_THRESHOLD, 64 * 1024)
+    before = _resident_bytes()
+    if before is None:
+        return None
+    highest = [before]
+    done = threading.Event()
+
+    def poll() -> None:
+        while not done.is_set():
+            highest[0] = max(highest[0], _resident_bytes() or 0)
+            time.sleep(0.0002)
+
+    watcher = threading.Thread(target=poll, daemon=True)
+    watcher.start()
     try:
-        before = _proc_status("VmRSS")
         fn()
-        peak = _proc_status("VmHWM")
     finally:
+        done.set()
+        watcher.join()
         if libc is not None:
             libc.mallopt(_M_MMAP_THRESHOLD, 32 * 2**20)  # glibc's own ceiling for its dynamic threshold
-    return None if before is None or peak is None else max(peak - before, 0)
+    return max(max(highest[0], _resident_bytes() or 0) - before, 0)
 
 
 _M_MMAP_THRESHOLD = -3

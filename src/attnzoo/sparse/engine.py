@@ -8,12 +8,16 @@ builds a :class:`ChunkPlan`, runs one executor and scatters the result back to t
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
 import torch
 from torch import Tensor
 
 from attnzoo.ops.common import check_padding_mask, check_qkv
-from attnzoo.sparse.executors import EXECUTORS
-from attnzoo.sparse.kernels import pick_kernel
+from attnzoo.sparse.executors import EXECUTORS, combine_parts, gather_backward, gather_forward, run_gather_autograd
+from attnzoo.sparse.kernels import Kernel, pick_kernel
 from attnzoo.sparse.layout import SparsePattern
 from attnzoo.sparse.plan import ChunkPlan, ScoreMod
 
@@ -21,93 +25,82 @@ __all__ = ["merge_partials", "pick_executor", "sparse_attention"]
 
 
 def pick_executor(q: Tensor, requested: str = "auto") -> str:
-    """``gather`` unless ``requested`` names another executor (``flex`` is opt-in: it compiles)."""
+    """``gather`` on CPU and ``flex`` on CUDA for ``auto``; otherwise the executor named (validated)."""
     if requested == "auto":
         return "flex" if q.device.type == "cuda" else "gather"
-    if requested not in EXECUTORS:
-        raise ValueError(f"unknown executor {requested!r}; choose from auto, {', '.join(EXECUTORS)}")
+    if requested != "gather" and requested not in EXECUTORS:
+        raise ValueError(f"unknown executor {requested!r}; choose from auto, gather, {', '.join(EXECUTORS)}")
     return requested
 
 
-def _to_slots(x: Tensor, positions: Tensor | None, length: int) -> Tensor:
-    """``x: (B, H, N, d) -> (B, H, L, d)`` in slot order; empty slots hold zeros."""
-    b, h, n, d = x.shape
-    if positions is None:
-        return torch.nn.functional.pad(x, (0, 0, 0, length - n)) if length > n else x
-    padded = torch.cat([x, x.new_zeros(b, h, 1, d)], dim=2)  # index n = the zero row
-    idx = torch.where(positions >= 0, positions, n).to(x.device)
-    idx = idx[None, :, :, None].expand(b, h, length, d)
-    return torch.gather(padded, 2, idx)
+@dataclass
+class _Run:
+    """One pattern prepared for one input: its plan and the token <-> slot maps.
 
-
-def _from_slots(x: Tensor, positions: Tensor | None, n: int, fill: float) -> Tensor:
-    """Inverse of :func:`_to_slots` for ``(B, H, L[, d])``; tokens no slot holds get ``fill``."""
-    if positions is None:
-        return x[:, :, :n]
-    b, h, length = x.shape[:3]
-    tail = x.shape[3:]
-    out = x.new_full((b, h, n + 1, *tail), fill)
-    idx = torch.where(positions >= 0, positions, n).to(x.device)
-    idx = idx[None, :, :].expand(b, h, length)
-    if tail:
-        idx = idx[..., None].expand(b, h, length, *tail)
-    return out.scatter(2, idx, x)[:, :, :n]
-
-
-def sparse_attention(
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    pattern: SparsePattern,
-    *,
-    mask: Tensor | None = None,
-    causal: bool = False,
-    scale: float | None = None,
-    dropout_p: float = 0.0,
-    executor: str = "auto",
-    kernel: str = "auto",
-    score_mod: ScoreMod | None = None,
-) -> tuple[Tensor, Tensor | None]:
-    """Softmax attention restricted to ``pattern``, run block-sparse.
-
-    Each query attends, with exact softmax, to the keys the pattern allows (and that are real
-    tokens, and not later ones under ``causal``). Work is O(N * visited keys * d); memory O(N * d)
-    plus one chunk with the default executor.
-
-    Args:
-        q, k, v: ``(B, H, N, d)`` (v may have its own width dv).
-        pattern: built for this N (e.g. :func:`attnzoo.sparse.patterns.sliding_window`).
-        mask: bool padding mask ``(B, N)``, True = real token. Default: None.
-        causal: keys j <= i only.
-        scale: default ``d ** -0.5``.
-        dropout_p: dropout on attention probabilities (uses the ``gather-autograd`` executor).
-        executor: ``auto`` (gather on CPU, flex on CUDA), ``gather``, ``gather-autograd``, ``flex``, ``dense``.
-        kernel: ``auto``, ``cpu_flash`` or ``math`` (gather executors).
-        score_mod: additive score bias ``score_mod(h, q_pos, kv_pos)`` on token positions (broadcasting
-            index tensors), e.g. a learned relative-position bias; gradients flow into its parameters.
-
-    Returns:
-        ``(out, lse)``: ``out: (B, H, N, dv)``, 0 for rows that see no key; ``lse: (B, H, N)`` the
-        log-sum-exp of each row's scores, ``-inf`` for rows that see no key (or that the pattern skips);
-        ``None`` from the ``flex`` executor on CPU, which cannot return it.
-
-    Raises:
-        ValueError: shapes that do not match the pattern, unknown executor or kernel.
+    With a token order (``positions``), slot s of head h holds token ``positions[h, s]``; ``src``
+    indexes the flattened ``(H * N)`` tokens for every ``(H * L)`` slot (empty slots read token 0
+    of their head, harmless: they are masked as keys and dropped as queries), and ``valid_src`` /
+    ``dst`` map the non-empty slots back to tokens. Without one, slots are the tokens padded to L.
     """
-    check_qkv(q, k, v, cross=False)
+
+    plan: ChunkPlan
+    length: int
+    seq_len: int
+    heads: int
+    src: Tensor | None = None
+    valid: Tensor | None = None
+    valid_src: Tensor | None = None
+    dst: Tensor | None = None
+
+    @classmethod
+    def build(cls, plan: ChunkPlan, positions: Tensor | None, length: int, seq_len: int, heads: int) -> _Run:
+        if positions is None:
+            return cls(plan, length, seq_len, heads)
+        pos = positions.expand(heads, length)
+        head_base = torch.arange(heads, device=pos.device)[:, None] * seq_len
+        valid = pos >= 0
+        src = (head_base + pos.clamp_min(0)).reshape(-1)
+        valid_src = valid.reshape(-1).nonzero().squeeze(1)
+        return cls(plan, length, seq_len, heads, src, valid, valid_src, src[valid_src])
+
+    def slots(self, x: Tensor, *, zero_empty: bool = False) -> Tensor:
+        """``(B, H, N[, d]) -> (B, H, L[, d])``; ``zero_empty`` zeroes the empty slots (gradients)."""
+        b, tail = x.shape[0], x.shape[3:]
+        if self.src is None:
+            pad = self.length - self.seq_len
+            if pad == 0:
+                return x
+            return torch.nn.functional.pad(x, (0, 0) * len(tail) + (0, pad))
+        out = x.reshape(b, self.heads * self.seq_len, *tail).index_select(1, self.src)
+        out = out.view(b, self.heads, self.length, *tail)
+        if zero_empty:
+            assert self.valid is not None
+            out = out.masked_fill(~self.valid.view(1, self.heads, self.length, *([1] * len(tail))), 0.0)
+        return out
+
+    def tokens(self, x: Tensor, fill: float = 0.0) -> Tensor:
+        """``(B, H, L[, d]) -> (B, H, N[, d])``; tokens that no slot holds get ``fill``."""
+        if self.src is None:
+            return x[:, :, : self.seq_len]
+        assert self.valid_src is not None and self.dst is not None
+        b, tail = x.shape[0], x.shape[3:]
+        picked = x.reshape(b, self.heads * self.length, *tail).index_select(1, self.valid_src)
+        out = x.new_full((b, self.heads * self.seq_len, *tail), fill).index_copy_(1, self.dst, picked)
+        return out.view(b, self.heads, self.seq_len, *tail)
+
+
+def _prepare(
+    q: Tensor, v: Tensor, pattern: SparsePattern, mask: Tensor | None, causal: bool, score_mod: ScoreMod | None
+) -> _Run:
     b, h, n, d = q.shape
     if pattern.seq_len != n:
         raise ValueError(f"pattern {pattern.name} was built for N={pattern.seq_len}, got N={n}")
-    mask = check_padding_mask(mask, b, n, q.device)
     for name, heads in (
         ("positions", pattern.slot_positions().shape[0]),
         ("layout", pattern.layout.kv_indices.shape[0]),
     ):
         if heads not in (1, h):
             raise ValueError(f"pattern {pattern.name} has {heads} {name} heads; the input has H={h}")
-    scale = d**-0.5 if scale is None else float(scale)
-    length = pattern.num_slots
-    positions = None if pattern.positions is None else pattern.positions.to(q.device)
     slot_pos = pattern.slot_positions().to(q.device)
     key_ok = (slot_pos >= 0)[None]
     if mask is not None:
@@ -122,18 +115,140 @@ def sparse_attention(
         causal=causal,
         score_mod=score_mod,
     )
+    positions = None if pattern.positions is None else pattern.positions.to(q.device)
+    return _Run.build(plan, positions, pattern.num_slots, n, h)
+
+
+class _FusedUnion(torch.autograd.Function):
+    """Fused gather executor over one or more patterns, merged by log-sum-exp.
+
+    Backward: each pattern's chunks are recomputed and given the merged output and log-sum-exp
+    (exact gradients of the union's softmax), or, with ``detach`` (torchscale's mixture), its own
+    output and log-sum-exp and the incoming gradient scaled by its fixed mixing weight.
+    """
+
+    @staticmethod
+    def forward(
+        ctx: Any, q: Tensor, k: Tensor, v: Tensor, runs: list[_Run], kernel: Kernel, scale: float, detach: bool
+    ):  # type: ignore[override]
+        q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+        outs, lses = [], []
+        for run in runs:
+            out, lse = gather_forward(run.slots(q), run.slots(k), run.slots(v), run.plan, kernel, scale)
+            outs.append(run.tokens(out))
+            lses.append(run.tokens(lse, float("-inf")))
+        out, lse = combine_parts(outs, lses)
+        ctx.runs, ctx.kernel, ctx.scale, ctx.detach = runs, kernel, scale, detach
+        ctx.set_materialize_grads(False)  # an unused lse must reach backward as None, not zeros
+        ctx.save_for_backward(q, k, v, out, lse, *(outs + lses if detach and len(runs) > 1 else ()))
+        if detach:
+            ctx.mark_non_differentiable(lse)
+        return out, lse
+
+    @staticmethod
+    def backward(ctx: Any, dout: Tensor, dlse: Tensor | None):  # type: ignore[override]
+        q, k, v, out, lse, *parts = ctx.saved_tensors
+        dq, dk, dv = torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
+        dout = torch.zeros_like(out) if dout is None else dout.contiguous()
+        for i, run in enumerate(ctx.runs):
+            grad, ref_out, ref_lse, grad_lse = dout, out, lse, dlse
+            if parts:  # detached mixture: part i with its own statistics, weight held constant
+                n_runs = len(ctx.runs)
+                ref_out, ref_lse = parts[i], parts[n_runs + i]
+                weight = torch.exp(ref_lse - lse.masked_fill(torch.isinf(lse), 0.0)).nan_to_num(0.0)
+                grad, grad_lse = dout * weight[..., None], None
+            dqs, dks, dvs = gather_backward(
+                run.slots(grad, zero_empty=True),
+                None if grad_lse is None else run.slots(grad_lse, zero_empty=True),
+                run.slots(q),
+                run.slots(k),
+                run.slots(v),
+                run.slots(ref_out),
+                run.slots(ref_lse),
+                run.plan,
+                ctx.kernel,
+                ctx.scale,
+            )
+            dq += run.tokens(dqs)
+            dk += run.tokens(dks)
+            dv += run.tokens(dvs)
+        return dq, dk, dv, None, None, None, None
+
+
+def sparse_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    pattern: SparsePattern | Sequence[SparsePattern],
+    *,
+    mask: Tensor | None = None,
+    causal: bool = False,
+    scale: float | None = None,
+    dropout_p: float = 0.0,
+    executor: str = "auto",
+    kernel: str = "auto",
+    score_mod: ScoreMod | None = None,
+    detach_weights: bool = False,
+) -> tuple[Tensor, Tensor | None]:
+    """Softmax attention restricted to ``pattern`` (or to the union of several), run block-sparse.
+
+    Each query attends, with exact softmax, to the keys the pattern allows (and that are real
+    tokens, and not later ones under ``causal``). Given several patterns, the softmax runs over the
+    multiset union of their keys (a key allowed by two patterns counts twice): the same as
+    :func:`merge_partials` of each pattern's attention, i.e. LongNet's mixture. Work is
+    O(N * visited keys * d); memory O(N * d) plus one chunk with the default executor.
+
+    Args:
+        q, k, v: ``(B, H, N, d)`` (v may have its own width dv).
+        pattern: one pattern or a list, each built for this N (e.g. :func:`attnzoo.sparse.patterns.sliding_window`).
+        mask: bool padding mask ``(B, N)``, True = real token. Default: None.
+        causal: keys j <= i only.
+        scale: default ``d ** -0.5``.
+        dropout_p: dropout on attention probabilities (runs the ``gather-autograd`` executor).
+        executor: ``auto`` (gather on CPU, flex on CUDA), ``gather``, ``gather-autograd``, ``flex``, ``dense``.
+        kernel: ``auto``, ``cpu_flash`` or ``math`` (gather executors).
+        score_mod: additive score bias ``score_mod(h, q_pos, kv_pos)`` on token positions (broadcasting
+            index tensors), e.g. a learned relative-position bias; gradients flow into its parameters.
+        detach_weights: with several patterns, hold the mixing weights constant in the backward pass
+            (torchscale's LongNet); the returned lse then carries no gradient.
+
+    Returns:
+        ``(out, lse)``: ``out: (B, H, N, dv)``, 0 for rows that see no key; ``lse: (B, H, N)`` the
+        log-sum-exp of each row's scores, ``-inf`` for rows that see no key (or that the pattern skips);
+        ``None`` from the ``flex`` executor on CPU, which cannot return it.
+
+    Raises:
+        ValueError: shapes that do not match the pattern, unknown executor or kernel.
+    """
+    check_qkv(q, k, v, cross=False)
+    b, _, n, d = q.shape
+    mask = check_padding_mask(mask, b, n, q.device)
+    patterns = [pattern] if isinstance(pattern, SparsePattern) else list(pattern)
+    if not patterns:
+        raise ValueError("sparse_attention needs at least one pattern")
+    scale = d**-0.5 if scale is None else float(scale)
+    runs = [_prepare(q, v, p, mask, causal, score_mod) for p in patterns]
     name = pick_executor(q, executor)
-    run = EXECUTORS[name]
     chosen = pick_kernel(q.device, q.dtype, kernel, equal_widths=v.shape[-1] == d)
-    qs, ks, vs = (_to_slots(t, positions, length) for t in (q, k, v))
-    if name.startswith("gather"):
-        out, lse = run(qs, ks, vs, plan, chosen, scale, dropout_p)
-    else:
-        if dropout_p > 0:
-            raise ValueError(f"executor {name!r} does not apply attention dropout; use executor='gather'")
-        out, lse = run(qs, ks, vs, plan, chosen, scale)
-    lse = None if lse is None else _from_slots(lse, positions, n, float("-inf"))
-    return _from_slots(out, positions, n, 0.0), lse
+    learned_bias = score_mod is not None and torch.is_grad_enabled()
+    if name == "gather" and dropout_p == 0.0 and not learned_bias:
+        return _FusedUnion.apply(q, k, v, runs, chosen, scale, detach_weights)
+    if dropout_p > 0 and name not in ("gather", "gather-autograd"):
+        raise ValueError(f"executor {name!r} does not apply attention dropout; use executor='gather'")
+    outs, lses = [], []
+    for run in runs:
+        qs, ks, vs = run.slots(q), run.slots(k), run.slots(v)
+        if name in ("gather", "gather-autograd"):
+            out, lse = run_gather_autograd(qs, ks, vs, run.plan, chosen, scale, dropout_p)
+        else:
+            out, lse = EXECUTORS[name](qs, ks, vs, run.plan, chosen, scale)
+        outs.append(run.tokens(out))
+        lses.append(None if lse is None else run.tokens(lse, float("-inf")))
+    if len(runs) == 1:
+        return outs[0], lses[0]
+    if any(lse is None for lse in lses):
+        raise ValueError(f"executor {name!r} returned no log-sum-exp here; a union of patterns needs it")
+    return merge_partials(outs, lses, detach_weights=detach_weights)  # type: ignore[arg-type]
 
 
 def _from_mask(mask: Tensor, slot_pos: Tensor) -> Tensor:

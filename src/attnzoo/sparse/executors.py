@@ -1,8 +1,9 @@
 """Executors: interchangeable ways to run a :class:`ChunkPlan` on slot tensors.
 
 * ``gather`` (default on CPU): per chunk of query blocks, gather the visited key/value blocks and
-  run a dense kernel on them (:mod:`attnzoo.sparse.kernels`). A custom autograd function recomputes
-  each chunk in the backward pass, so memory stays O(L * d) plus one chunk; trains on CPU.
+  run a dense kernel on them (:mod:`attnzoo.sparse.kernels`). :func:`gather_forward` and
+  :func:`gather_backward` recompute each chunk in the backward pass (the engine wraps them in one
+  autograd function), so memory stays O(L * d) plus one chunk; trains on CPU.
 * ``gather-autograd``: the same chunks through differentiable torch ops (memory O(L * visited));
   used when attention dropout is on, and as an independent check.
 * ``flex``: FlexAttention with a ``BlockMask`` built from the layout (CUDA; CPU for inference only,
@@ -25,7 +26,7 @@ from torch import Tensor
 from attnzoo.sparse.kernels import Kernel
 from attnzoo.sparse.plan import Chunk, ChunkPlan
 
-__all__ = ["EXECUTORS", "run_dense", "run_flex", "run_gather", "run_gather_autograd"]
+__all__ = ["EXECUTORS", "gather_backward", "gather_forward", "run_dense", "run_flex", "run_gather_autograd"]
 
 
 def _queries(plan: ChunkPlan, start: int, stop: int, q: Tensor) -> Tensor:
@@ -58,14 +59,19 @@ def _mask_empty(lse: Tensor, has_key: Tensor | None) -> Tensor:
     return lse if has_key is None else lse.masked_fill(~has_key, float("-inf"))
 
 
-def _combine(outs: list[Tensor], lses: list[Tensor]) -> tuple[Tensor, Tensor]:
-    """Log-sum-exp merge of partial results over disjoint key sets (no autograd)."""
+def combine_parts(outs: list[Tensor], lses: list[Tensor]) -> tuple[Tensor, Tensor]:
+    """Log-sum-exp merge of partial results over disjoint key sets (no autograd; inputs are not modified).
+
+    Accumulates in place into one new buffer: at long N each temporary would be a fresh 32 MiB+
+    mapping (glibc), which costs more than the arithmetic.
+    """
     if len(outs) == 1:
         return outs[0], lses[0]
     total = torch.logsumexp(torch.stack(lses), dim=0)
     safe = total.masked_fill(torch.isinf(total), 0.0)
-    out = sum(torch.exp(lse - safe)[..., None] * o for o, lse in zip(outs, lses, strict=True))
-    assert isinstance(out, Tensor)
+    out = torch.mul(outs[0], torch.exp(lses[0] - safe)[..., None])
+    for part, lse in zip(outs[1:], lses[1:], strict=True):
+        out.addcmul_(part, torch.exp(lse - safe)[..., None])
     return out, total
 
 
@@ -80,73 +86,70 @@ def _softmax_lse(scores: Tensor) -> tuple[Tensor, Tensor]:
     return probs, lse.masked_fill(empty.squeeze(-1), float("-inf"))
 
 
-class _GatherAttention(torch.autograd.Function):
-    """Block-sparse attention with recomputation in backward; gradients for q, k, v and through lse.
-
-    Each chunk may be several kernel calls over disjoint key sets (full and partial blocks); their
-    results merge by log-sum-exp, and each call's backward is given the merged output and
-    log-sum-exp, which makes its gradient contribution exact (as in ring/flash attention).
-    """
-
-    @staticmethod
-    def forward(ctx: Any, q: Tensor, k: Tensor, v: Tensor, plan: ChunkPlan, kernel: Kernel, scale: float):  # type: ignore[override]
-        b, h, length, _ = q.shape
-        out = q.new_empty(b, h, length, v.shape[-1])
-        lse = q.new_empty(b, h, length)
-        for start, stop in plan.chunks():
-            qc = _queries(plan, start, stop, q)
-            outs, lses = [], []
-            for chunk in plan.chunk(start, stop, q.dtype):
-                kc, vc = _keys(plan, chunk, k), _keys(plan, chunk, v)
-                oc, lc = kernel.forward(qc, kc, vc, chunk.bias, chunk.causal, scale)
-                outs.append(oc)
-                lses.append(_mask_empty(lc, chunk.has_key))
-            oc, lc = _combine(outs, lses)
-            _place(out, plan, start, stop, oc)
-            _place(lse, plan, start, stop, lc)
-        ctx.save_for_backward(q, k, v, out, lse)
-        ctx.plan, ctx.kernel, ctx.scale = plan, kernel, scale
-        return out, lse
-
-    @staticmethod
-    def backward(ctx: Any, dout: Tensor, dlse: Tensor | None):  # type: ignore[override]
-        q, k, v, out, lse = ctx.saved_tensors
-        plan, kernel, scale = ctx.plan, ctx.kernel, ctx.scale
-        b, h = q.shape[:2]
-        dq, dk, dv = torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
-        dk_blocks, dv_blocks = dk.view(b, h * plan.nb, plan.bs, -1), dv.view(b, h * plan.nb, plan.bs, -1)
-        dout = dout.contiguous()
-        empty = torch.isinf(lse)
-        safe_lse = lse.masked_fill(empty, 0.0)  # rows without keys: any finite value (their p is 0)
-        if dlse is not None:
-            dlse = dlse.masked_fill(empty, 0.0)
-        for start, stop in plan.chunks():
-            qc = _queries(plan, start, stop, q)
-            oc, doc, lc = (_rows(t, plan, start, stop) for t in (out, dout, safe_lse))
-            dlc = None if dlse is None else _rows(dlse, plan, start, stop)
-            dqc = torch.zeros_like(qc)
-            for chunk in plan.chunk(start, stop, q.dtype):
-                kc, vc = _keys(plan, chunk, k), _keys(plan, chunk, v)
-                dqp, dkc, dvc = kernel.backward(doc, dlc, qc, kc, vc, oc, lc, chunk.bias, chunk.causal, scale)
-                dqc += dqp
-                dk_blocks.index_add_(1, chunk.flat_kv, dkc.reshape(b, -1, plan.bs, dkc.shape[-1]))
-                dv_blocks.index_add_(1, chunk.flat_kv, dvc.reshape(b, -1, plan.bs, dvc.shape[-1]))
-            _place(dq, plan, start, stop, dqc)
-        return dq, dk, dv, None, None, None
-
-
-def run_gather(
-    q: Tensor, k: Tensor, v: Tensor, plan: ChunkPlan, kernel: Kernel, scale: float, dropout_p: float = 0.0
+def gather_forward(
+    q: Tensor, k: Tensor, v: Tensor, plan: ChunkPlan, kernel: Kernel, scale: float
 ) -> tuple[Tensor, Tensor]:
-    """Gather executor with recomputation (see module docstring).
+    """Forward of the fused gather executor on slot tensors (no autograd).
 
-    Falls back to :func:`run_gather_autograd` for attention dropout and for a ``score_mod`` while
-    gradients are on (its parameters need gradients, which the fused backward does not produce).
+    Each chunk may be several kernel calls over disjoint key sets (full and partial blocks), merged
+    by log-sum-exp. Returns ``(out, lse)`` with ``lse = -inf`` on rows without keys.
     """
-    learned_bias = plan.score_mod is not None and torch.is_grad_enabled()
-    if dropout_p > 0.0 or learned_bias:
-        return run_gather_autograd(q, k, v, plan, kernel, scale, dropout_p)
-    return _GatherAttention.apply(q.contiguous(), k.contiguous(), v.contiguous(), plan, kernel, scale)
+    b, h, length, _ = q.shape
+    out = q.new_empty(b, h, length, v.shape[-1])
+    lse = q.new_empty(b, h, length)
+    for start, stop in plan.chunks():
+        qc = _queries(plan, start, stop, q)
+        outs, lses = [], []
+        for chunk in plan.chunk(start, stop, q.dtype):
+            kc, vc = _keys(plan, chunk, k), _keys(plan, chunk, v)
+            oc, lc = kernel.forward(qc, kc, vc, chunk.bias, chunk.causal, scale)
+            outs.append(oc)
+            lses.append(_mask_empty(lc, chunk.has_key))
+        oc, lc = combine_parts(outs, lses)
+        _place(out, plan, start, stop, oc)
+        _place(lse, plan, start, stop, lc)
+    return out, lse
+
+
+def gather_backward(
+    dout: Tensor,
+    dlse: Tensor | None,
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    out: Tensor,
+    lse: Tensor,
+    plan: ChunkPlan,
+    kernel: Kernel,
+    scale: float,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Backward of the fused gather executor, recomputing chunk by chunk.
+
+    ``out`` and ``lse`` are the attention's *final* output and log-sum-exp per row: when this
+    pattern is one part of a larger union (full/partial blocks, LongNet branches), passing the
+    union's values makes each part's gradient contribution exact, as in ring/flash attention.
+    ``dlse`` (or ``None``) is the gradient flowing into ``lse``.
+    """
+    b, h = q.shape[:2]
+    dq, dk, dv = torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
+    dk_blocks, dv_blocks = dk.view(b, h * plan.nb, plan.bs, -1), dv.view(b, h * plan.nb, plan.bs, -1)
+    empty = torch.isinf(lse)
+    safe_lse = lse.masked_fill(empty, 0.0)  # rows without keys: any finite value (their p is 0)
+    if dlse is not None:
+        dlse = dlse.masked_fill(empty, 0.0)
+    for start, stop in plan.chunks():
+        qc = _queries(plan, start, stop, q)
+        oc, doc, lc = (_rows(t, plan, start, stop) for t in (out, dout, safe_lse))
+        dlc = None if dlse is None else _rows(dlse, plan, start, stop)
+        dqc = torch.zeros_like(qc)
+        for chunk in plan.chunk(start, stop, q.dtype):
+            kc, vc = _keys(plan, chunk, k), _keys(plan, chunk, v)
+            dqp, dkc, dvc = kernel.backward(doc, dlc, qc, kc, vc, oc, lc, chunk.bias, chunk.causal, scale)
+            dqc += dqp
+            dk_blocks.index_add_(1, chunk.flat_kv, dkc.reshape(b, -1, plan.bs, dkc.shape[-1]))
+            dv_blocks.index_add_(1, chunk.flat_kv, dvc.reshape(b, -1, plan.bs, dvc.shape[-1]))
+        _place(dq, plan, start, stop, dqc)
+    return dq, dk, dv
 
 
 def run_gather_autograd(
@@ -262,4 +265,5 @@ def run_flex(
     return flex(q, k, v, score_mod=score_mod, block_mask=block_mask, scale=scale, return_lse=True)
 
 
-EXECUTORS = {"gather": run_gather, "gather-autograd": run_gather_autograd, "flex": run_flex, "dense": run_dense}
+EXECUTORS = {"gather-autograd": run_gather_autograd, "flex": run_flex, "dense": run_dense}
+"""Executors that run one pattern on slot tensors with autograd; ``gather`` (fused) lives in the engine."""

@@ -6,7 +6,7 @@ from torch import Tensor
 
 from attnzoo.ops.common import check_qkv
 from attnzoo.ops.dilated.offsets import check_branches, head_offsets
-from attnzoo.sparse import dilated_segments, merge_partials, sparse_attention
+from attnzoo.sparse import dilated_segments, sparse_attention
 
 __all__ = ["dilated_attention"]
 
@@ -55,16 +55,20 @@ def dilated_attention(
     check_qkv(q, k, v, cross=False)
     check_branches(segment_lengths, dilation_rates)
     heads, n = q.shape[1], q.shape[2]
-    outs, lses = [], []
-    for segment, dilation in zip(segment_lengths, dilation_rates, strict=True):
-        pattern = dilated_segments(n, segment, dilation, head_offsets(heads, dilation, offset_rule))
-        out, lse = sparse_attention(
-            q, k, v, pattern, mask=mask, causal=causal, scale=scale, dropout_p=dropout_p, executor=executor
-        )
-        if lse is None:
-            raise ValueError(f"executor {executor!r} returned no log-sum-exp here; dilated attention needs it")
-        outs.append(out)
-        lses.append(lse)
-    if len(outs) == 1:
-        return outs[0]
-    return merge_partials(outs, lses, detach_weights=detach_mixing)[0]
+    patterns = [
+        dilated_segments(n, segment, dilation, head_offsets(heads, dilation, offset_rule))
+        for segment, dilation in zip(segment_lengths, dilation_rates, strict=True)
+    ]
+    out, _ = sparse_attention(
+        q,
+        k,
+        v,
+        patterns,
+        mask=mask,
+        causal=causal,
+        scale=scale,
+        dropout_p=dropout_p,
+        executor=executor,
+        detach_weights=detach_mixing,
+    )
+    return out
