@@ -1,8 +1,8 @@
 """Functional attention cores on ``(B, H, N, d)`` tensors, drop-in for ``F.scaled_dot_product_attention``.
 
 Each takes ``q, k, v`` and keyword options (``mask`` = ``(B, S)`` bool padding mask, True = real
-token; ``causal``), and returns ``(B, H, N, d)``. ``attnzoo.get_spec(name).functional`` gives the
-same functions by registry name.
+token; ``causal``), and returns ``(B, H, N, d)``. Every core is also reachable by its registry name
+(``attnzoo.functional.local`` is ``local_attention``), as is ``attnzoo.get_spec(name).functional``.
 """
 
 from attnzoo.ops.dilated import dilated_attention, naive_dilated_attention
@@ -11,13 +11,22 @@ from attnzoo.ops.none import none_attention
 from attnzoo.ops.softmax import naive_softmax_attention, softmax_attention
 from attnzoo.sparse import sparse_attention
 
+softmax = softmax_attention
+local = local_attention
+dilated = dilated_attention
+none = none_attention
+
 __all__ = [
+    "dilated",
     "dilated_attention",
+    "local",
     "local_attention",
     "naive_dilated_attention",
     "naive_local_attention",
     "naive_softmax_attention",
+    "none",
     "none_attention",
+    "softmax",
     "softmax_attention",
     "sparse_attention",
 ]

@@ -196,3 +196,10 @@ def test_duplicate_registration_is_an_error():
     spec = attnzoo.get_spec("softmax")
     with pytest.raises(ValueError, match="registered twice"):
         register("softmax", options=spec.options, capabilities=spec.capabilities)(spec.module)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_functional_module_exposes_registry_names(name):
+    import attnzoo.functional
+
+    assert getattr(attnzoo.functional, name) is attnzoo.get_spec(name).functional
