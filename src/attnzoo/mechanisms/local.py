@@ -45,15 +45,7 @@ class LocalOptions:
     executor: str = "auto"
 
     def __post_init__(self) -> None:
-        grid = (1, 1) if self.attn_2d else None
-        LocalWindow.resolve(
-            mode=self.mode,
-            window_size=self.window_size,
-            look_back=self.look_back,
-            look_ahead=self.look_ahead,
-            overlap_window=self.overlap_window,
-            grid=grid,
-        )
+        self.window(causal=False)
         for name in ("image_height", "image_width"):
             value = getattr(self, name)
             if value is not None:
@@ -65,6 +57,18 @@ class LocalOptions:
         if self.block_size is not None:
             check_int("block_size", self.block_size, minimum=1)
         check_choice("executor", self.executor, EXECUTORS)
+
+    def window(self, *, causal: bool) -> LocalWindow:
+        """The validated window geometry (2D grids get their size per input; ``(1, 1)`` stands in here)."""
+        return LocalWindow.resolve(
+            mode=self.mode,
+            window_size=self.window_size,
+            look_back=self.look_back,
+            look_ahead=self.look_ahead,
+            overlap_window=self.overlap_window,
+            grid=(1, 1) if self.attn_2d else None,
+            causal=causal,
+        )
 
 
 @register(
@@ -88,17 +92,8 @@ class LocalAttention(AttentionBase):
 
     def __init__(self, dim: int, num_heads: int, *, causal: bool = False, dropout: float = 0.0, options: Any) -> None:
         super().__init__(dim, num_heads, causal=causal, dropout=dropout, options=options)
-        o: LocalOptions = options
-        self.window = LocalWindow.resolve(
-            mode=o.mode,
-            window_size=o.window_size,
-            look_back=o.look_back,
-            look_ahead=o.look_ahead,
-            overlap_window=o.overlap_window,
-            grid=(1, 1) if o.attn_2d else None,
-            causal=causal,
-        )
-        self.rpe_table = nn.Parameter(torch.zeros(self.window.rpe_shape(num_heads))) if o.use_rpe else None
+        self.window = options.window(causal=causal)
+        self.rpe_table = nn.Parameter(torch.zeros(self.window.rpe_shape(num_heads))) if options.use_rpe else None
         if self.rpe_table is not None:
             nn.init.trunc_normal_(self.rpe_table, std=0.02)
 

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from attnzoo.sparse.kernels import Kernel
+from attnzoo.sparse.kernels import Kernel, masked_scores
 from attnzoo.sparse.plan import Chunk, ChunkPlan
 
 __all__ = ["EXECUTORS", "gather_backward", "gather_forward", "run_dense", "run_flex", "run_gather_autograd"]
@@ -162,12 +162,7 @@ def run_gather_autograd(
     for start, stop in plan.chunks():
         (chunk,) = plan.chunk(start, stop, q.dtype, split=False)
         qc, kc, vc = _queries(plan, start, stop, q), _keys(plan, chunk, k), _keys(plan, chunk, v)
-        scores = torch.matmul(qc, kc.transpose(-1, -2)) * scale
-        if chunk.bias is not None:
-            scores = scores + chunk.bias
-        if chunk.causal:
-            scores = scores.masked_fill(torch.ones_like(scores[0, 0], dtype=torch.bool).triu(1), float("-inf"))
-        probs, lse = _softmax_lse(scores)
+        probs, lse = _softmax_lse(masked_scores(qc, kc, chunk.bias, chunk.causal, scale))
         probs = F.dropout(probs, dropout_p, training=dropout_p > 0)
         nc = stop - start
         outs.append(torch.matmul(probs, vc).view(b, h, nc * plan.bs, -1))

@@ -19,12 +19,13 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["KERNELS", "Kernel", "pick_kernel"]
+__all__ = ["KERNELS", "Kernel", "masked_scores", "pick_kernel"]
 
 _aten = torch.ops.aten
 
 
-def _math_scores(q: Tensor, k: Tensor, bias: Tensor | None, causal: bool, scale: float) -> Tensor:
+def masked_scores(q: Tensor, k: Tensor, bias: Tensor | None, causal: bool, scale: float) -> Tensor:
+    """``scale * q k^T + bias``, with ``-inf`` above the diagonal when ``causal``: ``(..., M, S)``."""
     scores = torch.matmul(q, k.transpose(-1, -2)).mul_(scale)
     if bias is not None:
         scores = scores + bias
@@ -37,7 +38,7 @@ def _math_scores(q: Tensor, k: Tensor, bias: Tensor | None, causal: bool, scale:
 def _math_forward(
     q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None, causal: bool, scale: float
 ) -> tuple[Tensor, Tensor]:
-    scores = _math_scores(q, k, bias, causal, scale)
+    scores = masked_scores(q, k, bias, causal, scale)
     lse = torch.logsumexp(scores, dim=-1)
     safe = torch.where(torch.isfinite(lse), lse, torch.zeros_like(lse))
     probs = torch.exp(scores - safe[..., None])
@@ -56,7 +57,7 @@ def _math_backward(
     causal: bool,
     scale: float,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    probs = torch.exp(_math_scores(q, k, bias, causal, scale) - lse[..., None])
+    probs = torch.exp(masked_scores(q, k, bias, causal, scale) - lse[..., None])
     dv = torch.matmul(probs.transpose(-1, -2), dout)
     dprobs = torch.matmul(dout, v.transpose(-1, -2))
     row = (dout * out).sum(-1, keepdim=True)
