@@ -24,10 +24,16 @@ from attnzoo.sparse.plan import ChunkPlan, ScoreMod
 __all__ = ["merge_partials", "pick_executor", "sparse_attention"]
 
 
-def pick_executor(q: Tensor, requested: str = "auto") -> str:
-    """``gather`` on CPU and ``flex`` on CUDA for ``auto``; otherwise the executor named (validated)."""
+FLEX_BLOCK = 128
+"""FlexAttention's CUDA kernels tile by 128 tokens; ``auto`` uses flex only for layouts built on that."""
+
+
+def pick_executor(q: Tensor, requested: str = "auto", block_sizes: Sequence[int] = (FLEX_BLOCK,)) -> str:
+    """The executor that will run: for ``auto``, ``flex`` on CUDA when every pattern's block size is a
+    multiple of 128, else ``gather``; otherwise the executor named (validated)."""
     if requested == "auto":
-        return "flex" if q.device.type == "cuda" else "gather"
+        flex_ok = q.device.type == "cuda" and all(bs % FLEX_BLOCK == 0 for bs in block_sizes)
+        return "flex" if flex_ok else "gather"
     if requested != "gather" and requested not in EXECUTORS:
         raise ValueError(f"unknown executor {requested!r}; choose from auto, gather, {', '.join(EXECUTORS)}")
     return requested
@@ -205,7 +211,7 @@ def sparse_attention(
         causal: keys j <= i only.
         scale: default ``d ** -0.5``.
         dropout_p: dropout on attention probabilities (runs the ``gather-autograd`` executor).
-        executor: ``auto`` (gather on CPU, flex on CUDA), ``gather``, ``gather-autograd``, ``flex``, ``dense``.
+        executor: ``auto`` (see :func:`pick_executor`), ``gather``, ``gather-autograd``, ``flex``, ``dense``.
         kernel: ``auto``, ``cpu_flash`` or ``math`` (gather executors).
         score_mod: additive score bias ``score_mod(h, q_pos, kv_pos)`` on token positions (broadcasting
             index tensors), e.g. a learned relative-position bias; gradients flow into its parameters.
@@ -228,7 +234,7 @@ def sparse_attention(
         raise ValueError("sparse_attention needs at least one pattern")
     scale = d**-0.5 if scale is None else float(scale)
     runs = [_prepare(q, v, p, mask, causal, score_mod) for p in patterns]
-    name = pick_executor(q, executor)
+    name = pick_executor(q, executor, [p.layout.block_size for p in patterns])
     chosen = pick_kernel(q.device, q.dtype, kernel, equal_widths=v.shape[-1] == d)
     learned_bias = score_mod is not None and torch.is_grad_enabled()
     if name == "gather" and dropout_p == 0.0 and not learned_bias:
