@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from attnzoo.ops.common import check_padding_mask, check_qkv
-from attnzoo.sparse.executors import EXECUTORS, combine_parts, gather_backward, gather_forward, run_gather_autograd
+from attnzoo.sparse.executors import EXECUTORS, gather_backward, gather_forward, run_gather_autograd
 from attnzoo.sparse.kernels import Kernel, pick_kernel
 from attnzoo.sparse.layout import SparsePattern
 from attnzoo.sparse.plan import ChunkPlan, ScoreMod
@@ -84,6 +84,16 @@ class _Run:
             out = out.masked_fill(~self.valid.view(1, self.heads, self.length, *([1] * len(tail))), 0.0)
         return out
 
+    def add_to_tokens(self, target: Tensor, x: Tensor) -> None:
+        """``target (B, H, N[, d]) += x (B, H, L[, d])`` mapped back to tokens (empty slots dropped)."""
+        if self.src is None:
+            target += x[:, :, : self.seq_len]
+            return
+        assert self.valid_src is not None and self.dst is not None
+        b, tail = x.shape[0], x.shape[3:]
+        picked = x.reshape(b, self.heads * self.length, *tail).index_select(1, self.valid_src)
+        target.view(b, self.heads * self.seq_len, *tail).index_add_(1, self.dst, picked)
+
     def tokens(self, x: Tensor, fill: float = 0.0) -> Tensor:
         """``(B, H, L[, d]) -> (B, H, N[, d])``; tokens that no slot holds get ``fill``."""
         if self.src is None:
@@ -138,47 +148,59 @@ class _FusedUnion(torch.autograd.Function):
         ctx: Any, q: Tensor, k: Tensor, v: Tensor, runs: list[_Run], kernel: Kernel, scale: float, detach: bool
     ):  # type: ignore[override]
         q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
-        outs, lses = [], []
-        for run in runs:
-            out, lse = gather_forward(run.slots(q), run.slots(k), run.slots(v), run.plan, kernel, scale)
-            outs.append(run.tokens(out))
-            lses.append(run.tokens(lse, float("-inf")))
-        out, lse = combine_parts(outs, lses)
-        ctx.runs, ctx.kernel, ctx.scale, ctx.detach = runs, kernel, scale, detach
+        parts = [gather_forward(run.slots(q), run.slots(k), run.slots(v), run.plan, kernel, scale) for run in runs]
+        if len(runs) == 1:
+            out, lse = runs[0].tokens(parts[0][0]), runs[0].tokens(parts[0][1], float("-inf"))
+        else:
+            lse = torch.logsumexp(
+                torch.stack([run.tokens(part[1], float("-inf")) for run, part in zip(runs, parts, strict=True)]), 0
+            )
+            out = q.new_zeros(*q.shape[:3], v.shape[-1])
+            for run, (part_out, part_lse) in zip(runs, parts, strict=True):
+                run.add_to_tokens(out, part_out * _weights(part_lse, run, lse)[..., None])
+        ctx.runs, ctx.kernel, ctx.scale = runs, kernel, scale
         ctx.set_materialize_grads(False)  # an unused lse must reach backward as None, not zeros
-        ctx.save_for_backward(q, k, v, out, lse, *(outs + lses if detach and len(runs) > 1 else ()))
+        kept = [t for part in parts for t in part] if detach and len(runs) > 1 else []
+        ctx.save_for_backward(q, k, v, out, lse, *kept)
         if detach:
             ctx.mark_non_differentiable(lse)
         return out, lse
 
     @staticmethod
-    def backward(ctx: Any, dout: Tensor, dlse: Tensor | None):  # type: ignore[override]
-        q, k, v, out, lse, *parts = ctx.saved_tensors
+    def backward(ctx: Any, dout: Tensor | None, dlse: Tensor | None):  # type: ignore[override]
+        q, k, v, out, lse, *kept = ctx.saved_tensors
         dq, dk, dv = torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
         dout = torch.zeros_like(out) if dout is None else dout.contiguous()
         for i, run in enumerate(ctx.runs):
-            grad, ref_out, ref_lse, grad_lse = dout, out, lse, dlse
-            if parts:  # detached mixture: part i with its own statistics, weight held constant
-                n_runs = len(ctx.runs)
-                ref_out, ref_lse = parts[i], parts[n_runs + i]
-                weight = torch.exp(ref_lse - lse.masked_fill(torch.isinf(lse), 0.0)).nan_to_num(0.0)
-                grad, grad_lse = dout * weight[..., None], None
+            grad = run.slots(dout, zero_empty=True)
+            if kept:  # detached mixture: part i with its own statistics, its weight held constant
+                ref_out, ref_lse = kept[2 * i], kept[2 * i + 1]
+                grad, grad_lse = grad * _weights(ref_lse, run, lse)[..., None], None
+            else:  # exact: every part sees the union's output and log-sum-exp
+                ref_out, ref_lse = run.slots(out), run.slots(lse)
+                grad_lse = None if dlse is None else run.slots(dlse, zero_empty=True)
             dqs, dks, dvs = gather_backward(
-                run.slots(grad, zero_empty=True),
-                None if grad_lse is None else run.slots(grad_lse, zero_empty=True),
+                grad,
+                grad_lse,
                 run.slots(q),
                 run.slots(k),
                 run.slots(v),
-                run.slots(ref_out),
-                run.slots(ref_lse),
+                ref_out,
+                ref_lse,
                 run.plan,
                 ctx.kernel,
                 ctx.scale,
             )
-            dq += run.tokens(dqs)
-            dk += run.tokens(dks)
-            dv += run.tokens(dvs)
+            run.add_to_tokens(dq, dqs)
+            run.add_to_tokens(dk, dks)
+            run.add_to_tokens(dv, dvs)
         return dq, dk, dv, None, None, None, None
+
+
+def _weights(part_lse: Tensor, run: _Run, total_lse: Tensor) -> Tensor:
+    """Mixing weights ``exp(lse_part - lse_union)`` in the part's slot order (0 where the part has no key)."""
+    union = run.slots(total_lse.masked_fill(torch.isinf(total_lse), 0.0))
+    return torch.exp(part_lse - union).nan_to_num(0.0)
 
 
 def sparse_attention(
