@@ -9,9 +9,9 @@ import pytest
 
 from attnzoo import tasks
 from attnzoo.tasks.lra import pathfinder
-from attnzoo.tasks.lra.pathfinder_gen import generate_batch, render
+from attnzoo.tasks.lra.pathfinder_gen import generate_batch, render, segment_patch
 from attnzoo.tasks.lra.pathfinder_params import lra_params
-from attnzoo.tasks.lra.pathfinder_ref import generate_image, render_image
+from attnzoo.tasks.lra.pathfinder_ref import _pixels, generate_image, render_image
 from attnzoo.tasks.png import PngError, encode_png_gray, read_png_gray
 
 
@@ -61,6 +61,24 @@ def test_vectorised_render_matches_reference() -> None:
         segs = [tuple(s) for s in batch.segments[i] if not np.isnan(s[0])]
         ref = np.asarray(render_image(p, segs, [tuple(m) for m in batch.markers[i]]), dtype=np.uint8)
         assert np.abs(ref.astype(int) - batch.images[i]).max() <= 1  # float32 vs float64 rounding only
+
+
+@pytest.mark.parametrize(("radius", "length"), [(0.75, 2.0), (1.25, 5.0), (2.0, 0.0), (2.164, 2.0), (4.0, 0.0)])
+def test_segment_patch_covers_every_pixel_within_radius(radius: float, length: float) -> None:
+    """The patch is tight (ceil(length + 2r + 1/4) + 1 pixels a side): it still holds every pixel the
+    per-pixel reference finds within ``radius``, including segments with integer or half-integer ends."""
+    rng = np.random.default_rng(0)
+    n = 300
+    a = 20 + rng.uniform(0, 4, size=(n, 2))
+    a[:100] = np.round(a[:100] * 2) / 2  # grid-aligned ends are the boundary cases
+    theta = np.concatenate([rng.uniform(-np.pi, np.pi, n - 8), np.arange(8) * np.pi / 4])
+    b = a + length * np.stack([np.sin(theta), np.cos(theta)], axis=-1)
+    yy, xx, dist2 = segment_patch(a, b, radius, length)
+    for i in range(n):
+        close = dist2[..., i] < radius * radius
+        got = {(int(yy[r, 0, i]), int(xx[0, c, i])) for r, c in zip(*np.nonzero(close), strict=True)}
+        want = {(y, x) for y, x, _ in _pixels((*a[i], *b[i]), radius, 64)}
+        assert got == want
 
 
 def test_balance_determinism_and_params() -> None:

@@ -10,7 +10,8 @@ terminal tip of the same contour (label 1) or of the other one (label 0). Render
 paddles (coverage ``clip(r0 - dist, 0, 1)``) and discs combined with ``max``, then byte-scaled so the
 maximum is 255 and the background 0 (as ``scipy.misc.imsave``).
 All images of a chunk advance together: every step evaluates all candidate directions of all images
-on small pixel patches (B, K, P, P); there is no per-pixel or per-image Python loop.
+on small pixel patches (P, P, B*K), candidates last so numpy's loops run long and contiguous; images
+are addressed through flat indices. There is no per-pixel or per-image Python loop.
 Collision rule: a paddle's drawn pixels may not come within Chebyshev distance ``gap`` of another
 paddle's (except its predecessor), so distinct contours never touch (see ``PathfinderParams.gap``).
 """
@@ -48,22 +49,36 @@ def _unit(theta: np.ndarray) -> np.ndarray:
 
 
 def segment_patch(a: np.ndarray, b: np.ndarray, radius: float, length: float) -> tuple[np.ndarray, ...]:
-    """Pixel patch around segments a->b (shape (..., 2)): integer rows (..., P, 1), cols (..., 1, P) and
-    the squared distance of each pixel centre to the segment (..., P, P); P covers ``radius`` around it."""
-    size = math.ceil(length + 2 * radius) + 2
+    """Pixel patch around N segments a->b ((N, 2) each): integer rows (P, 1, N), cols (1, P, N) and the
+    squared distance of each pixel centre to its segment (P, P, N) float32; P covers ``radius`` around it.
+
+    Segments are the *last* axis so every elementwise operation runs over long contiguous rows (numpy's
+    per-inner-loop overhead dominated with the patch axes last). P = ceil(length + 2 radius + 1/4) + 1:
+    a pixel within ``radius`` lies at offset < length + 2 radius + 1 from ``floor(min(a, b) - radius)``,
+    and the 1/4 keeps every dropped pixel well outside the radius, so no float rounding can matter
+    (``length`` must bound |b - a|).
+    """
+    size = math.ceil(length + 2 * radius + 0.25) + 1
     origin = np.floor(np.minimum(a, b) - radius).astype(np.int64)
-    ar = np.arange(size)
-    yy = origin[..., 0, None, None] + ar[:, None]
-    xx = origin[..., 1, None, None] + ar[None, :]
+    ar = np.arange(size)[:, None]
+    yy, xx = origin[:, 0] + ar, origin[:, 1] + ar  # (P, N)
     d = b - a
-    # offsets from a, in float32 (exact for these small integers and ample for sub-pixel geometry)
-    ry = (yy - a[..., 0, None, None]).astype(np.float32)
-    rx = (xx - a[..., 1, None, None]).astype(np.float32)
-    dy, dx = (v[..., None, None].astype(np.float32) for v in (d[..., 0], d[..., 1]))
+    # offsets from a, in float32 (ample for sub-pixel geometry); keep the order of operations: the
+    # collision tests, hence the images, depend on the exact float32 values
+    ry = (yy - a[:, 0]).astype(np.float32)
+    rx = (xx - a[:, 1]).astype(np.float32)
+    dy, dx = d[:, 0].astype(np.float32), d[:, 1].astype(np.float32)
     inv = 1.0 / np.maximum(dy * dy + dx * dx, np.float32(1e-12))
-    t = np.clip((ry * (dy * inv) + rx * (dx * inv)), 0.0, 1.0)
-    ey, ex = ry - t * dy, rx - t * dx
-    return yy, xx, ey * ey + ex * ex
+    t = (ry * (dy * inv))[:, None] + (rx * (dx * inv))[None]  # (P, P, N)
+    np.clip(t, 0.0, 1.0, out=t)
+    ey = t * dy
+    np.subtract(ry[:, None], ey, out=ey)
+    ey *= ey
+    t *= dx
+    np.subtract(rx[None], t, out=t)
+    t *= t
+    ey += t
+    return yy[:, None], xx[None], ey
 
 
 class _Grower:
@@ -74,8 +89,9 @@ class _Grower:
         self.r0 = p.core_radius
         self.keep_out = p.gap * SQRT2 + 1e-6
         self.off = math.ceil(p.marker_radius + 0.5 + self.keep_out) + 3
-        side = p.size + 2 * self.off
+        self.side = side = p.size + 2 * self.off
         self.forbidden = np.zeros((n, side, side), dtype=bool)
+        self.flat = self.forbidden.reshape(-1)  # a view: flat indices are cheaper than 3-d fancy indexing
         self.lo, self.hi = float(p.padding), float(p.size - 1 - p.padding)
         # candidate directions one pixel of arc apart on the circle of radius length + margin (as the original)
         step = math.radians(360.0 / (2 * math.pi * (p.paddle_length + max(p.margins))))
@@ -86,19 +102,24 @@ class _Grower:
     def inside(self, pt: np.ndarray) -> np.ndarray:
         return np.all((pt >= self.lo) & (pt <= self.hi), axis=-1)
 
+    def _index(self, rows: np.ndarray, yy: np.ndarray, xx: np.ndarray) -> np.ndarray:
+        """Flat indices into ``forbidden`` (P, P, N) of patch pixels (yy, xx) of images ``rows`` (N,)."""
+        base = (rows * self.side + self.off) * self.side + self.off
+        return (yy * self.side + base) + xx
+
     def free(self, rows: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-        """(n, K) True where paddle a->b ((n, K, 2)) is inside and hits no forbidden pixel."""
+        """(N,) True where paddle a->b ((N, 2), image ``rows`` (N,)) is inside and hits no forbidden pixel."""
         inside = self.inside(a) & self.inside(b)
         a, b = np.clip(a, self.lo, self.hi), np.clip(b, self.lo, self.hi)  # outside ones are rejected anyway
         yy, xx, dist2 = segment_patch(a, b, self.r0, self.p.paddle_length)
-        hit = self.forbidden[rows[:, None, None, None], yy + self.off, xx + self.off] & (dist2 < self.r0**2)
-        return inside & ~hit.any(axis=(-1, -2))
+        hit = self.flat.take(self._index(rows, yy, xx))
+        hit &= dist2 < self.r0**2
+        return inside & ~hit.any(axis=(0, 1))
 
     def stamp(self, rows: np.ndarray, a: np.ndarray, b: np.ndarray, radius: float, length: float) -> None:
         """Forbid the pixels within ``radius`` of segments a->b ((n, 2)), one per row of ``rows``."""
         yy, xx, dist2 = segment_patch(a, b, radius, length)
-        idx = (rows[:, None, None], yy + self.off, xx + self.off)
-        self.forbidden[idx] |= dist2 < radius * radius
+        self.flat[self._index(rows, yy, xx)[dist2 < radius * radius]] = True
 
     def commit(self, rows: np.ndarray, seg: np.ndarray) -> None:
         self.stamp(rows, seg[:, :2], seg[:, 2:], self.r0 + self.keep_out, self.p.paddle_length)
@@ -111,7 +132,8 @@ class _Grower:
         n, length = len(rows), self.p.paddle_length
         segs = np.full((n, n_paddles, 4), np.nan)
         end0 = start + length * _unit(theta0)
-        ok = self.free(rows, start, end0)
+        k0 = start.shape[1]
+        ok = self.free(np.repeat(rows, k0), start.reshape(-1, 2), end0.reshape(-1, 2)).reshape(n, k0)
         first = np.argmax(ok, axis=1)
         alive = ok.any(axis=1)
         pick = np.arange(n)
@@ -127,7 +149,9 @@ class _Grower:
             tip = segs[idx, k - 1, None, 2:]
             a = tip + margin[idx, None, None] * u
             b = tip + (margin[idx, None, None] + length) * u
-            weights = self.pmf[None, :] * self.free(rows[idx], a, b)
+            nk = len(self.turns)
+            ok = self.free(np.repeat(rows[idx], nk), a.reshape(-1, 2), b.reshape(-1, 2)).reshape(-1, nk)
+            weights = self.pmf[None, :] * ok
             total = weights.sum(axis=1)
             can = total > 0
             draw = self.rng.random(idx.size) * total
@@ -202,13 +226,15 @@ def render(p: PathfinderParams, segments: np.ndarray, values: np.ndarray, marker
     n = segments.shape[0]
     r0, rm = p.core_radius, p.marker_radius + 0.5
     off = math.ceil(rm) + 3
-    canvas = np.zeros((n, p.size + 2 * off, p.size + 2 * off), dtype=np.float64)
+    side = p.size + 2 * off
+    canvas = np.zeros((n, side, side), dtype=np.float64)
+    flat = canvas.reshape(-1)
 
     def draw(rows: np.ndarray, a: np.ndarray, b: np.ndarray, radius: float, length: float, value: np.ndarray) -> None:
         yy, xx, dist2 = segment_patch(a, b, radius, length)
         dist = np.sqrt(dist2.astype(np.float64))
-        idx = (rows[:, None, None], yy + off, xx + off)
-        canvas[idx] = np.maximum(canvas[idx], np.clip(radius - dist, 0.0, 1.0) * value[:, None, None])
+        idx = (yy * side + (rows * side + off) * side + off) + xx
+        flat[idx] = np.maximum(flat[idx], np.clip(radius - dist, 0.0, 1.0) * value)
 
     for s in range(segments.shape[1]):
         rows = np.flatnonzero(~np.isnan(segments[:, s, 0]))
