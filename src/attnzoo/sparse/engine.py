@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from attnzoo.ops.common import check_padding_mask, check_qkv
+from attnzoo.ops.common import check_padding_mask, check_qkv, pad_to_multiple
 from attnzoo.sparse.executors import EXECUTORS, gather_backward, gather_forward, run_gather_autograd
 from attnzoo.sparse.kernels import Kernel, pick_kernel
 from attnzoo.sparse.layout import SparsePattern
@@ -73,10 +73,7 @@ class _Run:
         """``(B, H, N[, d]) -> (B, H, L[, d])``; ``zero_empty`` zeroes the empty slots (gradients)."""
         b, tail = x.shape[0], x.shape[3:]
         if self.src is None:
-            pad = self.length - self.seq_len
-            if pad == 0:
-                return x
-            return torch.nn.functional.pad(x, (0, 0) * len(tail) + (0, pad))
+            return pad_to_multiple(x, self.plan.bs, dim=2)
         out = x.reshape(b, self.heads * self.seq_len, *tail).index_select(1, self.src)
         out = out.view(b, self.heads, self.length, *tail)
         if zero_empty:
