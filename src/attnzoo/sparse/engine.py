@@ -1,9 +1,11 @@
-"""The sparse attention engine: run any :class:`SparsePattern` on ``(B, H, N, d)`` tensors.
+"""The sparse attention engine: run any :class:`SparsePattern` (or a union of them) on ``(B, H, N, d)``.
 
-``sparse_attention`` gathers tokens into the pattern's slot order (padding N up to whole blocks),
-builds a :class:`ChunkPlan`, runs one executor and scatters the result back to token order.
-``merge_partials`` combines several partial attentions of the same queries by their log-sum-exp
-(LongNet's mixture, or any split of a key set), with gradients through the weights.
+``sparse_attention`` gathers tokens into each pattern's slot order (padding N up to whole blocks),
+builds a :class:`ChunkPlan` per pattern, runs one executor and brings the result back to token
+order. Several patterns (LongNet's branches) form one softmax over the union of their keys: with
+the default executor a single fused autograd function whose backward hands every pattern the
+union's output and log-sum-exp; otherwise ``merge_partials``, which combines partial attentions of
+the same queries by their log-sum-exp with autograd through the weights.
 """
 
 from __future__ import annotations
