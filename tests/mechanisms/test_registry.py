@@ -87,10 +87,13 @@ def test_fully_masked_rows_are_zero(name):
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_bf16_forward_finite(name):
+def test_bf16_forward_and_backward_finite(name):
     module = attnzoo.build(name, DIM, HEADS, **TEST_OPTIONS.get(name, {})).to(torch.bfloat16)
-    out = module(torch.randn(2, 33, DIM, dtype=torch.bfloat16), torch.rand(2, 33) > 0.2)
+    x = torch.randn(2, 33, DIM, dtype=torch.bfloat16, requires_grad=True)
+    out = module(x, torch.rand(2, 33) > 0.2)
     assert out.dtype == torch.bfloat16 and torch.isfinite(out).all()
+    out.float().square().sum().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all()
 
 
 @pytest.mark.parametrize("name", NAMES)

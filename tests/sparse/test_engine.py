@@ -126,3 +126,29 @@ def test_flex_refuses_cpu_training():
     q, k, v = make_qkv(1, 1, 16, 4, dtype=torch.float32)
     with pytest.raises(ValueError, match="cannot train on CPU"):
         sparse_attention(q, k, v, sliding_window(16, 2, 2), executor="flex")
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["f16", "bf16"])
+@pytest.mark.parametrize("kernel", ["cpu_flash", "math"])
+@pytest.mark.parametrize("union", [False, True], ids=["window", "dilated-union"])
+def test_low_precision_forward_backward_close_to_fp32(dtype, kernel, union):
+    """Low-precision inputs train (the fused kernel keeps its lse in fp32) and stay close to fp32."""
+    n = 70
+    patterns = (
+        [dilated_segments(n, 16, 1, (0, 0)), dilated_segments(n, 32, 2, (0, 1))]
+        if union
+        else [sliding_window(n, 8, 8, 16)]
+    )
+    q, k, v = make_qkv(2, 2, n, 16, dtype=torch.float32, seed=9, requires_grad=False)
+    mask = random_padding_mask(2, n, seed=9)
+    results = []
+    for dt in (dtype, torch.float32):
+        inputs = [t.to(dt).requires_grad_() for t in (q, k, v)]
+        out, _ = sparse_attention(*inputs, patterns, mask=mask, causal=True, kernel=kernel)
+        assert out.dtype == dt
+        grads = torch.autograd.grad(out.float().sum(), inputs)
+        results.append([out.float(), *(g.float() for g in grads)])
+    tol = 0.01 if dtype == torch.float16 else 0.08
+    for name, low, ref in zip(("out", "dq", "dk", "dv"), *results, strict=True):
+        assert torch.isfinite(low).all(), name
+        assert (low - ref).abs().max() < tol, name

@@ -156,7 +156,7 @@ class _FusedUnion(torch.autograd.Function):
             )
             out = q.new_zeros(*q.shape[:3], v.shape[-1])
             for run, (part_out, part_lse) in zip(runs, parts, strict=True):
-                run.add_to_tokens(out, part_out * _weights(part_lse, run, lse)[..., None])
+                run.add_to_tokens(out, part_out * _weights(part_lse, run, lse)[..., None].to(out.dtype))
         ctx.runs, ctx.kernel, ctx.scale = runs, kernel, scale
         ctx.set_materialize_grads(False)  # an unused lse must reach backward as None, not zeros
         kept = [t for part in parts for t in part] if detach and len(runs) > 1 else []
@@ -174,7 +174,7 @@ class _FusedUnion(torch.autograd.Function):
             grad = run.slots(dout, zero_empty=True)
             if kept:  # detached mixture: part i with its own statistics, its weight held constant
                 ref_out, ref_lse = kept[2 * i], kept[2 * i + 1]
-                grad, grad_lse = grad * _weights(ref_lse, run, lse)[..., None], None
+                grad, grad_lse = grad * _weights(ref_lse, run, lse)[..., None].to(grad.dtype), None
             else:  # exact: every part sees the union's output and log-sum-exp
                 ref_out, ref_lse = run.slots(out), run.slots(lse)
                 grad_lse = None if dlse is None else run.slots(dlse, zero_empty=True)

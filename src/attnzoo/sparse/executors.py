@@ -69,9 +69,9 @@ def combine_parts(outs: list[Tensor], lses: list[Tensor]) -> tuple[Tensor, Tenso
         return outs[0], lses[0]
     total = torch.logsumexp(torch.stack(lses), dim=0)
     safe = total.masked_fill(torch.isinf(total), 0.0)
-    out = torch.mul(outs[0], torch.exp(lses[0] - safe)[..., None])
+    out = torch.mul(outs[0], torch.exp(lses[0] - safe)[..., None].to(outs[0].dtype))
     for part, lse in zip(outs[1:], lses[1:], strict=True):
-        out.addcmul_(part, torch.exp(lse - safe)[..., None])
+        out.addcmul_(part, torch.exp(lse - safe)[..., None].to(part.dtype))
     return out, total
 
 
@@ -96,7 +96,7 @@ def gather_forward(
     """
     b, h, length, _ = q.shape
     out = q.new_empty(b, h, length, v.shape[-1])
-    lse = q.new_empty(b, h, length)
+    lse = q.new_empty(b, h, length, dtype=torch.promote_types(q.dtype, torch.float32))  # the kernels' lse dtype
     for start, stop in plan.chunks():
         qc = _queries(plan, start, stop, q)
         outs, lses = [], []

@@ -35,13 +35,17 @@ def masked_scores(q: Tensor, k: Tensor, bias: Tensor | None, causal: bool, scale
     return scores
 
 
+def _at_least_fp32(x: Tensor) -> Tensor:
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
 def _math_forward(
     q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None, causal: bool, scale: float
 ) -> tuple[Tensor, Tensor]:
-    scores = masked_scores(q, k, bias, causal, scale)
+    scores = _at_least_fp32(masked_scores(q, k, bias, causal, scale))  # softmax statistics in fp32 at least
     lse = torch.logsumexp(scores, dim=-1)
     safe = torch.where(torch.isfinite(lse), lse, torch.zeros_like(lse))
-    probs = torch.exp(scores - safe[..., None])
+    probs = torch.exp(scores - safe[..., None]).to(v.dtype)
     return torch.matmul(probs, v), safe
 
 
@@ -57,12 +61,12 @@ def _math_backward(
     causal: bool,
     scale: float,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    probs = torch.exp(masked_scores(q, k, bias, causal, scale) - lse[..., None])
+    probs = torch.exp(_at_least_fp32(masked_scores(q, k, bias, causal, scale)) - lse[..., None]).to(v.dtype)
     dv = torch.matmul(probs.transpose(-1, -2), dout)
     dprobs = torch.matmul(dout, v.transpose(-1, -2))
     row = (dout * out).sum(-1, keepdim=True)
     if dlse is not None:
-        row = row - dlse[..., None]
+        row = row - dlse[..., None].to(row.dtype)
     dscores = probs * (dprobs - row) * scale
     return torch.matmul(dscores, k), torch.matmul(dscores.transpose(-1, -2), q), dv
 
@@ -95,7 +99,7 @@ def _flash_backward(
     # the scores (and the explicit scale) stay the same.
     zero_col = q.new_zeros(*q.shape[:-1], 1)
     dq, dk, dv = grad(
-        torch.cat([dout, dlse[..., None]], -1),
+        torch.cat([dout, dlse[..., None].to(dout.dtype)], -1),
         torch.cat([q, zero_col], -1),
         torch.cat([k, k.new_zeros(*k.shape[:-1], 1)], -1),
         torch.cat([v, v.new_ones(*v.shape[:-1], 1)], -1),
