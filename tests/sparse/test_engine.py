@@ -152,3 +152,31 @@ def test_low_precision_forward_backward_close_to_fp32(dtype, kernel, union):
     for name, low, ref in zip(("out", "dq", "dk", "dv"), *results, strict=True):
         assert torch.isfinite(low).all(), name
         assert (low - ref).abs().max() < tol, name
+
+
+@pytest.mark.parametrize("union", [False, True], ids=["window", "dilated-union"])
+def test_fused_dropout_gradients_are_exact(union):
+    """With a fixed seed the dropped-out attention is a deterministic function: gradcheck it."""
+    n = 40
+    patterns = (
+        [dilated_segments(n, 8, 1, (0, 0)), dilated_segments(n, 16, 2, (0, 1))]
+        if union
+        else [sliding_window(n, 6, 6, 16)]
+    )
+    q, k, v = make_qkv(1, 2, n, 4, seed=12)
+    mask = random_padding_mask(1, n, seed=12)
+
+    def dropped(q, k, v):
+        torch.manual_seed(0)
+        return sparse_attention(q, k, v, patterns, mask=mask, causal=True, dropout_p=0.3)[0]
+
+    assert torch.autograd.gradcheck(dropped, (q, k, v), atol=1e-6)
+    assert torch.equal(dropped(q, k, v), dropped(q, k, v))  # same seed, same mask
+    plain, _ = sparse_attention(q, k, v, patterns, mask=mask, causal=True)
+    assert (dropped(q, k, v) - plain).abs().max() > 0.01  # dropout does act
+
+
+def test_dropout_refused_by_kernels_that_cannot_apply_it():
+    q, k, v = make_qkv(1, 1, 16, 4, dtype=torch.float32)
+    with pytest.raises(ValueError, match="kernel 'cpu_flash' does not apply attention dropout"):
+        sparse_attention(q, k, v, sliding_window(16, 2, 2), dropout_p=0.1, kernel="cpu_flash")

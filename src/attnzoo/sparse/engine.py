@@ -30,11 +30,13 @@ FLEX_BLOCK = 128
 """FlexAttention's CUDA kernels tile by 128 tokens; ``auto`` uses flex only for layouts built on that."""
 
 
-def pick_executor(q: Tensor, requested: str = "auto", block_sizes: Sequence[int] = (FLEX_BLOCK,)) -> str:
+def pick_executor(
+    q: Tensor, requested: str = "auto", block_sizes: Sequence[int] = (FLEX_BLOCK,), *, dropout: bool = False
+) -> str:
     """The executor that will run: for ``auto``, ``flex`` on CUDA when every pattern's block size is a
-    multiple of 128, else ``gather``; otherwise the executor named (validated)."""
+    multiple of 128 and there is no attention dropout, else ``gather``; otherwise the executor named."""
     if requested == "auto":
-        flex_ok = q.device.type == "cuda" and all(bs % FLEX_BLOCK == 0 for bs in block_sizes)
+        flex_ok = q.device.type == "cuda" and not dropout and all(bs % FLEX_BLOCK == 0 for bs in block_sizes)
         return "flex" if flex_ok else "gather"
     if requested != "gather" and requested not in EXECUTORS:
         raise ValueError(f"unknown executor {requested!r}; choose from auto, gather, {', '.join(EXECUTORS)}")
@@ -144,10 +146,25 @@ class _FusedUnion(torch.autograd.Function):
 
     @staticmethod
     def forward(
-        ctx: Any, q: Tensor, k: Tensor, v: Tensor, runs: list[_Run], kernel: Kernel, scale: float, detach: bool
+        ctx: Any,
+        q: Tensor,
+        k: Tensor,
+        v: Tensor,
+        runs: list[_Run],
+        kernel: Kernel,
+        scale: float,
+        detach: bool,
+        dropout_p: float,
     ):  # type: ignore[override]
         q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
-        parts = [gather_forward(run.slots(q), run.slots(k), run.slots(v), run.plan, kernel, scale) for run in runs]
+        # one seed per call from torch's default generator (torch.manual_seed makes runs repeatable);
+        # each pattern and kernel call derives its own, and the backward redraws the same masks
+        seed = int(torch.randint(0, 2**62, (1,)))
+        drops = [None if dropout_p == 0.0 else (dropout_p, seed + i) for i in range(len(runs))]
+        parts = [
+            gather_forward(run.slots(q), run.slots(k), run.slots(v), run.plan, kernel, scale, drop)
+            for run, drop in zip(runs, drops, strict=True)
+        ]
         if len(runs) == 1:
             out, lse = runs[0].tokens(parts[0][0]), runs[0].tokens(parts[0][1], float("-inf"))
         else:
@@ -157,7 +174,7 @@ class _FusedUnion(torch.autograd.Function):
             out = q.new_zeros(*q.shape[:3], v.shape[-1])
             for run, (part_out, part_lse) in zip(runs, parts, strict=True):
                 run.add_to_tokens(out, part_out * _weights(part_lse, run, lse)[..., None].to(out.dtype))
-        ctx.runs, ctx.kernel, ctx.scale = runs, kernel, scale
+        ctx.runs, ctx.kernel, ctx.scale, ctx.drops = runs, kernel, scale, drops
         ctx.set_materialize_grads(False)  # an unused lse must reach backward as None, not zeros
         kept = [t for part in parts for t in part] if detach and len(runs) > 1 else []
         ctx.save_for_backward(q, k, v, out, lse, *kept)
@@ -189,11 +206,12 @@ class _FusedUnion(torch.autograd.Function):
                 run.plan,
                 ctx.kernel,
                 ctx.scale,
+                ctx.drops[i],
             )
             run.add_to_tokens(dq, dqs)
             run.add_to_tokens(dk, dks)
             run.add_to_tokens(dv, dvs)
-        return dq, dk, dv, None, None, None, None
+        return dq, dk, dv, None, None, None, None, None
 
 
 def _weights(part_lse: Tensor, run: _Run, total_lse: Tensor) -> Tensor:
@@ -231,7 +249,8 @@ def sparse_attention(
         mask: bool padding mask ``(B, N)``, True = real token. Default: None.
         causal: keys j <= i only.
         scale: default ``d ** -0.5``.
-        dropout_p: dropout on attention probabilities (runs the ``gather-autograd`` executor).
+        dropout_p: dropout on attention probabilities (the ``gather`` executor applies it with the ``math``
+            kernel, redrawing each chunk's mask from a seed in the backward pass; memory stays O(N d)).
         executor: ``auto`` (see :func:`pick_executor`), ``gather``, ``gather-autograd``, ``flex``, ``dense``.
         kernel: ``auto``, ``cpu_flash`` or ``math`` (gather executors).
         score_mod: additive score bias ``score_mod(h, q_pos, kv_pos)`` on token positions (broadcasting
@@ -255,11 +274,13 @@ def sparse_attention(
         raise ValueError("sparse_attention needs at least one pattern")
     scale = d**-0.5 if scale is None else float(scale)
     runs = [_prepare(q, v, p, mask, causal, score_mod) for p in patterns]
-    name = pick_executor(q, executor, [p.layout.block_size for p in patterns])
+    name = pick_executor(q, executor, [p.layout.block_size for p in patterns], dropout=dropout_p > 0.0)
+    if dropout_p > 0.0 and kernel == "auto":
+        kernel = "math"  # the only kernel that applies dropout
     chosen = pick_kernel(q.device, q.dtype, kernel, equal_widths=v.shape[-1] == d)
     learned_bias = score_mod is not None and torch.is_grad_enabled()
-    if name == "gather" and dropout_p == 0.0 and not learned_bias:
-        return _FusedUnion.apply(q, k, v, runs, chosen, scale, detach_weights)
+    if name == "gather" and not learned_bias:
+        return _FusedUnion.apply(q, k, v, runs, chosen, scale, detach_weights, float(dropout_p))
     if dropout_p > 0 and name not in ("gather", "gather-autograd"):
         raise ValueError(f"executor {name!r} does not apply attention dropout; use executor='gather'")
     outs, lses = [], []

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from attnzoo.sparse.kernels import Kernel, masked_scores
+from attnzoo.sparse.kernels import Dropout, Kernel, masked_scores
 from attnzoo.sparse.plan import Chunk, ChunkPlan
 
 __all__ = ["EXECUTORS", "gather_backward", "gather_forward", "run_dense", "run_flex", "run_gather_autograd"]
@@ -86,13 +86,22 @@ def _softmax_lse(scores: Tensor) -> tuple[Tensor, Tensor]:
     return probs, lse.masked_fill(empty.squeeze(-1), float("-inf"))
 
 
+def _call_dropout(dropout: Dropout | None, start: int, part: int) -> Dropout | None:
+    """The dropout of one kernel call: the same ``p``, a seed of its own (identical in forward and backward)."""
+    if dropout is None:
+        return None
+    p, seed = dropout
+    return p, (seed * 1_000_003 + start * 16 + part) % (2**63 - 1)
+
+
 def gather_forward(
-    q: Tensor, k: Tensor, v: Tensor, plan: ChunkPlan, kernel: Kernel, scale: float
+    q: Tensor, k: Tensor, v: Tensor, plan: ChunkPlan, kernel: Kernel, scale: float, dropout: Dropout | None = None
 ) -> tuple[Tensor, Tensor]:
     """Forward of the fused gather executor on slot tensors (no autograd).
 
     Each chunk may be several kernel calls over disjoint key sets (full and partial blocks), merged
-    by log-sum-exp. Returns ``(out, lse)`` with ``lse = -inf`` on rows without keys.
+    by log-sum-exp. Returns ``(out, lse)`` with ``lse = -inf`` on rows without keys. ``dropout``
+    ``(p, seed)`` gives each kernel call its own seed derived from ``seed`` and the call's place.
     """
     b, h, length, _ = q.shape
     out = q.new_empty(b, h, length, v.shape[-1])
@@ -100,9 +109,10 @@ def gather_forward(
     for start, stop in plan.chunks():
         qc = _queries(plan, start, stop, q)
         outs, lses = [], []
-        for chunk in plan.chunk(start, stop, q.dtype):
+        for part, chunk in enumerate(plan.chunk(start, stop, q.dtype)):
             kc, vc = _keys(plan, chunk, k), _keys(plan, chunk, v)
-            oc, lc = kernel.forward(qc, kc, vc, chunk.bias, chunk.causal, scale)
+            drop = _call_dropout(dropout, start, part)
+            oc, lc = kernel.forward(qc, kc, vc, chunk.bias, chunk.causal, scale, drop)
             outs.append(oc)
             lses.append(_mask_empty(lc, chunk.has_key))
         oc, lc = combine_parts(outs, lses)
@@ -122,8 +132,9 @@ def gather_backward(
     plan: ChunkPlan,
     kernel: Kernel,
     scale: float,
+    dropout: Dropout | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """Backward of the fused gather executor, recomputing chunk by chunk.
+    """Backward of the fused gather executor, recomputing chunk by chunk (same ``dropout`` as the forward).
 
     ``out`` and ``lse`` are the attention's *final* output and log-sum-exp per row: when this
     pattern is one part of a larger union (full/partial blocks, LongNet branches), passing the
@@ -142,9 +153,10 @@ def gather_backward(
         oc, doc, lc = (_rows(t, plan, start, stop) for t in (out, dout, safe_lse))
         dlc = None if dlse is None else _rows(dlse, plan, start, stop)
         dqc = torch.zeros_like(qc)
-        for chunk in plan.chunk(start, stop, q.dtype):
+        for part, chunk in enumerate(plan.chunk(start, stop, q.dtype)):
             kc, vc = _keys(plan, chunk, k), _keys(plan, chunk, v)
-            dqp, dkc, dvc = kernel.backward(doc, dlc, qc, kc, vc, oc, lc, chunk.bias, chunk.causal, scale)
+            drop = _call_dropout(dropout, start, part)
+            dqp, dkc, dvc = kernel.backward(doc, dlc, qc, kc, vc, oc, lc, chunk.bias, chunk.causal, scale, drop)
             dqc += dqp
             dk_blocks.index_add_(1, chunk.flat_kv, dkc.reshape(b, -1, plan.bs, dkc.shape[-1]))
             dv_blocks.index_add_(1, chunk.flat_kv, dvc.reshape(b, -1, plan.bs, dvc.shape[-1]))

@@ -6,12 +6,13 @@ Two interchangeable kernels with the same contract:
   and its backward), the same kernel SDPA uses for exact attention on CPU.
 * ``math``: plain matmul / softmax, for other devices and as an independent check.
 
-``forward(q, k, v, bias, causal, scale) -> (out, lse)`` and ``backward(...) -> (dq, dk, dv)`` on
+``forward(q, k, v, bias, causal, scale, dropout=None) -> (out, lse)`` and ``backward(...) -> (dq, dk, dv)`` on
 ``(B, G, M, d)`` queries and ``(B, G, S, d)`` keys/values, where ``bias`` is an additive float mask
 broadcastable to ``(B, G, M, S)`` (``-inf`` = masked) or ``None``. Rows whose keys are all masked
 return ``out = 0`` and a finite placeholder ``lse`` (callers know which rows are empty). The backward
 also takes ``dlse``, the gradient of the log-sum-exp, so partial attentions merged by their
-log-sum-exp (LongNet's mixture) get exact gradients.
+log-sum-exp (LongNet's mixture) get exact gradients. Only ``math`` applies attention dropout
+(``dropout = (p, seed)``; the mask is redrawn from the seed in the backward pass).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["KERNELS", "Kernel", "masked_scores", "pick_kernel"]
+__all__ = ["KERNELS", "Dropout", "Kernel", "masked_scores", "pick_kernel"]
 
 _aten = torch.ops.aten
 
@@ -39,13 +40,28 @@ def _at_least_fp32(x: Tensor) -> Tensor:
     return x.to(torch.promote_types(x.dtype, torch.float32))
 
 
+Dropout = tuple[float, int]
+"""``(p, seed)``: drop attention probabilities with probability p, mask drawn from ``seed`` (so the
+backward pass redraws exactly the forward's mask)."""
+
+
+def _keep_mask(shape: torch.Size, dropout: Dropout, device: torch.device, dtype: torch.dtype) -> Tensor:
+    """Scaled keep mask ``1{u >= p} / (1 - p)`` of ``shape``, reproducible from the seed."""
+    p, seed = dropout
+    gen = torch.Generator(device=device).manual_seed(seed)
+    keep = torch.rand(shape, generator=gen, device=device) >= p
+    return keep.to(dtype).div_(1.0 - p)
+
+
 def _math_forward(
-    q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None, causal: bool, scale: float
+    q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None, causal: bool, scale: float, dropout: Dropout | None = None
 ) -> tuple[Tensor, Tensor]:
     scores = _at_least_fp32(masked_scores(q, k, bias, causal, scale))  # softmax statistics in fp32 at least
     lse = torch.logsumexp(scores, dim=-1)
     safe = torch.where(torch.isfinite(lse), lse, torch.zeros_like(lse))
     probs = torch.exp(scores - safe[..., None]).to(v.dtype)
+    if dropout is not None:
+        probs = probs * _keep_mask(probs.shape, dropout, probs.device, probs.dtype)
     return torch.matmul(probs, v), safe
 
 
@@ -60,10 +76,16 @@ def _math_backward(
     bias: Tensor | None,
     causal: bool,
     scale: float,
+    dropout: Dropout | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     probs = torch.exp(_at_least_fp32(masked_scores(q, k, bias, causal, scale)) - lse[..., None]).to(v.dtype)
-    dv = torch.matmul(probs.transpose(-1, -2), dout)
     dprobs = torch.matmul(dout, v.transpose(-1, -2))
+    if dropout is None:
+        dv = torch.matmul(probs.transpose(-1, -2), dout)
+    else:  # FlashAttention's dropout backward: dV = (P o Z)^T dO, dP = (dO V^T) o Z, D = rowsum(dO o O)
+        keep = _keep_mask(probs.shape, dropout, probs.device, probs.dtype)
+        dv = torch.matmul((probs * keep).transpose(-1, -2), dout)
+        dprobs = dprobs * keep
     row = (dout * out).sum(-1, keepdim=True)
     if dlse is not None:
         row = row - dlse[..., None].to(row.dtype)
@@ -71,9 +93,15 @@ def _math_backward(
     return torch.matmul(dscores, k), torch.matmul(dscores.transpose(-1, -2), q), dv
 
 
+def _no_dropout(name: str, dropout: Dropout | None) -> None:
+    if dropout is not None:
+        raise ValueError(f"kernel {name!r} does not apply attention dropout; the engine uses 'math' for it")
+
+
 def _flash_forward(
-    q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None, causal: bool, scale: float
+    q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None, causal: bool, scale: float, dropout: Dropout | None = None
 ) -> tuple[Tensor, Tensor]:
+    _no_dropout("cpu_flash", dropout)
     out, lse = _aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, 0.0, causal, attn_mask=bias, scale=scale)
     return out, lse
 
@@ -89,7 +117,9 @@ def _flash_backward(
     bias: Tensor | None,
     causal: bool,
     scale: float,
+    dropout: Dropout | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
+    _no_dropout("cpu_flash", dropout)
     grad = _aten._scaled_dot_product_flash_attention_for_cpu_backward
     if dlse is None:
         return grad(dout, q, k, v, out, lse, 0.0, causal, attn_mask=bias, scale=scale)
