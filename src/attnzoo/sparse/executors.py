@@ -5,7 +5,7 @@
   :func:`gather_backward` recompute each chunk in the backward pass (the engine wraps them in one
   autograd function), so memory stays O(L * d) plus one chunk; trains on CPU.
 * ``gather-autograd``: the same chunks through differentiable torch ops (memory O(L * visited));
-  used when attention dropout is on, and as an independent check.
+  used for a learned ``score_mod`` while training, and as an independent check.
 * ``flex``: FlexAttention with a ``BlockMask`` built from the layout (CUDA; CPU for inference only,
   its CPU backward raises). Compiled once per shape.
 * ``dense``: the whole L x L mask and a plain masked softmax: tests only.
