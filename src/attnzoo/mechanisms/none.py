@@ -34,7 +34,10 @@ class NoneOptions:
     reference=none_attention,
 )
 class NoAttention(AttentionBase):
-    """No token mixing: each position passes its own value vector through (LRA's "none" baseline)."""
+    """No token mixing: each position passes its own value vector through (LRA's "none" baseline).
+
+    There are no attention probabilities, so ``dropout`` has nothing to act on and is not applied.
+    """
 
     def attend(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
         return none_attention(q, k, v, mask=mask, causal=self.causal)
