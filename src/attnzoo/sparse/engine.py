@@ -63,15 +63,18 @@ class _Run:
     dst: Tensor | None = None
 
     @classmethod
-    def build(cls, plan: ChunkPlan, positions: Tensor | None, length: int, seq_len: int, heads: int) -> _Run:
+    def build(
+        cls, plan: ChunkPlan, positions: Tensor | None, length: int, seq_len: int, heads: int, device: torch.device
+    ) -> _Run:
+        """Index maps from the pattern's (CPU) ``positions``, computed there and moved once to ``device``."""
         if positions is None:
             return cls(plan, length, seq_len, heads)
-        pos = positions.expand(heads, length)
-        head_base = torch.arange(heads, device=pos.device)[:, None] * seq_len
+        pos = positions.cpu().expand(heads, length)
         valid = pos >= 0
-        src = (head_base + pos.clamp_min(0)).reshape(-1)
+        src = (torch.arange(heads)[:, None] * seq_len + pos.clamp_min(0)).reshape(-1)
         valid_src = valid.reshape(-1).nonzero().squeeze(1)
-        return cls(plan, length, seq_len, heads, src, valid, valid_src, src[valid_src])
+        dst = src[valid_src]
+        return cls(plan, length, seq_len, heads, *(t.to(device) for t in (src, valid, valid_src, dst)))
 
     def slots(self, x: Tensor, *, zero_empty: bool = False) -> Tensor:
         """``(B, H, N[, d]) -> (B, H, L[, d])``; ``zero_empty`` zeroes the empty slots (gradients)."""
@@ -132,8 +135,7 @@ def _prepare(
         causal=causal,
         score_mod=score_mod,
     )
-    positions = None if pattern.positions is None else pattern.positions.to(q.device)
-    return _Run.build(plan, positions, pattern.num_slots, n, h)
+    return _Run.build(plan, pattern.positions, pattern.num_slots, n, h, q.device)
 
 
 class _FusedUnion(torch.autograd.Function):

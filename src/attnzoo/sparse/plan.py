@@ -78,14 +78,15 @@ class ChunkPlan:
         self.kv_indices = layout.kv_indices.to(device)
         self.kv_valid = layout.kv_valid.to(device)
         self.positions = pattern.slot_positions().to(device)
-        own = torch.arange(self.nb, device=device)[None, :, None]
-        diagonal_only = self.k == 1 and bool((self.kv_indices == own).all())
+        own = torch.arange(self.nb)[None, :, None]
+        diagonal_only = self.k == 1 and bool((layout.kv_indices == own).all())  # on the CPU layout: no device sync
         # Causal inside diagonal blocks is the kernel's own causal mask when slots keep token order.
         self.kernel_causal = causal and diagonal_only and pattern.mask_mod is None and score_mod is None
         self.needs_elements = (
             pattern.mask_mod is not None or score_mod is not None or (causal and not self.kernel_causal)
         )
         self.full = self._full_entries() if self.needs_elements and score_mod is None else None
+        self._selections: dict[int, list[tuple[Tensor, Tensor, bool]]] = {}
         span = self.k * self.bs
         per_block = heads * (2 * span + 2 * self.bs) * head_dim * itemsize
         if self.needs_elements:
@@ -101,17 +102,22 @@ class ChunkPlan:
         """The kernel calls for query blocks ``[start, stop)``: full and partial key blocks apart when
         ``split`` (and the pattern has element masks), else one call over all visited blocks."""
         if not split or self.full is None:
-            return [
-                self._part(
-                    start,
-                    stop,
-                    self.kv_indices[:, start:stop],
-                    self.kv_valid[:, start:stop],
-                    dtype,
-                    elementwise=self.needs_elements,
-                )
-            ]
-        parts = []
+            selections = [(self.kv_indices[:, start:stop], self.kv_valid[:, start:stop], self.needs_elements)]
+        else:
+            selections = self._split_selections(start, stop)
+        return [self._part(start, stop, idx, valid, dtype, elementwise=ew) for idx, valid, ew in selections]
+
+    def _split_selections(self, start: int, stop: int) -> list[tuple[Tensor, Tensor, bool]]:
+        """``(idx, valid, elementwise)`` of the full and the partial key blocks of one chunk.
+
+        Computed once per chunk and plan (the forward and the recomputing backward share it), so the
+        ragged lists are compacted, and the count of each read back, once per training step.
+        """
+        cached = self._selections.get(start)
+        if cached is not None:
+            return cached
+        assert self.full is not None
+        found = []
         for selected, elementwise in ((self.full, False), (self.kv_valid & ~self.full, True)):
             chosen = selected[:, start:stop]
             kp = int(chosen.sum(-1).max())
@@ -119,8 +125,9 @@ class ChunkPlan:
                 continue
             order = torch.argsort((~chosen).to(torch.int8), dim=-1, stable=True)[..., :kp]
             idx = torch.gather(self.kv_indices[:, start:stop].expand_as(chosen), -1, order)
-            parts.append(self._part(start, stop, idx, torch.gather(chosen, -1, order), dtype, elementwise=elementwise))
-        return parts
+            found.append((idx, torch.gather(chosen, -1, order), elementwise))
+        self._selections[start] = found
+        return found
 
     def _part(
         self, start: int, stop: int, idx: Tensor, valid: Tensor, dtype: torch.dtype, *, elementwise: bool
