@@ -54,6 +54,7 @@ class MechanismSpec:
     functional: Callable[..., Any] | None
     reference: Callable[..., Any] | None
     summary: str
+    flops: Callable[..., float] | None = None
 
     def as_row(self) -> dict[str, Any]:
         """A flat dict for tables: name, summary and every capability flag."""
@@ -70,22 +71,33 @@ def register(
     capabilities: Capabilities,
     functional: Callable[..., Any] | None = None,
     reference: Callable[..., Any] | None = None,
+    flops: Callable[..., float] | None = None,
 ) -> Callable[[type[nn.Module]], type[nn.Module]]:
     """Class decorator that registers an attention module under ``name``.
 
     The module's constructor must accept ``(dim, num_heads, *, causal, dropout, options)``.
 
+    Args:
+        functional: the fast functional core on ``(B, H, N, d)`` tensors.
+        reference: an independent dense reference of the same math (never the fast path itself).
+        flops: ``flops(n, d, options, causal) -> float``, the analytic forward FLOP count of the
+            attention core for one (batch, head) at length ``n`` and head width ``d`` (matmul
+            FLOPs, 2 per multiply-add); the benchmark's "x of floor" divides by it.
+
     Raises:
-        ValueError: if ``name`` is registered already or ``options`` is not a dataclass.
+        ValueError: if ``name`` is registered already, ``options`` is not a dataclass, or
+            ``reference`` is the fast path ``functional``.
     """
     if not dataclasses.is_dataclass(options):
         raise ValueError(f"register({name!r}): options must be a dataclass type, got {options!r}")
+    if reference is not None and reference is functional:
+        raise ValueError(f"register({name!r}): the reference must be independent of the fast path (same function)")
 
     def decorator(cls: type[nn.Module]) -> type[nn.Module]:
         if name in _REGISTRY:
             raise ValueError(f"attention mechanism {name!r} is registered twice ({_REGISTRY[name].module} and {cls})")
         summary = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else name
-        _REGISTRY[name] = MechanismSpec(name, cls, options, capabilities, functional, reference, summary)
+        _REGISTRY[name] = MechanismSpec(name, cls, options, capabilities, functional, reference, summary, flops)
         return cls
 
     return decorator

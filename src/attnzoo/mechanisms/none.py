@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from torch import Tensor
 
 from attnzoo.mechanisms.base import AttentionBase
-from attnzoo.ops.none import none_attention
+from attnzoo.ops.none import naive_none_attention, none_attention
 from attnzoo.registry import Capabilities, register
 
 __all__ = ["NoAttention", "NoneOptions"]
@@ -31,7 +31,7 @@ class NoneOptions:
         memory="O(N*d)",
     ),
     functional=none_attention,
-    reference=none_attention,
+    reference=naive_none_attention,
 )
 class NoAttention(AttentionBase):
     """No token mixing: each position passes its own value vector through (LRA's "none" baseline).
