@@ -11,7 +11,7 @@ torch.Size([2, 100, 64])
 """
 
 from attnzoo import mechanisms  # noqa: F401  (registers every mechanism)
-from attnzoo.official import load_official
+from attnzoo.official import from_official, load_official
 from attnzoo.options import (
     add_arguments,
     options_from_args,
@@ -30,6 +30,7 @@ __all__ = [
     "add_arguments",
     "available",
     "build",
+    "from_official",
     "get_spec",
     "load_official",
     "options",

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 
 from torch import Tensor, nn
 
-__all__ = ["load_official"]
+__all__ = ["load_converted", "load_official"]
 
 
 def load_official(module: nn.Module, state_dict: Mapping[str, Tensor], *, strict: bool = True) -> nn.Module:
@@ -35,7 +35,15 @@ def load_official(module: nn.Module, state_dict: Mapping[str, Tensor], *, strict
     convert = getattr(type(module), "convert_official", None)
     if convert is None:
         raise TypeError(f"{type(module).__name__} has no official checkpoint format to load")
-    converted = convert(dict(state_dict))
+    return load_converted(module, convert(dict(state_dict)), strict=strict)
+
+
+def load_converted(module: nn.Module, converted: Mapping[str, Tensor], *, strict: bool = True) -> nn.Module:
+    """Load a state dict already renamed to ``module``'s names; shape, missing and extra tensors are named.
+
+    Raises:
+        ValueError: a shape mismatch, or (``strict``) missing or unexpected tensors.
+    """
     own = module.state_dict()
     wrong = [
         f"{k}: {tuple(v.shape)} vs {tuple(own[k].shape)}"
@@ -51,5 +59,5 @@ def load_official(module: nn.Module, state_dict: Mapping[str, Tensor], *, strict
             f"official weights do not fit {type(module).__name__}: missing {missing}, unexpected {unexpected} "
             "(after renaming to attnzoo's names)"
         )
-    module.load_state_dict(converted, strict=False)
+    module.load_state_dict(dict(converted), strict=False)
     return module

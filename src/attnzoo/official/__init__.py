@@ -1,0 +1,9 @@
+"""Official implementations: load their weights (``load_official``) or rebuild them (``from_official``).
+
+Entries are declared next to each mechanism module with :func:`register_official`.
+"""
+
+from attnzoo.official.registry import OfficialEntry, from_official, official_entries, register_official
+from attnzoo.official.weights import load_converted, load_official
+
+__all__ = ["OfficialEntry", "from_official", "load_converted", "load_official", "official_entries", "register_official"]
