@@ -10,7 +10,7 @@
 torch.Size([2, 100, 64])
 """
 
-from attnzoo import mechanisms  # noqa: F401  (registers every mechanism)
+from attnzoo import functional, mechanisms  # noqa: F401  (registers every mechanism; attnzoo.functional like torch.nn.functional)
 from attnzoo.official import from_official, load_official
 from attnzoo.options import (
     add_arguments,

@@ -19,6 +19,7 @@ from typing import Any
 __all__ = [
     "add_arguments",
     "check_choice",
+    "check_field_types",
     "check_float",
     "check_int",
     "check_int_tuple",
@@ -65,6 +66,43 @@ def check_int_tuple(name: str, value: Any, *, minimum: int = 1, nonempty: bool =
     bad = [v for v in value if v < minimum]
     if bad:
         raise ValueError(f"option {name} entries must be >= {minimum}, got {value!r}")
+
+
+def _matches(value: Any, hint: Any) -> bool:
+    """Whether ``value`` has the primitive type ``hint`` (bool is not an int, an int is a float)."""
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str)
+    if typing.get_origin(hint) is tuple:
+        args = typing.get_args(hint)
+        item = args[0] if args else Any
+        return isinstance(value, tuple) and (item is Any or all(_matches(v, item) for v in value))
+    return True
+
+
+def check_field_types(opts: Any) -> None:
+    """Check every field of options dataclass ``opts`` against its annotation.
+
+    Catches the values a dict, YAML file or command line most often gets wrong: ``"false"`` for a
+    bool (truthy!), ``"3"`` or ``True`` for an int, a list for a tuple.
+
+    Raises:
+        TypeError: naming the option, the value and the expected type.
+    """
+    hints = typing.get_type_hints(type(opts))
+    for field in dataclasses.fields(opts):
+        hint, optional = _base_type(hints[field.name])
+        value = getattr(opts, field.name)
+        if value is None and optional:
+            continue
+        if not _matches(value, hint):
+            expected = getattr(hint, "__name__", str(hint)) + (" or None" if optional else "")
+            raise TypeError(f"option {field.name} must be {expected}, got {value!r} ({type(value).__name__})")
 
 
 def options_to_dict(opts: Any) -> dict[str, Any]:

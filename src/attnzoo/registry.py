@@ -13,6 +13,8 @@ from typing import Any
 
 from torch import nn
 
+from attnzoo.options import check_field_types
+
 __all__ = ["Capabilities", "MechanismSpec", "available", "build", "get_spec", "options", "register"]
 
 
@@ -170,6 +172,7 @@ def build(
         parsed = ready
     else:
         parsed = make_options(spec.options, {k: v for k, v in opts.items() if v is not None}, context=name)
+    check_field_types(parsed)
     return spec.module(dim, num_heads, causal=causal, dropout=float(dropout), options=parsed)
 
 

@@ -15,8 +15,8 @@ __all__ = ["AttentionBase", "split_heads"]
 
 def split_heads(x: Tensor, num_heads: int) -> Tensor:
     """``(B, N, H*d) -> (B, H, N, d)``."""
-    b, n, _ = x.shape
-    return x.view(b, n, num_heads, -1).transpose(1, 2)
+    b, n, width = x.shape
+    return x.view(b, n, num_heads, width // num_heads).transpose(1, 2)
 
 
 class AttentionBase(nn.Module, abc.ABC):
@@ -97,6 +97,8 @@ class AttentionBase(nn.Module, abc.ABC):
             raise TypeError(f"x must be floating point, got {x.dtype}")
         mask = check_padding_mask(mask, x.shape[0], x.shape[1], x.device)
         q, k, v = self.project(x)
+        if x.shape[0] == 0 or x.shape[1] == 0:  # empty batch or sequence: empty output, no attention
+            return self.merge(v * 0)
         out = zero_masked_rows(self.attend(q, k, v, mask), mask)
         return self.merge(out)
 

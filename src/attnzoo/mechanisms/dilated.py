@@ -9,11 +9,11 @@ import torch
 from torch import Tensor, nn
 
 from attnzoo.mechanisms.base import AttentionBase
-from attnzoo.mechanisms.local import EXECUTORS
 from attnzoo.ops.dilated import dilated_attention, naive_dilated_attention
 from attnzoo.ops.dilated.offsets import OFFSET_RULES, check_branches
-from attnzoo.options import check_choice
+from attnzoo.options import check_choice, check_field_types
 from attnzoo.registry import Capabilities, register
+from attnzoo.sparse import EXECUTOR_NAMES
 
 __all__ = ["DilatedAttention", "DilatedOptions"]
 
@@ -38,9 +38,10 @@ class DilatedOptions:
     def __post_init__(self) -> None:
         object.__setattr__(self, "segment_lengths", tuple(self.segment_lengths))
         object.__setattr__(self, "dilation_rates", tuple(self.dilation_rates))
+        check_field_types(self)
         check_branches(self.segment_lengths, self.dilation_rates)
         check_choice("offset_rule", self.offset_rule, OFFSET_RULES)
-        check_choice("executor", self.executor, EXECUTORS)
+        check_choice("executor", self.executor, EXECUTOR_NAMES)
 
 
 @register(

@@ -11,13 +11,11 @@ from torch import Tensor, nn
 
 from attnzoo.mechanisms.base import AttentionBase
 from attnzoo.ops.local import LocalWindow, local_attention, naive_local_attention
-from attnzoo.options import check_choice, check_int
+from attnzoo.options import check_choice, check_field_types, check_int
 from attnzoo.registry import Capabilities, register
+from attnzoo.sparse import EXECUTOR_NAMES
 
 __all__ = ["LocalAttention", "LocalOptions"]
-
-EXECUTORS = ("auto", "gather", "gather-autograd", "flex", "dense")
-
 
 @dataclass(frozen=True)
 class LocalOptions:
@@ -45,6 +43,7 @@ class LocalOptions:
     executor: str = "auto"
 
     def __post_init__(self) -> None:
+        check_field_types(self)
         self.window(causal=False)
         for name in ("image_height", "image_width"):
             value = getattr(self, name)
@@ -56,7 +55,9 @@ class LocalOptions:
             raise ValueError("give both image_height and image_width, or neither (square grid)")
         if self.block_size is not None:
             check_int("block_size", self.block_size, minimum=1)
-        check_choice("executor", self.executor, EXECUTORS)
+            if self.attn_2d:
+                raise ValueError("option block_size applies to 1D windows only (2D windows run on window_size tiles)")
+        check_choice("executor", self.executor, EXECUTOR_NAMES)
 
     def window(self, *, causal: bool) -> LocalWindow:
         """The validated window geometry (2D grids get their size per input; ``(1, 1)`` stands in here)."""

@@ -1,10 +1,11 @@
 """Block-sparse attention: patterns described once (:mod:`.patterns`), run by one engine (:mod:`.engine`)."""
 
-from attnzoo.sparse.engine import merge_partials, pick_executor, sparse_attention
+from attnzoo.sparse.engine import EXECUTOR_NAMES, merge_partials, pick_executor, sparse_attention
 from attnzoo.sparse.layout import BlockLayout, MaskMod, SparsePattern
 from attnzoo.sparse.patterns import blockwise_window, dilated_segments, sliding_window, window_2d
 
 __all__ = [
+    "EXECUTOR_NAMES",
     "BlockLayout",
     "MaskMod",
     "SparsePattern",

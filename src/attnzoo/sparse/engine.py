@@ -28,6 +28,8 @@ __all__ = ["merge_partials", "pick_executor", "sparse_attention"]
 
 FLEX_BLOCK = 128
 """FlexAttention's CUDA kernels tile by 128 tokens; ``auto`` uses flex only for layouts built on that."""
+EXECUTOR_NAMES = ("auto", "gather", *EXECUTORS)
+"""Every value the ``executor`` argument (and the mechanisms' ``executor`` option) accepts."""
 
 
 def pick_executor(
@@ -38,8 +40,8 @@ def pick_executor(
     if requested == "auto":
         flex_ok = q.device.type == "cuda" and not dropout and all(bs % FLEX_BLOCK == 0 for bs in block_sizes)
         return "flex" if flex_ok else "gather"
-    if requested != "gather" and requested not in EXECUTORS:
-        raise ValueError(f"unknown executor {requested!r}; choose from auto, gather, {', '.join(EXECUTORS)}")
+    if requested not in EXECUTOR_NAMES:
+        raise ValueError(f"unknown executor {requested!r}; choose from {', '.join(EXECUTOR_NAMES)}")
     return requested
 
 
@@ -159,9 +161,10 @@ class _FusedUnion(torch.autograd.Function):
         dropout_p: float,
     ):  # type: ignore[override]
         q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
-        # one seed per call from torch's default generator (torch.manual_seed makes runs repeatable);
-        # each pattern and kernel call derives its own, and the backward redraws the same masks
-        seed = int(torch.randint(0, 2**62, (1,)))
+        # with dropout, one seed per call from torch's default generator (torch.manual_seed makes runs
+        # repeatable); each pattern and kernel call derives its own, and the backward redraws the same
+        # masks. Without dropout nothing is drawn, so evaluation never advances the global RNG.
+        seed = int(torch.randint(0, 2**62, (1,))) if dropout_p > 0.0 else 0
         drops = [None if dropout_p == 0.0 else (dropout_p, seed + i) for i in range(len(runs))]
         parts = [
             gather_forward(run.slots(q), run.slots(k), run.slots(v), run.plan, kernel, scale, drop)
@@ -271,6 +274,8 @@ def sparse_attention(
     check_qkv(q, k, v, cross=False)
     b, _, n, d = q.shape
     mask = check_padding_mask(mask, b, n, q.device)
+    if q.numel() == 0 or v.numel() == 0:  # B, H or N is 0: an empty result of the right shape
+        return v * 0, q.new_full(q.shape[:-1], float("-inf"))
     patterns = [pattern] if isinstance(pattern, SparsePattern) else list(pattern)
     if not patterns:
         raise ValueError("sparse_attention needs at least one pattern")

@@ -55,6 +55,8 @@ def dilated_attention(
     check_qkv(q, k, v, cross=False)
     check_branches(segment_lengths, dilation_rates)
     heads, n = q.shape[1], q.shape[2]
+    if q.numel() == 0 or v.numel() == 0:  # B, H or N is 0
+        return v * 0
     patterns = [
         dilated_segments(n, segment, dilation, head_offsets(heads, dilation, offset_rule))
         for segment, dilation in zip(segment_lengths, dilation_rates, strict=True)

@@ -112,7 +112,8 @@ def local_attention(
         ``(B, H, N, d)``; rows with no visible key are 0.
 
     Raises:
-        ValueError: invalid window options, a grid that does not match N, a wrong rpe table shape.
+        ValueError: invalid window options, a grid that does not match N, a wrong rpe table shape,
+            ``block_size`` with a ``grid`` (2D windows run on tiles of the window's own size).
 
     Reference: :func:`attnzoo.ops.local.naive_local_attention`.
     """
@@ -126,6 +127,8 @@ def local_attention(
         grid=grid,
         causal=causal,
     )
+    if grid is not None and block_size is not None:
+        raise ValueError("block_size applies to 1D windows only; 2D windows run on tiles sized by window_size")
     pattern = local_pattern(window, q.shape[-2], block_size)
     score_mod = None
     if rpe_table is not None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from attnzoo.ops.common import check_qkv
+from attnzoo.ops.common import check_padding_mask, check_qkv
 
 __all__ = ["none_attention"]
 
@@ -21,4 +21,5 @@ def none_attention(q: Tensor, k: Tensor, v: Tensor, *, mask: Tensor | None = Non
         ``(B, H, N, d)``.
     """
     check_qkv(q, k, v, cross=False)
+    mask = check_padding_mask(mask, v.shape[0], v.shape[-2], v.device)
     return v if mask is None else v * mask[:, None, :, None].to(v.dtype)

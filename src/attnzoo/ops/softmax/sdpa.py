@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor
 
-from attnzoo.ops.common import check_qkv, padding_attn_mask, rows_with_keys
+from attnzoo.ops.common import check_padding_mask, check_qkv, padding_attn_mask, rows_with_keys
 
 __all__ = ["softmax_attention"]
 
@@ -45,8 +45,7 @@ def softmax_attention(
     check_qkv(q, k, v)
     if causal and q.shape[-2] != k.shape[-2]:
         raise ValueError(f"causal attention needs N == S, got N={q.shape[-2]}, S={k.shape[-2]}")
-    if mask is not None and tuple(mask.shape) != (q.shape[0], k.shape[-2]):
-        raise ValueError(f"mask must have shape (B, S) = ({q.shape[0]}, {k.shape[-2]}), got {tuple(mask.shape)}")
+    mask = check_padding_mask(mask, q.shape[0], k.shape[-2], q.device)
     if mask is None:
         return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=causal, scale=scale)
     allowed = padding_attn_mask(mask, q.shape[-2], causal=causal)
