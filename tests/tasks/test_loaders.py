@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import pickle
 
@@ -48,12 +49,39 @@ def test_aan_pairs_and_errors(tmp_path) -> None:
         tasks.load_split("retrieval", "test", data_dir=tmp_path, cache_dir=tmp_path / "c")
 
 
+# (r, g, b) -> LRA's gray value, worked by hand: G = 0.2989 r + 0.5870 g + 0.1140 b on [0, 255];
+# tf.image.rgb_to_grayscale gives trunc(G / 255 * 255.5), where rounding G would give the last column.
+KNOWN_GRAY = [
+    ((0, 0, 0), 0),  # G = 0                          round: 0
+    ((255, 255, 255), 255),  # G = 254.9745 -> 255.474  round: 255
+    ((1, 1, 1), 1),  # G = 0.9999 -> 1.0019             round: 1
+    ((0, 1, 0), 0),  # G = 0.587 -> 0.588               round: 1
+    ((200, 0, 0), 59),  # G = 59.78 -> 59.897           round: 60
+    ((0, 255, 0), 149),  # G = 149.685 -> 149.979       round: 150
+    ((50, 100, 150), 90),  # G = 90.745 -> 90.923       round: 91
+    ((255, 255, 0), 226),  # G = 225.9045 -> 226.347    round: 226
+    ((0, 0, 255), 29),  # G = 29.07 -> 29.127           round: 29
+    ((10, 20, 30), 18),  # G = 18.149 -> 18.185         round: 18
+    ((128, 128, 128), 128),  # G = 127.9872 -> 128.238  round: 128
+    ((3, 2, 1), 2),  # G = 2.1847 -> 2.189              round: 2
+    ((7, 9, 200), 30),  # G = 30.175 -> 30.234           round: 30
+    ((255, 0, 255), 105),  # G = 105.2895 -> 105.496    round: 105
+    ((0, 128, 255), 104),  # G = 104.206 -> 104.410     round: 104
+    ((90, 60, 30), 65),  # G = 65.541 -> 65.670         round: 66
+]
+# SHA-256 of tf.image.rgb_to_grayscale over all 2^24 uint8 RGB triples (r-major, then g, then b),
+# computed with TensorFlow 2.21.0 on CPU, with oneDNN on and off (both the same)
+TF_GRAY_TABLE_SHA256 = "824a76d81dad2c5a2cf1fa0b2c0a5afe7d871ec2970e4fa2809b53ddbecdca93"
+
+
 def _cifar(root, n: int = 10) -> np.ndarray:
     folder = root / "cifar-10-batches-py"
     folder.mkdir(parents=True)
     rng = np.random.default_rng(0)
     data = rng.integers(0, 256, size=(n, 3072), dtype=np.uint8)
     data[0] = 0
+    for i, (rgb, _) in enumerate(KNOWN_GRAY):  # image 1, first pixels (planes R, G, B of 1024 each)
+        data[1, [i, 1024 + i, 2048 + i]] = rgb
     for name in [*cifar.TRAIN_FILES, "test_batch"]:
         obj = {b"batch_label": b"x", b"labels": [int(v) for v in rng.integers(0, 10, n)], b"data": data}
         (folder / name).write_bytes(pickle.dumps(obj, protocol=2))
@@ -65,12 +93,24 @@ def test_cifar_grayscale_split_and_pixel_padding(tmp_path) -> None:
     train = tasks.load_split("image", "train", data_dir=tmp_path, cache_dir=tmp_path / "c")
     dev = tasks.load_split("image", "dev", data_dir=tmp_path, cache_dir=tmp_path / "c")
     assert (len(train), len(dev)) == (45, 5)
+    ids = train[1]["input_ids"].numpy()
+    assert ids[: len(KNOWN_GRAY)].tolist() == [gray for _, gray in KNOWN_GRAY]
     rgb = data[1].reshape(3, 1024).astype(np.float64)
-    gray = np.floor((0.2989 * rgb[0] + 0.5870 * rgb[1] + 0.1140 * rgb[2]) + 0.5)
-    assert np.abs(train[1]["input_ids"].numpy() - gray).max() <= 1
+    exact = np.floor((0.2989 * rgb[0] + 0.5870 * rgb[1] + 0.1140 * rgb[2]) * (255.5 / 255))
+    np.testing.assert_array_equal(ids, exact)  # no pixel of this image is within float32 error of an integer
     assert train[0]["mask"].sum() == 0  # all-black image: official LRA masks every pixel
     fixed = tasks.load_split("image", "train", data_dir=tmp_path, cache_dir=tmp_path / "c", shift_pixels=True)
     assert fixed[0]["mask"].all() and fixed[0]["input_ids"].eq(1).all() and fixed.spec.vocab_size == 257
+
+
+def test_grayscale_matches_tensorflow_on_every_rgb_triple() -> None:
+    values = np.arange(256, dtype=np.uint8)
+    r, g, b = (a.reshape(256, 1, 65536) for a in np.meshgrid(values, values, values, indexing="ij"))
+    table = cifar.to_grayscale(np.concatenate([r, g, b], axis=1)[:, :, None, :])
+    assert table.shape == (256, 1, 65536) and table.dtype == np.uint8
+    assert hashlib.sha256(table.tobytes()).hexdigest() == TF_GRAY_TABLE_SHA256
+    flat = table.reshape(-1)
+    assert [int(flat[(rr << 16) | (gg << 8) | bb]) for (rr, gg, bb), _ in KNOWN_GRAY] == [v for _, v in KNOWN_GRAY]
 
 
 class Evil:
