@@ -5,22 +5,27 @@ token; ``causal``), and returns ``(B, H, N, d)``. Every core is also reachable b
 (``attnzoo.functional.local`` is ``local_attention``), as is ``attnzoo.get_spec(name).functional``.
 """
 
+from attnzoo.ops.butterfly import butterfly_attention, naive_butterfly_attention
 from attnzoo.ops.dilated import dilated_attention, naive_dilated_attention
 from attnzoo.ops.local import local_attention, naive_local_attention
 from attnzoo.ops.none import none_attention
 from attnzoo.ops.softmax import naive_softmax_attention, softmax_attention
 from attnzoo.sparse import sparse_attention
 
+butterfly = butterfly_attention
 softmax = softmax_attention
 local = local_attention
 dilated = dilated_attention
 none = none_attention
 
 __all__ = [
+    "butterfly",
+    "butterfly_attention",
     "dilated",
     "dilated_attention",
     "local",
     "local_attention",
+    "naive_butterfly_attention",
     "naive_dilated_attention",
     "naive_local_attention",
     "naive_softmax_attention",

@@ -14,6 +14,7 @@ from attnzoo.options import options_from_mapping, options_to_dict
 TEST_OPTIONS = {
     "local": dict(window_size=4),
     "dilated": dict(segment_lengths=(8, 16), dilation_rates=(1, 2)),
+    "butterfly": dict(block_size=4, stage=1),
 }
 NAMES = [spec.name for spec in attnzoo.available()]
 DIM, HEADS = 32, 4

@@ -69,11 +69,19 @@ class ModelConfig:
                 raise ValueError(f"model.{name} must be one of {', '.join(allowed)}; got {getattr(self, name)!r}")
 
     def layer_spec(self, index: int) -> tuple[str, dict[str, Any]]:
-        """``(mechanism name, options)`` of layer ``index``."""
+        """``(mechanism name, options)`` of layer ``index``.
+
+        A mechanism whose options class names a ``layer_index_option`` (butterfly's ``stage``) gets
+        the layer index in that option unless it is set, as the official models do.
+        """
         if not self.layer_attention:
-            return self.attention, dict(self.attention_options)
-        entry = dict(self.layer_attention[index])
-        name = str(entry.pop("name", self.attention))
+            name, entry = self.attention, dict(self.attention_options)
+        else:
+            entry = dict(self.layer_attention[index])
+            name = str(entry.pop("name", self.attention))
+        per_layer = getattr(attnzoo.options(name), "layer_index_option", None)
+        if per_layer is not None:
+            entry.setdefault(per_layer, index)
         return name, entry
 
     def to_dict(self) -> dict[str, Any]:

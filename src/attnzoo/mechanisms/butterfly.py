@@ -1,0 +1,131 @@
+"""``butterfly``: Dimension Mixer's butterfly attention (softmax inside strided groups of b tokens)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from attnzoo.mechanisms.base import AttentionBase
+from attnzoo.official.registry import OfficialEntry, register_official
+from attnzoo.ops.butterfly import butterfly_attention, naive_butterfly_attention
+from attnzoo.options import check_choice, check_field_types, check_int
+from attnzoo.registry import Capabilities, register
+from attnzoo.sparse import EXECUTOR_NAMES
+from attnzoo.sparse.structured import butterfly_geometry
+
+__all__ = ["ButterflyAttention", "ButterflyOptions", "butterfly_flops"]
+
+
+@dataclass(frozen=True)
+class ButterflyOptions:
+    """Options of ``butterfly`` (Solving-LRA-PathX names in brackets).
+
+    ``block_size`` b [``butterfly_radix``]: tokens per group. ``stage`` [``layer_index``]: selects
+    the stride ``b ** (stage mod n_stage)``; ``attnzoo.models`` gives layer l ``stage=l`` so strides
+    cycle with depth as in the official model. ``float_stage_count``: the official float
+    ``n_stage`` (quirk B1; off by default).
+    """
+
+    block_size: int = 64
+    stage: int = 0
+    float_stage_count: bool = False
+    executor: str = "auto"
+
+    layer_index_option = "stage"  # attnzoo.models sets this field to the layer index
+
+    def __post_init__(self) -> None:
+        check_field_types(self)
+        check_int("block_size", self.block_size, minimum=2)
+        check_int("stage", self.stage, minimum=0)
+        check_choice("executor", self.executor, EXECUTOR_NAMES)
+
+
+def butterfly_flops(n: int, d: int, options: ButterflyOptions, causal: bool) -> float:
+    """Forward matmul FLOPs per (batch, head): ``QK^T`` and ``PV`` over the padded groups,
+    ``4 * L * b * d`` (L = padded length), halved (plus the diagonal) when causal."""
+    b = options.block_size
+    _, length = butterfly_geometry(n, b, options.stage)
+    pairs = length * b * ((b + 1) / (2 * b) if causal else 1.0)
+    return 4.0 * pairs * d
+
+
+@register(
+    "butterfly",
+    options=ButterflyOptions,
+    capabilities=Capabilities(
+        causal=True,
+        key_padding_mask=True,
+        cross_attention=False,
+        exact=True,
+        deterministic=True,
+        time="O(N*b*d)",
+        memory="O(N*d)",
+        pattern="butterfly_groups",
+    ),
+    functional=butterfly_attention,
+    reference=naive_butterfly_attention,
+    flops=butterfly_flops,
+)
+class ButterflyAttention(AttentionBase):
+    """Butterfly attention: exact softmax inside groups of b tokens at stride b^stage (Dimension Mixer)."""
+
+    def attend(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
+        o: ButterflyOptions = self.options
+        return butterfly_attention(
+            q,
+            k,
+            v,
+            mask=mask,
+            causal=self.causal,
+            block_size=o.block_size,
+            stage=o.stage,
+            float_stage_count=o.float_stage_count,
+            dropout_p=self.attention_dropout(),
+            executor=o.executor,
+        )
+
+
+def convert_lra_attention(state_dict: dict[str, Tensor], args: dict[str, Any]) -> dict[str, Tensor]:
+    """Nystromformer-LRA ``Attention`` weights (``W_q W_k W_v ff``, optional ``mha.`` prefix) to
+    ``qkv`` (q, k, v stacked; heads are contiguous slices in both) and ``proj``.
+
+    Raises:
+        ValueError: a missing tensor (named).
+    """
+    sd = {k.removeprefix("mha."): v for k, v in state_dict.items()}
+    names = [f"{p}.{t}" for p in ("W_q", "W_k", "W_v", "ff") for t in ("weight", "bias")]
+    missing = [name for name in names if name not in sd]
+    if missing:
+        raise ValueError(f"not an LRA Attention state dict: missing {', '.join(missing)}")
+    extra = sorted(set(sd) - set(names))
+    if extra:
+        raise ValueError(f"unexpected official tensors {extra}")
+    return {
+        "qkv.weight": torch.cat([sd["W_q.weight"], sd["W_k.weight"], sd["W_v.weight"]]),
+        "qkv.bias": torch.cat([sd["W_q.bias"], sd["W_k.bias"], sd["W_v.bias"]]),
+        "proj.weight": sd["ff.weight"],
+        "proj.bias": sd["ff.bias"],
+    }
+
+
+def _butterfly_options(args: dict[str, Any], causal: bool) -> dict[str, Any]:
+    if args["sub_attn_type"] != "softmax":
+        raise ValueError(f"sub_attn_type {args['sub_attn_type']!r}: only 'softmax' is used by the official runs")
+    return {"block_size": args["butterfly_radix"], "stage": args["layer_index"], "float_stage_count": True}
+
+
+register_official(
+    OfficialEntry(
+        source="solving-lra-pathx",
+        name="butterfly",
+        mechanism="butterfly",
+        defaults={"butterfly_radix": 64, "layer_index": 0, "sub_attn_type": "softmax", "attention_dropout": 0.1},
+        options=_butterfly_options,
+        convert=convert_lra_attention,
+        notes="attention of ButterflyTransformer layer `layer_index` (W_q/W_k/W_v -> qkv, ff -> proj); "
+        "float_stage_count on (B1)",
+    )
+)
