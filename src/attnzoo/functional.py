@@ -7,6 +7,7 @@ token; ``causal``), and returns ``(B, H, N, d)``. Every core is also reachable b
 
 from attnzoo.ops.butterfly import butterfly_attention, naive_butterfly_attention
 from attnzoo.ops.dilated import dilated_attention, naive_dilated_attention
+from attnzoo.ops.lara import lara_attention, naive_lara_attention
 from attnzoo.ops.local import local_attention, naive_local_attention
 from attnzoo.ops.none import none_attention
 from attnzoo.ops.softmax import naive_softmax_attention, softmax_attention
@@ -17,16 +18,20 @@ softmax = softmax_attention
 local = local_attention
 dilated = dilated_attention
 none = none_attention
+lara = lara_attention
 
 __all__ = [
     "butterfly",
     "butterfly_attention",
     "dilated",
     "dilated_attention",
+    "lara",
+    "lara_attention",
     "local",
     "local_attention",
     "naive_butterfly_attention",
     "naive_dilated_attention",
+    "naive_lara_attention",
     "naive_local_attention",
     "naive_softmax_attention",
     "none",

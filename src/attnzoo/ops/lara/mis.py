@@ -1,0 +1,162 @@
+"""LARA: linear randomized attention by multiple importance sampling (efficient-attention ``LinearRA``)."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+from attnzoo.ops.common import check_padding_mask, check_qkv
+from attnzoo.ops.lara.segments import real_token_segments, segment_mean
+from attnzoo.options import check_choice, check_float, check_int
+
+__all__ = ["MIS_TYPES", "Landmarks", "lara_attention", "lara_landmarks", "rf_log"]
+
+MIS_TYPES = ("mis-opt", "mis-bh", "mis-biased")
+
+
+class Landmarks(NamedTuple):
+    """Per-head landmarks: ``q, k: (B, H, C, d)`` and ``valid: (B, C)`` bool (False = an empty segment)."""
+
+    q: Tensor
+    k: Tensor
+    valid: Tensor
+
+
+def rf_log(omega: Tensor, x: Tensor, scale: float) -> Tensor:
+    """``l(w, x) = s (w . x) - s |x|^2 / 2`` for every pair: ``(..., S, d) x (..., N, d) -> (..., S, N)`` (spec ℓ)."""
+    return scale * (omega @ x.transpose(-1, -2) - 0.5 * x.square().sum(-1)[..., None, :])
+
+
+def lara_landmarks(q: Tensor, k: Tensor, mask: Tensor | None, num_landmarks: int, count_padding: bool) -> Landmarks:
+    """Segment means of ``q, k: (B, H, N, d)`` as landmarks (spec §5 step 2, 1D).
+
+    Default: each row's real tokens are cut into ``min(L, n_real)`` segments (padding changes nothing).
+    ``count_padding`` (official, quirk E4): the whole padded length is cut and zeroed pads count in the means.
+    """
+    b, _, n, _ = q.shape
+    if count_padding:
+        seg = real_token_segments(None, b, n, num_landmarks, q.device)
+        keep = None if mask is None else mask[:, None, :, None].to(q.dtype)
+        q, k = (q, k) if keep is None else (q * keep, k * keep)
+        return Landmarks(segment_mean(q, seg), segment_mean(k, seg), seg.nonempty())
+    seg = real_token_segments(mask, b, n, num_landmarks, q.device)
+    return Landmarks(segment_mean(q, seg, mask), segment_mean(k, seg, mask), seg.nonempty())
+
+
+def _mixture_logits(
+    omega: Tensor,
+    mu: Tensor,
+    q: Tensor,
+    lm: Landmarks,
+    valid: Tensor,
+    query_ok: Tensor | None,
+    mis_type: str,
+    alpha_coeff: float,
+    scale: float,
+) -> Tensor:
+    """``log alpha[c, n] - log g_c`` of spec §5 step 7: ``(B, H, S, N)`` (S samples)."""
+    s_count = omega.shape[2]
+    bias = torch.zeros(valid.shape, dtype=omega.dtype, device=omega.device).masked_fill(~valid, float("-inf"))
+    cross = rf_log(omega, mu, scale) + bias[:, None, None, :]  # Lambda[c, c'] over valid c'
+    own = torch.diagonal(cross, dim1=-2, dim2=-1)  # Lambda[c, c]
+    total = torch.logsumexp(cross, dim=-1)
+    if mis_type == "mis-bh":
+        return (-total)[..., None]
+    if mis_type == "mis-biased":
+        return scale * mu @ q.transpose(-1, -2) - total[..., None]
+    balance = torch.exp(own - total.nan_to_num(0.0, neginf=0.0))  # (B, H, S)
+    t = scale * lm.q @ q.transpose(-1, -2)  # softmax over queries n
+    if query_ok is not None:
+        t = t.masked_fill(~query_ok[:, None, None, :], float("-inf"))
+    t = torch.softmax(t, dim=-1).nan_to_num(0.0)
+    weights = lm.valid[:, None, :, None].to(t.dtype)
+    t_mean = (t * weights).sum(2, keepdim=True) / weights.sum(2, keepdim=True).clamp(min=1)
+    t = t.repeat(1, 1, s_count // t.shape[2], 1)
+    alpha = (balance[..., None] + alpha_coeff * (t - t_mean)).clamp(min=1e-8)
+    return alpha.log() - own[..., None]
+
+
+def lara_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    *,
+    mask: Tensor | None = None,
+    causal: bool = False,
+    num_landmarks: int = 49,
+    mis_type: str = "mis-opt",
+    alpha_coeff: float = 1.0,
+    landmarks: Landmarks | None = None,
+    noise: Tensor | None = None,
+    antithetic: bool = False,
+    count_padding: bool = False,
+    scale: float | None = None,
+) -> Tensor:
+    """LARA: self-normalised multiple importance sampling of randomized attention with C landmark proposals.
+
+    Proposal c is N(mu_c, I) with ``mu_c = q~_c + k~_c`` (landmarks, segment means by default). For sample
+    ``w_c`` (``mu_c``, or ``mu_c + noise_c`` in training) ``kappa_c = sum_m softmax_m(l(w_c, k_m)) v_m`` and
+    ``y_n = sum_c softmax_c(log alpha_cn + l(w_c, q_n) + logsumexp_m l(w_c, k_m) - log g_c) kappa_c``
+    (spec §5 steps 3-9; ``l(w, x) = s w.x - s|x|^2/2``). Time O(N C d + C^2 d), memory O(N C).
+    Zheng et al., ICML 2022 (arXiv 2204.04667); ``shared/specs/efficient-attention-eva-lara-longnet.md`` §5.
+
+    Args:
+        q, k, v: ``(B, H, N, d)`` (v may have its own width).
+        mask: bool padding mask ``(B, N)``, True = real token. Default: None.
+        causal: must be False (LARA has no causal form).
+        num_landmarks: L, the number of segments (default 49, official).
+        mis_type: ``mis-opt`` (balance heuristic + ``alpha_coeff`` times the query-normalised landmark
+            correction), ``mis-bh`` (balance heuristic), ``mis-biased``.
+        landmarks: precomputed :class:`Landmarks` (the module's learned proposals); default segment means.
+        noise: ``(B, H, S, d)`` Gaussian draws, S a multiple of C (training samples ``w = mu + noise``);
+            ``None`` = eval (``w = mu``).
+        antithetic: use ``[mu + noise, mu - noise]`` (2C samples from a ``(B, H, C, d)`` draw).
+        count_padding: efficient-attention's 1D quirk E4 (zeroed pads count in the landmark means and
+            in the query softmax of ``mis-opt``); default False (padding changes no real row).
+        scale: s, default ``d ** -0.5``.
+
+    Returns:
+        ``(B, H, N, dv)``; rows of padded queries are 0.
+
+    Raises:
+        ValueError: ``causal=True``, bad options or shapes.
+
+    Reference: :func:`attnzoo.ops.lara.naive_lara_attention`.
+    """
+    check_qkv(q, k, v, cross=False)
+    if causal:
+        raise ValueError("lara cannot be causal (the official LinearRA is non-causal)")
+    check_int("num_landmarks", num_landmarks, minimum=1)
+    check_choice("mis_type", mis_type, MIS_TYPES)
+    check_float("alpha_coeff", alpha_coeff)
+    b, _, n, d = q.shape
+    mask = check_padding_mask(mask, b, n, q.device)
+    if b == 0 or n == 0:
+        return v * 0
+    scale = d**-0.5 if scale is None else float(scale)
+    if count_padding and mask is not None:
+        keep = mask[:, None, :, None].to(q.dtype)
+        q, k, v = q * keep, k * keep, v * keep
+    lm = lara_landmarks(q, k, mask, num_landmarks, count_padding) if landmarks is None else landmarks
+    mu = lm.q + lm.k  # (B, H, C, d)
+    eps = None if noise is None else (torch.cat([noise, -noise], dim=2) if antithetic else noise)
+    if eps is not None and eps.shape[2] % mu.shape[2]:
+        raise ValueError(f"noise must have a multiple of C={mu.shape[2]} samples, got shape {tuple(noise.shape)}")
+    repeats = 1 if eps is None else eps.shape[2] // mu.shape[2]
+    mu = mu.repeat(1, 1, repeats, 1)
+    omega = mu if eps is None else mu + eps
+    valid = lm.valid.repeat(1, repeats)  # (B, S)
+    key_logits = rf_log(omega, k, scale)  # (B, H, S, N)
+    if mask is not None:
+        key_logits = key_logits.masked_fill(~mask[:, None, None, :], float("-inf"))
+    key_lse = torch.logsumexp(key_logits, dim=-1).nan_to_num(0.0, neginf=0.0)
+    kappa = torch.exp(key_logits - key_lse[..., None]) @ v  # (B, H, S, dv)
+    query_ok = None if count_padding else mask
+    logits = _mixture_logits(omega, mu, q, lm, valid, query_ok, mis_type, alpha_coeff, scale)
+    logits = logits + scale * omega @ q.transpose(-1, -2) + key_lse[..., None]
+    logits = logits.masked_fill(~valid[:, None, :, None], float("-inf"))
+    weights = torch.softmax(logits, dim=2).nan_to_num(0.0)
+    out = weights.transpose(-1, -2) @ kappa
+    return out if mask is None else out * mask[:, None, :, None].to(out.dtype)
