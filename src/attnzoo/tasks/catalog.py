@@ -174,9 +174,8 @@ class PathfinderOptions:
 
 
 def _pathfinder_task(name: str, res: int, sizes: dict[str, int]) -> Task:
-    def root(o: PathfinderOptions, data_dir: Path) -> Path:
-        data_dir = Path(data_dir)
-        return data_dir if (data_dir / "metadata").is_dir() else data_dir / FOLDERS[o.difficulty]
+    def source(o: PathfinderOptions, data_dir: Path, split: str) -> pathfinder.SplitSource:
+        return pathfinder.locate(Path(data_dir), FOLDERS[o.difficulty], res, split)
 
     def ids(o: PathfinderOptions, images: np.ndarray) -> np.ndarray:
         flat = images.reshape(len(images), -1)
@@ -187,13 +186,12 @@ def _pathfinder_task(name: str, res: int, sizes: dict[str, int]) -> Task:
         return SplitArrays(ids(o, images), np.full(size, res * res, dtype=np.int32), labels)
 
     def load(o: PathfinderOptions, data_dir: Path, split: str) -> SplitArrays:
-        images, labels = pathfinder.read_split(root(o, data_dir), split, res)
+        images, labels = pathfinder.read_split(source(o, data_dir, split), split, res)
         return SplitArrays(ids(o, images), np.full(len(labels), res * res, dtype=np.int32), labels)
 
     def export(o: PathfinderOptions, split: str, size: int, seed: int, out: Path) -> list[Path]:
-        p = lra_params(res, o.difficulty)
-        images, labels, margins = pathfinder.generate_images(p, size, seed, split)
-        return pathfinder.write_layout(Path(out) / FOLDERS[o.difficulty] / split, p, images, labels, margins)
+        folder = Path(out) / FOLDERS[o.difficulty]
+        return pathfinder.export_split(folder, name, lra_params(res, o.difficulty), split, size, seed)
 
     desc = f"Pathfinder {res}x{res}: are the two circles on one contour? ({res * res} pixel tokens)"
     if name == "pathx":
@@ -204,10 +202,13 @@ def _pathfinder_task(name: str, res: int, sizes: dict[str, int]) -> Task:
         lambda o: _pixel_spec(name, res, o.shift_pixels, 2, desc),
         sizes,
         generate,
-        lambda o, d, s: pathfinder.metadata_files(root(o, d)),
+        lambda o, d, s: pathfinder.metadata_files(source(o, d, s).folder),
         load,
         export,
-        files_hint=f"data_dir = lra_release/pathfinder{res} (or one of its curv_* folders)",
+        files_hint=(
+            f"data_dir = lra_release/pathfinder{res} (or one of its curv_* folders), "
+            f"or the --out folder of `attnzoo data generate {name}`"
+        ),
         mask_zero_pixels=lambda o: not o.shift_pixels,
     )
 
