@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from attnzoo import tasks
+from attnzoo.cli import main
 from attnzoo.tasks.lra import pathfinder
 from attnzoo.tasks.lra.pathfinder_gen import generate_batch, render, segment_patch
 from attnzoo.tasks.lra.pathfinder_params import lra_params
@@ -111,21 +112,88 @@ def test_files_round_trip_and_malformed(tmp_path) -> None:
     task = tasks.get_task("pathfinder32")
     task.export(task.options(), "train", 20, 0, out)
     root = out / "curv_contour_length_14" / "train"
-    images, labels = pathfinder.read_split(root, "train", 32)
+    images, labels = pathfinder.read_split(pathfinder.locate(out, "curv_contour_length_14", 32, "train"), "train", 32)
     gen, gen_labels, _ = pathfinder.generate_images(p, 20, 0, "train")
-    np.testing.assert_array_equal(images, gen[:16].reshape(16, -1))
-    np.testing.assert_array_equal(labels, gen_labels[:16])
-    ds = tasks.load_split("pathfinder32", "test", data_dir=root, cache_dir=tmp_path / "c")
-    assert len(ds) == 2 and ds[0]["input_ids"].shape == (1024,)
+    np.testing.assert_array_equal(images, gen.reshape(20, -1))
+    np.testing.assert_array_equal(labels, gen_labels)
+    ds = tasks.load_split("pathfinder32", "train", data_dir=root, cache_dir=tmp_path / "c")
+    assert len(ds) == 20 and ds[0]["input_ids"].shape == (1024,)
     # LRA's pitfall: black pixels are padding by default; shift_pixels=True keeps them
     assert not ds[0]["mask"].all() and bool((ds[0]["mask"] == (ds[0]["input_ids"] != 0)).all())
-    fixed = tasks.load_split("pathfinder32", "test", data_dir=root, cache_dir=tmp_path / "c", shift_pixels=True)
+    fixed = tasks.load_split("pathfinder32", "train", data_dir=root, cache_dir=tmp_path / "c", shift_pixels=True)
     assert fixed[0]["mask"].all() and int(fixed[0]["input_ids"].min()) >= 1
     (root / "imgs" / "0" / "sample_19.png").write_bytes(encode_png_gray(np.zeros((16, 16), np.uint8)))
     with pytest.raises(ValueError, match=r"sample_19\.png: image is 16x16, expected 32x32"):
-        tasks.load_split("pathfinder32", "test", data_dir=root, cache_dir=tmp_path / "c2")
+        tasks.load_split("pathfinder32", "train", data_dir=root, cache_dir=tmp_path / "c2")
     meta = root / "metadata" / "0.npy"
     meta.write_text(meta.read_text().replace(" 0 1.0 14", " 7 1.0 14", 1))
     with pytest.raises(ValueError, match=r"0\.npy:\d+: label '7' out of range"):
-        tasks.load_split("pathfinder32", "test", data_dir=root, cache_dir=tmp_path / "c3")
+        tasks.load_split("pathfinder32", "train", data_dir=root, cache_dir=tmp_path / "c3")
+    meta.write_text("".join(line for line in meta.read_text().splitlines(keepends=True) if " 7 1.0 14" not in line))
+    with pytest.raises(ValueError, match=r"train: metadata lists 19 images, its split\.json says 20"):
+        tasks.load_split("pathfinder32", "train", data_dir=root, cache_dir=tmp_path / "c4")
     assert not list((tmp_path / "c2").rglob("*.npy")) and not list((tmp_path / "c3").rglob("*.npy"))
+
+
+def _release(root, counts: dict[str, int], empty: tuple[str, int] | None = None) -> list[int]:
+    """An LRA-release difficulty folder: batch ``b`` holds ``counts[b]`` 32x32 images, image k of the whole
+    release (in numeric batch order) filled with the value k + 1. Returns the values in release order."""
+    values, lines = [], {}
+    for bid in sorted(counts, key=int):
+        lines[bid] = []
+        for i in range(counts[bid]):
+            path = root / "imgs" / bid / f"sample_{i}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            if (bid, i) == empty:
+                path.write_bytes(b"")  # LRA's input pipeline drops empty files
+            else:
+                values.append(len(values) + 1)
+                path.write_bytes(encode_png_gray(np.full((32, 32), values[-1], np.uint8)))
+            lines[bid].append(f"imgs/{bid} sample_{i}.png {i} {values[-1] % 2} 1.0 14 4 2 1 1 1\n")
+    (root / "metadata").mkdir()
+    for bid, rows in lines.items():
+        (root / "metadata" / f"{bid}.npy").write_text("".join(rows))
+    return values
+
+
+def test_release_layout_splits_80_10_10_in_metadata_order(tmp_path) -> None:
+    lra = tmp_path / "lra_release"
+    values = _release(lra / "pathfinder32" / "curv_contour_length_14", {"10": 4, "2": 8, "0": 9}, empty=("2", 3))
+    assert values == list(range(1, 21))  # batches 0, 2, 10 (numeric order); one empty file skipped
+    want = {"train": values[:16], "dev": values[16:18], "test": values[18:]}
+    for data_dir in (lra, lra / "pathfinder32", lra / "pathfinder32" / "curv_contour_length_14"):
+        for split, expect in want.items():
+            ds = tasks.load_split("pathfinder32", split, data_dir=data_dir, cache_dir=tmp_path / "c")
+            assert ds.arrays.inputs[:, 0].tolist() == expect and (np.ptp(ds.arrays.inputs, axis=1) == 0).all()
+            assert ds.arrays.labels.tolist() == [v % 2 for v in expect]
+    with pytest.raises(ValueError, match=r"no Pathfinder files for curv_baseline under .*lra_release"):
+        tasks.load_split("pathfinder32", "train", data_dir=lra, cache_dir=tmp_path / "c", difficulty="easy")
+
+
+def test_generated_layout_loads_back_as_the_generated_splits(tmp_path, monkeypatch) -> None:
+    out = tmp_path / "gen"
+    assert main(["data", "generate", "pathfinder32", "--out", str(out), "--size", "6", "--seed", "3"]) == 0
+    hard = out / "curv_contour_length_14"
+    for split in ("train", "dev", "test"):
+        images, labels, _ = pathfinder.generate_images(lra_params(32), 6, 3, split)
+        for data_dir in (out, hard, hard / split):
+            ds = tasks.load_split("pathfinder32", split, data_dir=data_dir, cache_dir=tmp_path / "c")
+            np.testing.assert_array_equal(ds.arrays.inputs, images.reshape(6, -1))
+            np.testing.assert_array_equal(ds.arrays.labels, labels)
+    with pytest.raises(ValueError, match=r"train holds the generated 'train' split of pathfinder32, not 'dev'"):
+        tasks.load_split("pathfinder32", "dev", data_dir=hard / "train", cache_dir=tmp_path / "c")
+    with pytest.raises(ValueError, match=r"holds 32x32 images, not 64x64"):
+        tasks.load_split("pathfinder64", "dev", data_dir=out, cache_dir=tmp_path / "c")
+    # regenerating a smaller split into the same folder leaves no stale metadata behind
+    monkeypatch.setattr(pathfinder, "PER_BATCH", 2)  # metadata files of 2 images: 0.npy, 1.npy, 2.npy
+    gen = ["data", "generate", "pathfinder32", "--out", str(tmp_path / "one"), "--seed", "3", "--splits", "dev"]
+    assert main([*gen, "--size", "5"]) == 0 and main([*gen, "--size", "3"]) == 0
+    assert sorted(f.name for f in (tmp_path / "one" / "curv_contour_length_14" / "dev" / "metadata").iterdir()) == [
+        "0.npy",
+        "1.npy",
+    ]
+    ds = tasks.load_split("pathfinder32", "dev", data_dir=tmp_path / "one", cache_dir=tmp_path / "c")
+    images, _, _ = pathfinder.generate_images(lra_params(32), 3, 3, "dev")
+    np.testing.assert_array_equal(ds.arrays.inputs, images.reshape(3, -1))
+    with pytest.raises(ValueError, match=r"generated splits \['dev'\] .* no 'test' split"):
+        tasks.load_split("pathfinder32", "test", data_dir=tmp_path / "one", cache_dir=tmp_path / "c")

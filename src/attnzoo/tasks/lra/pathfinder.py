@@ -3,27 +3,38 @@
 Layout (spec 1.5): ``<root>/imgs/<batch>/sample_<i>.png`` and ``<root>/metadata/<batch>.npy``, the
 metadata being *text*: one line per image, ``imgs/<batch> sample_<i>.png <index> <label> continuity
 contour_length distractor_length paddle_length thickness margin n_paddle_contrasts``. The reader
-skips empty PNG files (as LRA's input pipeline does) and splits the images, in metadata order
-(batches sorted numerically), 80/10/10 into train/dev/test.
+skips empty PNG files (as LRA's input pipeline does).
+
+Two layouts of a difficulty folder (``curv_contour_length_14`` etc.) are read (``locate``):
+- the LRA release: the folder itself holds ``imgs/`` and ``metadata/``; its images, in metadata order
+  (batches sorted numerically), are cut 80/10/10 into train/dev/test, as LRA's input pipeline does;
+- ``attnzoo data generate``: one official-layout folder per split, ``<folder>/{train,dev,test}/``, each
+  with a ``split.json`` marker (task, split, size, seed, resolution) written last; a split is read
+  whole, so the loaded splits are the generated ones. A split folder passed on its own gives that
+  split only.
 """
 
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from attnzoo.io import atomic_write_text
+from attnzoo.io import atomic_write_json, atomic_write_text
 from attnzoo.progress import progress
 from attnzoo.tasks.lra.pathfinder_gen import generate_batch
 from attnzoo.tasks.lra.pathfinder_params import PathfinderParams
 from attnzoo.tasks.png import read_png_gray, write_png_gray
 
-__all__ = ["generate_images", "metadata_files", "read_split", "write_layout"]
+__all__ = ["SplitSource", "export_split", "generate_images", "locate", "metadata_files", "read_split", "write_layout"]
 
 CHUNK = 256
 PER_BATCH = 1000
 SPLIT_RANGE = {"train": (0.0, 0.8), "dev": (0.8, 0.9), "test": (0.9, 1.0)}
+MARKER = "split.json"
 
 
 def generate_images(p: PathfinderParams, size: int, seed: int, split: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -63,6 +74,90 @@ def write_layout(
     return written
 
 
+def export_split(out: Path, task: str, p: PathfinderParams, split: str, size: int, seed: int) -> list[Path]:
+    """Generate ``split`` into ``out/<split>/`` (official layout plus the ``split.json`` marker).
+
+    Returns the metadata files. The marker goes first out and last in, so an interrupted run leaves
+    no marker; metadata files of an earlier, larger run in the same folder are removed.
+    """
+    folder = Path(out) / split
+    (folder / MARKER).unlink(missing_ok=True)
+    written = write_layout(folder, p, *generate_images(p, size, seed, split))
+    for stale in set((folder / "metadata").glob("*.npy")) - set(written):
+        stale.unlink()
+    marker = {"task": task, "split": split, "size": size, "seed": seed, "resolution": p.size}
+    atomic_write_json(folder / MARKER, marker)
+    return written
+
+
+def _marker(folder: Path) -> dict[str, Any] | None:
+    path = folder / MARKER
+    if not path.is_file():
+        return None
+    try:
+        marker = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise ValueError(f"{path}: unreadable split marker ({type(err).__name__}: {err})") from None
+    if not isinstance(marker, dict) or not {"task", "split", "size", "resolution"} <= set(marker):
+        raise ValueError(f"{path}: split marker must be an object with task, split, size and resolution")
+    return marker
+
+
+@dataclass(frozen=True)
+class SplitSource:
+    """Where a split's images are: ``folder`` (official layout), read whole or cut 80/10/10 (``whole=False``)."""
+
+    folder: Path
+    whole: bool
+    size: int | None = None  # images the generated split holds, from its marker
+
+
+def _generated(folder: Path, split: str, resolution: int) -> SplitSource:
+    marker = _marker(folder)
+    if marker is None:
+        raise ValueError(f"{folder}: no {MARKER}; the generation was interrupted: run `attnzoo data generate` again")
+    if marker["split"] != split:
+        raise ValueError(
+            f"{folder} holds the generated {marker['split']!r} split of {marker['task']}, not {split!r}; "
+            f"pass its parent {folder.parent} to load every split"
+        )
+    if marker["resolution"] != resolution:
+        res = marker["resolution"]
+        raise ValueError(f"{folder} holds {res}x{res} images, not {resolution}x{resolution} ({marker['task']})")
+    return SplitSource(folder, True, int(marker["size"]))
+
+
+def locate(data_dir: Path, folder_name: str, resolution: int, split: str) -> SplitSource:
+    """Find ``split`` of difficulty folder ``folder_name`` in ``data_dir``, in either layout (module docstring).
+
+    ``data_dir`` is the difficulty folder, a folder holding it (``lra_release/pathfinder32``, the
+    output of ``attnzoo data generate``), ``lra_release/lra_release``, or one generated split folder.
+
+    Raises:
+        ValueError: naming the folders tried, a missing generated split, or a split marker that does
+            not match the split or resolution asked for.
+    """
+    data_dir = Path(data_dir)
+    tried = [data_dir, data_dir / folder_name, data_dir / f"pathfinder{resolution}" / folder_name]
+    for folder in tried:
+        if (folder / MARKER).is_file():
+            return _generated(folder, split, resolution)
+        splits = [s for s in SPLIT_RANGE if (folder / s / "metadata").is_dir()]
+        if splits:
+            if split not in splits:
+                raise ValueError(
+                    f"{folder}: generated splits {splits} but no {split!r} split; "
+                    f"generate it with `attnzoo data generate ... --splits {split}`"
+                )
+            return _generated(folder / split, split, resolution)
+        if (folder / "metadata").is_dir():
+            return SplitSource(folder, False)
+    raise ValueError(
+        f"pathfinder: no Pathfinder files for {folder_name} under {data_dir} (looked for metadata/ in "
+        f"{', '.join(str(f) for f in tried)}, and for the train/dev/test folders `attnzoo data generate` writes)"
+    )
+
+
 def metadata_files(root: Path) -> list[Path]:
     """The metadata files under ``root/metadata`` sorted by integer stem; ValueError if there are none."""
     folder = Path(root) / "metadata"
@@ -87,14 +182,18 @@ def _entries(root: Path) -> list[tuple[Path, int]]:
     return entries
 
 
-def read_split(root: Path, split: str, resolution: int) -> tuple[np.ndarray, np.ndarray]:
-    """Images (n, resolution**2) uint8 and labels (n,) of ``split`` from an official-layout folder.
+def read_split(source: SplitSource, split: str, resolution: int) -> tuple[np.ndarray, np.ndarray]:
+    """Images (n, resolution**2) uint8 and labels (n,) of ``split`` from ``source`` (see ``locate``).
 
     Raises:
-        ValueError: naming the file for a missing or undecodable PNG, or an image of the wrong size.
+        ValueError: naming the file for a missing or undecodable PNG, or an image of the wrong size,
+            and the folder for a generated split whose metadata does not list its marker's size.
     """
-    entries = [(path, label) for path, label in _entries(root) if not (path.is_file() and path.stat().st_size == 0)]
-    lo, hi = SPLIT_RANGE[split]
+    entries = _entries(source.folder)
+    if source.size is not None and len(entries) != source.size:
+        raise ValueError(f"{source.folder}: metadata lists {len(entries)} images, its {MARKER} says {source.size}")
+    entries = [(path, label) for path, label in entries if not (path.is_file() and path.stat().st_size == 0)]
+    lo, hi = (0.0, 1.0) if source.whole else SPLIT_RANGE[split]
     chosen = entries[round(lo * len(entries)) : round(hi * len(entries))]
     images = np.zeros((len(chosen), resolution * resolution), dtype=np.uint8)
     for i, (path, _) in enumerate(progress(chosen, desc=f"reading {split}")):
