@@ -8,17 +8,27 @@ token; ``causal``), and returns ``(B, H, N, d)``. Every core is also reachable b
 from attnzoo.ops.butterfly import butterfly_attention, naive_butterfly_attention
 from attnzoo.ops.dilated import dilated_attention, naive_dilated_attention
 from attnzoo.ops.lara import lara_attention, naive_lara_attention
+from attnzoo.ops.linear import linear_attention, naive_linear_attention
+from attnzoo.ops.linformer import linformer_attention, naive_linformer_attention
 from attnzoo.ops.local import local_attention, naive_local_attention
 from attnzoo.ops.none import none_attention
+from attnzoo.ops.nystrom import naive_nystrom_attention, nystrom_attention
+from attnzoo.ops.performer import naive_performer_attention, performer_attention
+from attnzoo.ops.psf import naive_psf_attention, psf_attention
 from attnzoo.ops.softmax import naive_softmax_attention, softmax_attention
 from attnzoo.sparse import sparse_attention
 
 butterfly = butterfly_attention
+psf = psf_attention
 softmax = softmax_attention
 local = local_attention
 dilated = dilated_attention
 none = none_attention
 lara = lara_attention
+linear = linear_attention
+linformer = linformer_attention
+nystrom = nystrom_attention
+performer = performer_attention
 
 __all__ = [
     "butterfly",
@@ -27,15 +37,30 @@ __all__ = [
     "dilated_attention",
     "lara",
     "lara_attention",
+    "linear",
+    "linear_attention",
+    "linformer",
+    "linformer_attention",
     "local",
     "local_attention",
     "naive_butterfly_attention",
     "naive_dilated_attention",
     "naive_lara_attention",
+    "naive_linear_attention",
+    "naive_linformer_attention",
     "naive_local_attention",
+    "naive_nystrom_attention",
+    "naive_performer_attention",
+    "naive_psf_attention",
     "naive_softmax_attention",
     "none",
     "none_attention",
+    "nystrom",
+    "nystrom_attention",
+    "performer",
+    "performer_attention",
+    "psf",
+    "psf_attention",
     "softmax",
     "softmax_attention",
     "sparse_attention",

@@ -3,7 +3,19 @@
 The list is explicit (as in timm's ``models/__init__.py``) so the registry's contents are predictable.
 """
 
-from attnzoo.mechanisms import butterfly, dilated, lara, local, none, softmax  # noqa: F401  (registration side effects)
+from attnzoo.mechanisms import (  # noqa: F401  (registration side effects)
+    butterfly,
+    dilated,
+    lara,
+    linear,
+    linformer,
+    local,
+    none,
+    nystrom,
+    performer,
+    psf,
+    softmax,
+)
 from attnzoo.mechanisms.base import AttentionBase
 
 __all__ = ["AttentionBase"]

@@ -1,0 +1,167 @@
+"""The one engine for feature-map ("kernelized") linear attention, shared by ``linear`` and ``performer``.
+
+Given feature maps phi_q, phi_k (positive, ``m`` features) it computes
+
+    y_i = sum_j phi_q(q_i) . phi_k(k_j) v_j / sum_j phi_q(q_i) . phi_k(k_j)
+
+over the keys j that row i may see (real keys; j <= i when causal), in O(N*m*dv) time and without
+an N x S matrix. Work goes chunk by chunk (``chunk_size`` tokens) so no temporary grows with N:
+
+* non-causal: per key chunk ``sum_j phi_k(k_j) v_j^T`` (m x dv) and ``sum_j phi_k(k_j)`` (m), then per
+  query chunk a matmul with them;
+* causal: chunked prefix sums -- a running (m x dv) state carried from chunk to chunk plus the exact
+  lower-triangular (C x C) term inside each chunk; memory O(N*m*dv / C) for the saved states.
+
+Key features may come with a per-chunk log scale (the detached stabiliser of an exponential map):
+the true features are ``features * exp(log_scale)``. The engine rescales chunk sums to one common
+frame (the max over chunks, per (batch, head) or over the whole batch), so exponentials never overflow
+and the result does not depend on the stabiliser -- except through ``eps``, a constant added to every
+real key feature after stabilisation (the official Performer codes' ``+1e-4``), which is therefore
+refused with ``causal`` (it would make row i depend on later keys through the stabiliser).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+__all__ = ["FeatureFn", "chunk_length", "feature_attention"]
+
+# (x chunk (B, H, C, d), mask chunk (B, C) | None) -> (features (B, H, C, m), log scale (B, H, 1, 1) | None)
+FeatureFn = Callable[[Tensor, "Tensor | None"], "tuple[Tensor, Tensor | None]"]
+
+_CHUNK_BYTES = 16 * 2**20  # keep every (B, H, C, m) temporary well under glibc's 32 MiB mmap threshold
+CAUSAL_CHUNK = 128  # tokens per causal chunk: the (C x C) intra-chunk term costs O(N*C*(m + dv))
+
+
+def chunk_length(batch_heads: int, width: int, length: int, *, causal: bool) -> int:
+    """Tokens per chunk: ``CAUSAL_CHUNK`` when causal, else as many as fit ``_CHUNK_BYTES`` of fp32 features."""
+    if causal:
+        return max(1, min(CAUSAL_CHUNK, length))
+    return max(1, min(length, _CHUNK_BYTES // (4 * batch_heads * max(width, 1))))
+
+
+def _frame(log_scales: Tensor, global_frame: bool) -> Tensor:
+    """The common frame: max over chunks (dim 0) [and over batch and heads]; ``-inf`` (no real key) -> 0."""
+    frame = log_scales.amax(0)
+    if global_frame:
+        frame = frame.amax(dim=(0, 1), keepdim=True)
+    return frame.masked_fill(frame == float("-inf"), 0.0)
+
+
+def _divide(num: Tensor, den: Tensor, normalize: bool, min_denominator: float) -> Tensor:
+    if not normalize:
+        return num
+    return num / den.clamp_min(max(min_denominator, torch.finfo(den.dtype).tiny))[..., None]
+
+
+def feature_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    *,
+    query_features: Callable[[Tensor], Tensor],
+    key_features: FeatureFn,
+    mask: Tensor | None = None,
+    causal: bool = False,
+    normalize: bool = True,
+    eps: float = 0.0,
+    global_frame: bool = False,
+    min_denominator: float = 0.0,
+    chunk_size: int | None = None,
+) -> Tensor:
+    """Linear attention with arbitrary positive feature maps, chunked (see the module docstring).
+
+    Args:
+        q: ``(B, H, N, d)``; k: ``(B, H, S, d)``; v: ``(B, H, S, dv)``, all of one dtype. Computed in
+            fp32 at least (fp32 accumulation of the normaliser for bf16/fp16 inputs), returned in q's dtype.
+        query_features: ``(B, H, C, d) -> (B, H, C, m)``.
+        key_features: ``(k chunk, mask chunk | None) -> (features, log_scale | None)``; features must be 0
+            at masked keys; ``log_scale`` ``(B, H, 1, 1)`` (``-inf`` for a chunk without real keys).
+        mask: ``(B, S)`` bool, True = real key (only used for ``eps`` and handed to ``key_features``).
+        causal: row i uses keys j <= i (needs N == S).
+        normalize: divide by the normaliser (False: the un-normalised sum, as the LRA "linear" code).
+        eps: added to every real key feature (after stabilisation).
+        global_frame: one stabiliser frame over the whole batch (the LRA Performer) instead of per (b, h).
+        min_denominator: clamp of the normaliser (efficient-attention's 1e-2); 0 = only avoid 0/0, so a
+            row without any visible key gives 0.
+        chunk_size: tokens per chunk (default: :func:`chunk_length`).
+
+    Returns:
+        ``(B, H, N, dv)``.
+    """
+    if causal and eps:
+        raise ValueError("feature eps > 0 cannot be causal: it makes row i depend on later keys via the stabiliser")
+    out_dtype = q.dtype
+    work = torch.promote_types(q.dtype, torch.float32)
+    q, k, v = q.to(work), k.to(work), v.to(work)
+    b, h, n, _ = q.shape
+    if not (b and h and n and k.shape[-2]):  # empty: nothing to attend (rows without keys are 0)
+        return ((q @ k.transpose(-1, -2)) @ v).to(out_dtype)
+    chunk = chunk_size or chunk_length(b * h, max(v.shape[-1], q.shape[-1]), max(n, k.shape[-2]), causal=causal)
+    if causal:
+        out = _causal(q, k, v, query_features, key_features, mask, normalize, min_denominator, chunk)
+    else:
+        out = _parallel(
+            q, k, v, query_features, key_features, mask, normalize, eps, global_frame, min_denominator, chunk
+        )
+    return out.to(out_dtype)
+
+
+def _parallel(q, k, v, query_features, key_features, mask, normalize, eps, global_frame, min_den, chunk):
+    sums, norms, scales = [], [], []
+    for start in range(0, k.shape[-2], chunk):
+        stop = start + chunk
+        feats, log_scale = key_features(k[:, :, start:stop], None if mask is None else mask[:, start:stop])
+        sums.append(feats.transpose(-1, -2) @ v[:, :, start:stop])  # (B, H, m, dv)
+        norms.append(feats.sum(-2))  # (B, H, m)
+        scales.append(log_scale)
+    kv, z = torch.stack(sums), torch.stack(norms)
+    if scales[0] is not None:
+        log_scales = torch.stack(scales)  # (T, B, H, 1, 1)
+        weights = torch.exp(log_scales - _frame(log_scales, global_frame))
+        kv, z = (kv * weights).sum(0), (z * weights[..., 0]).sum(0)
+    else:
+        kv, z = kv.sum(0), z.sum(0)
+    if eps:
+        real_v = v if mask is None else v * mask[:, None, :, None].to(v.dtype)
+        count = float(k.shape[-2]) if mask is None else mask.sum(-1).to(v.dtype)[:, None, None]
+        kv = kv + eps * real_v.sum(-2, keepdim=True)
+        z = z + eps * count
+    outs = []
+    for start in range(0, q.shape[-2], chunk):
+        fq = query_features(q[:, :, start : start + chunk])
+        outs.append(_divide(fq @ kv, (fq @ z[..., None])[..., 0], normalize, min_den))
+    return torch.cat(outs, dim=-2)
+
+
+def _causal(q, k, v, query_features, key_features, mask, normalize, min_den, chunk):
+    n = q.shape[-2]
+    state = norm = raw_frame = frame = tril = None
+    outs = []
+    for start in range(0, n, chunk):
+        stop = min(start + chunk, n)
+        fq = query_features(q[:, :, start:stop])
+        fk, log_scale = key_features(k[:, :, start:stop], None if mask is None else mask[:, start:stop])
+        vc = v[:, :, start:stop]
+        if log_scale is not None:  # move everything to the running frame max(log scales so far)
+            raw_frame = log_scale if raw_frame is None else torch.maximum(raw_frame, log_scale)
+            new_frame = raw_frame.masked_fill(raw_frame == float("-inf"), 0.0)
+            fk = fk * torch.exp(log_scale - new_frame)
+            if state is not None:
+                decay = torch.exp(frame - new_frame)
+                state, norm = state * decay, norm * decay[..., 0]
+            frame = new_frame
+        if tril is None or tril.shape[0] != stop - start:
+            tril = torch.ones(stop - start, stop - start, dtype=torch.bool, device=q.device).tril_()
+        scores = (fq @ fk.transpose(-1, -2)).masked_fill(~tril, 0.0)  # (B, H, C, C)
+        num, den = scores @ vc, scores.sum(-1)
+        if state is None:
+            state, norm = fk.transpose(-1, -2) @ vc, fk.sum(-2)
+        else:
+            num, den = num + fq @ state, den + (fq @ norm[..., None])[..., 0]
+            state, norm = state + fk.transpose(-1, -2) @ vc, norm + fk.sum(-2)
+        outs.append(_divide(num, den, normalize, min_den))
+    return torch.cat(outs, dim=-2)

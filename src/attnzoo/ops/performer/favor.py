@@ -1,0 +1,141 @@
+"""``performer``: FAVOR+ / RFA linear attention with positive (or ReLU) random features."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from attnzoo.ops.common import check_padding_mask, check_qkv
+from attnzoo.ops.linear.kernel import feature_attention
+from attnzoo.ops.performer.features import draw_projection, projection_terms
+
+__all__ = ["COMPAT", "KERNELS", "check_performer_args", "performer_attention", "resolve_projection"]
+
+KERNELS = ("softmax", "relu")
+COMPAT = ("none", "efficient-attention", "nystromformer-lra")
+
+
+def check_performer_args(
+    q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, causal: bool, kernel: str, feature_eps: float, compat: str
+) -> None:
+    """Shape, mask and option checks shared by the fast path and the reference."""
+    check_qkv(q, k, v)
+    if causal and q.shape[-2] != k.shape[-2]:
+        raise ValueError(f"causal attention needs N == S, got N={q.shape[-2]}, S={k.shape[-2]}")
+    check_padding_mask(mask, q.shape[0], k.shape[-2], q.device)
+    if kernel not in KERNELS:
+        raise ValueError(f"kernel must be one of {', '.join(map(repr, KERNELS))}; got {kernel!r}")
+    if compat not in COMPAT:
+        raise ValueError(f"compat must be one of {', '.join(map(repr, COMPAT))}; got {compat!r}")
+    if causal and (feature_eps or compat != "none"):
+        raise ValueError("causal performer needs feature_eps=0 and compat='none' (both make rows see later keys)")
+
+
+def resolve_projection(
+    projection: Tensor | None, heads: int, num_features: int, dim: int, seed: int, like: Tensor
+) -> Tensor:
+    """The given ``(H, m, d)`` projection (checked), or an orthogonal draw from ``seed``."""
+    if projection is None:
+        gen = torch.Generator().manual_seed(seed)
+        return draw_projection(heads, num_features, dim, generator=gen, dtype=like.dtype, device=like.device)
+    if projection.dim() != 3 or projection.shape[0] != heads or projection.shape[-1] != dim:
+        raise ValueError(f"projection must have shape (H, m, d) = ({heads}, m, {dim}), got {tuple(projection.shape)}")
+    return projection
+
+
+def performer_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    *,
+    mask: Tensor | None = None,
+    causal: bool = False,
+    projection: Tensor | None = None,
+    num_features: int = 256,
+    kernel: str = "softmax",
+    scale: float | None = None,
+    feature_eps: float = 0.0,
+    compat: str = "none",
+    seed: int = 0,
+    chunk_size: int | None = None,
+) -> Tensor:
+    """FAVOR+ attention: ``y_i = phi(q_i)^T sum_j phi(k_j) v_j^T / phi(q_i)^T sum_j phi(k_j)``.
+
+    ``kernel="softmax"``: positive features ``phi(x) = m^-1/2 exp(sqrt(s) W x - s|x|^2/2 - c) + eps``,
+    an unbiased estimate of ``exp(s q.k)`` (see :mod:`attnzoo.ops.performer.features`); the detached
+    stabiliser ``c`` is the row max of ``sqrt(s) W x`` for a query and the max over features and real keys
+    per (batch, head) for keys (it cancels exactly when ``feature_eps = 0``). ``kernel="relu"``:
+    ``phi(x) = m^-1/2 relu(sqrt(s) W x) + eps``. O(N*m*d) time, chunked (no N x S matrix, no temporary
+    growing with N); causal by chunked prefix sums; fp32 accumulation. Paper: Choromanski et al.,
+    "Rethinking Attention with Performers" (ICLR 2021); spec: ``efficient-attention-eva-lara-longnet.md`` §4.
+
+    Args:
+        q: queries ``(B, H, N, d)``; k: keys ``(B, H, S, d)``; v: values ``(B, H, S, dv)``.
+        mask: ``(B, S)`` bool padding mask, True = real key. Default: None.
+        causal: row i uses keys j <= i (needs N == S, ``feature_eps=0``, ``compat="none"``).
+        projection: ``W``, ``(H, m, d)``; default: an orthogonal draw of ``num_features`` rows from ``seed``.
+        num_features: m when ``projection`` is None. Default 256.
+        kernel: ``"softmax"`` (FAVOR+) or ``"relu"``.
+        scale: temperature s, default ``d^-1/2`` (``1/d`` under ``compat="nystromformer-lra"``).
+        feature_eps: constant added to each feature (the official codes: 1e-4). Default 0 (unbiased).
+        compat: reproduce an official code's quirks (``shared/specs/official-code-behaviour.md``):
+            ``"efficient-attention"`` -- key stabiliser over all keys including pads (E1), normaliser
+            clamped at 1e-2 (E2); ``"nystromformer-lra"`` (performer-pytorch) -- ``s = 1/d`` (N6), pads are
+            zero keys that still count in the normaliser, one stabiliser over the whole batch (N7).
+        seed: seed of the default projection.
+        chunk_size: tokens per chunk (default: automatic).
+
+    Returns:
+        ``(B, H, N, dv)``; rows without a visible real key are 0 (by default).
+
+    Raises:
+        ValueError / TypeError: bad shapes, dtypes, mask or options.
+
+    Reference: :func:`attnzoo.ops.performer.naive_performer_attention`.
+    """
+    check_performer_args(q, k, v, mask, causal, kernel, feature_eps, compat)
+    _, h, _, d = q.shape
+    work = torch.promote_types(q.dtype, torch.float32)
+    proj = resolve_projection(projection, h, num_features, d, seed, q).to(work)
+    s = (1.0 / d if compat == "nystromformer-lra" else d**-0.5) if scale is None else scale
+    root_m = math.sqrt(proj.shape[-2])
+    if compat == "nystromformer-lra" and mask is not None:
+        real = mask[:, None, :, None].to(k.dtype)
+        k, v, mask = k * real, v * real, None
+    stabilise_pads = compat == "efficient-attention"
+
+    def query_features(x: Tensor) -> Tensor:
+        proj_term, norm_term = projection_terms(x, proj, s)
+        if kernel == "relu":
+            return torch.relu(proj_term) / root_m + feature_eps
+        return torch.exp(proj_term - norm_term - proj_term.detach().amax(-1, keepdim=True)) / root_m + feature_eps
+
+    def key_features(x: Tensor, real: Tensor | None) -> tuple[Tensor, Tensor | None]:
+        proj_term, norm_term = projection_terms(x, proj, s)
+        keep = None if real is None else real[:, None, :, None]
+        if kernel == "relu":
+            feats = torch.relu(proj_term) / root_m
+            return (feats if keep is None else feats * keep.to(feats.dtype)), None
+        candidates = proj_term.detach()
+        if keep is not None and not stabilise_pads:
+            candidates = candidates.masked_fill(~keep, -math.inf)
+        log_scale = candidates.amax(dim=(-2, -1), keepdim=True)  # (B, H, 1, 1)
+        exponent = proj_term - norm_term if keep is None else (proj_term - norm_term).masked_fill(~keep, -math.inf)
+        safe = log_scale.masked_fill(log_scale == -math.inf, 0.0)
+        return torch.exp(exponent - safe) / root_m, log_scale
+
+    return feature_attention(
+        q.to(work),
+        k.to(work),
+        v.to(work),
+        query_features=query_features,
+        key_features=key_features,
+        mask=mask,
+        causal=causal,
+        eps=feature_eps,
+        global_frame=compat == "nystromformer-lra",
+        min_denominator=1e-2 if compat == "efficient-attention" else 0.0,
+        chunk_size=chunk_size,
+    ).to(q.dtype)
