@@ -32,6 +32,8 @@ class Capabilities:
         memory: memory complexity beyond the inputs.
         pattern: name of the sparse pattern it executes through :mod:`attnzoo.sparse`, or ``None``.
         cpu_backward: trains on CPU.
+        convex: each output row is a convex combination of value rows (weights >= 0 summing to 1);
+            False for mixers such as PSF's signed factor products.
     """
 
     causal: bool
@@ -43,6 +45,7 @@ class Capabilities:
     memory: str
     pattern: str | None = None
     cpu_backward: bool = True
+    convex: bool = True
 
 
 @dataclass(frozen=True)
