@@ -11,6 +11,7 @@ from torch import Tensor, nn
 from attnzoo.mechanisms.base import AttentionBase
 from attnzoo.ops.dilated import dilated_attention, naive_dilated_attention
 from attnzoo.ops.dilated.offsets import OFFSET_RULES, check_branches
+from attnzoo.ops.dilated.parallel import current_group, dilated_attention_parallel
 from attnzoo.options import check_choice, check_field_types
 from attnzoo.registry import Capabilities, register
 from attnzoo.sparse import EXECUTOR_NAMES
@@ -26,6 +27,9 @@ class DilatedOptions:
     per-head offsets as torchscale (contiguous head blocks) or the paper (j mod r).
     ``detach_mixing``: stop gradients through the mixing weights, as torchscale does (off by
     default: exact gradients). ``subln``: torchscale's sub-LayerNorm before the output projection.
+    ``sequence_parallel``: the module sees this rank's chunk of each sequence and runs
+    :func:`attnzoo.ops.dilated.parallel.dilated_attention_parallel` over the process group set by
+    :func:`~attnzoo.ops.dilated.parallel.sequence_parallel_group` (default: the whole world).
     """
 
     segment_lengths: tuple[int, ...] = (2048, 4096, 8192)
@@ -34,6 +38,7 @@ class DilatedOptions:
     detach_mixing: bool = False
     subln: bool = False
     executor: str = "auto"
+    sequence_parallel: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "segment_lengths", tuple(self.segment_lengths))
@@ -69,10 +74,7 @@ class DilatedAttention(AttentionBase):
 
     def attend(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
         o: DilatedOptions = self.options
-        return dilated_attention(
-            q,
-            k,
-            v,
+        kwargs: dict[str, Any] = dict(
             mask=mask,
             causal=self.causal,
             segment_lengths=o.segment_lengths,
@@ -82,6 +84,9 @@ class DilatedAttention(AttentionBase):
             dropout_p=self.attention_dropout(),
             executor=o.executor,
         )
+        if o.sequence_parallel:
+            return dilated_attention_parallel(q, k, v, group=current_group(), **kwargs)
+        return dilated_attention(q, k, v, **kwargs)
 
     def merge(self, out: Tensor) -> Tensor:
         """Merge heads, apply the optional sub-LayerNorm, then the output projection."""

@@ -22,6 +22,9 @@ full sequence (the plan is in :mod:`attnzoo.ops.dilated.parallel_plan`). torchsc
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any
 
 import torch
@@ -34,10 +37,39 @@ from attnzoo.ops.dilated.parallel_plan import Group, RankPlan, chunk_bounds, ran
 from attnzoo.sparse import merge_partials, sparse_attention
 from attnzoo.sparse.kernels import pick_kernel
 
-__all__ = ["dilated_attention_parallel", "global_length"]
+__all__ = [
+    "current_group",
+    "dilated_attention_parallel",
+    "global_length",
+    "sequence_parallel_group",
+    "set_sequence_parallel_group",
+]
 
 _CHUNK_BYTES = 8 * 2**20
 """Bias bytes per kernel call of a crossing segment (well below glibc's 32 MiB mmap threshold)."""
+
+
+_GROUP: ContextVar[Any] = ContextVar("attnzoo_sequence_parallel_group", default=None)
+
+
+@contextmanager
+def sequence_parallel_group(group: Any) -> Iterator[None]:
+    """Within the block, modules with ``sequence_parallel=True`` split sequences over ``group``."""
+    token = _GROUP.set(group)
+    try:
+        yield
+    finally:
+        _GROUP.reset(token)
+
+
+def set_sequence_parallel_group(group: Any) -> None:
+    """Make ``group`` the sequence-parallel group of this process (training harness: set once)."""
+    _GROUP.set(group)
+
+
+def current_group() -> Any:
+    """The sequence-parallel process group in effect (``None`` = the default, whole-world group)."""
+    return _GROUP.get()
 
 
 class _AllToAll(torch.autograd.Function):
