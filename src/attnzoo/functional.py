@@ -6,6 +6,7 @@ token; ``causal``), and returns ``(B, H, N, d)``. Every core is also reachable b
 """
 
 from attnzoo.ops.butterfly import butterfly_attention, naive_butterfly_attention
+from attnzoo.ops.diffuser import diffuser_attention, naive_diffuser_attention
 from attnzoo.ops.dilated import dilated_attention, naive_dilated_attention
 from attnzoo.ops.lara import lara_attention, naive_lara_attention
 from attnzoo.ops.linear import linear_attention, naive_linear_attention
@@ -20,6 +21,7 @@ from attnzoo.sparse import sparse_attention
 
 butterfly = butterfly_attention
 psf = psf_attention
+diffuser = diffuser_attention
 softmax = softmax_attention
 local = local_attention
 dilated = dilated_attention
@@ -33,6 +35,8 @@ performer = performer_attention
 __all__ = [
     "butterfly",
     "butterfly_attention",
+    "diffuser",
+    "diffuser_attention",
     "dilated",
     "dilated_attention",
     "lara",
@@ -44,6 +48,7 @@ __all__ = [
     "local",
     "local_attention",
     "naive_butterfly_attention",
+    "naive_diffuser_attention",
     "naive_dilated_attention",
     "naive_lara_attention",
     "naive_linear_attention",

@@ -16,6 +16,7 @@ TEST_OPTIONS = {
     "dilated": dict(segment_lengths=(8, 16), dilation_rates=(1, 2)),
     "butterfly": dict(block_size=4, stage=1),
     "psf": dict(num_factors=3),
+    "diffuser": dict(attention_window=8, num_rand=4, num_glob=2),
 }
 NAMES = [spec.name for spec in attnzoo.available()]
 DIM, HEADS = 32, 4

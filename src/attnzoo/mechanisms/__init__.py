@@ -5,6 +5,7 @@ The list is explicit (as in timm's ``models/__init__.py``) so the registry's con
 
 from attnzoo.mechanisms import (  # noqa: F401  (registration side effects)
     butterfly,
+    diffuser,
     dilated,
     lara,
     linear,

@@ -1,0 +1,16 @@
+"""Diffuser: edge softmax on a sparse graph (local, random, global) and multi-hop diffusion."""
+
+from attnzoo.ops.diffuser.diffusion import diffuser_attention, edge_softmax, resolve_graph
+from attnzoo.ops.diffuser.graph import DiffuserGraph, diffuser_graph, official_graph
+from attnzoo.ops.diffuser.naive import diffusion_coefficients, naive_diffuser_attention
+
+__all__ = [
+    "DiffuserGraph",
+    "diffuser_attention",
+    "diffuser_graph",
+    "diffusion_coefficients",
+    "edge_softmax",
+    "naive_diffuser_attention",
+    "official_graph",
+    "resolve_graph",
+]
