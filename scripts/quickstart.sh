@@ -2,5 +2,5 @@
 # Install attnzoo, then run the main job on its small built-in default.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh plot,yaml
+bash scripts/setup.sh plot
 exec attnzoo compare "$@"

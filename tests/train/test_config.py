@@ -1,4 +1,4 @@
-"""Configs: the checked-in files load (with and without PyYAML), overrides are typed, errors name the field."""
+"""Configs: shipped files load with PyYAML, overrides are typed, errors name the field, the source is recorded."""
 
 from __future__ import annotations
 
@@ -6,18 +6,21 @@ import json
 import math
 
 import pytest
+import yaml
 
+from attnzoo.train.__main__ import main
 from attnzoo.train.config import (
     CONFIG_ROOT,
     TrainConfig,
     apply_overrides,
     config_from_dict,
     default_config_path,
+    describe_source,
     load_config,
+    parse_yaml,
     read_config_file,
 )
 from attnzoo.train.optim import lr_factor
-from attnzoo.train.yaml_subset import parse_yaml
 
 CONFIG_FILES = sorted(CONFIG_ROOT.glob("*/*.yaml"))
 
@@ -30,10 +33,9 @@ def test_there_are_configs_for_each_preset() -> None:
 
 
 @pytest.mark.parametrize("path", CONFIG_FILES, ids=lambda p: f"{p.parent.name}/{p.name}")
-def test_config_file_loads_and_subset_reader_agrees_with_pyyaml(path) -> None:
-    yaml = pytest.importorskip("yaml")
+def test_config_file_loads(path) -> None:
     text = path.read_text()
-    assert parse_yaml(text) == yaml.safe_load(text)
+    assert parse_yaml(text) == yaml.safe_load(text)  # the shipped files need no extension of PyYAML
     cfg = config_from_dict(read_config_file(path))
     cfg.model.validate()
     assert cfg.steps > 0 and cfg.batch_size > 0
@@ -47,16 +49,26 @@ def test_nystromformer_listops_matches_spec() -> None:
     assert cfg.task_options == {"seq_len": 2048}
 
 
-def test_subset_reader_handles_lists_flow_and_comments() -> None:
-    text = "a: 1  # one\nb:\n  c: [1, 2.5, x]\n  d: {name: local, k: 'q # r'}\nitems:\n  - 3\n  - null\ne: true\n"
+def test_yaml_is_pyyaml_and_exponent_floats_are_floats(tmp_path) -> None:
+    text = "lr: 1e-3\neps: -2.5E+2\nx: 1.0e-3\nw: 12\nv: .5\nname: e5\nitems: [1, 2.5, x]\nflag: true\n"
+    assert yaml.safe_load(text)["lr"] == "1e-3"  # YAML 1.1: a string (what the subset reader disagreed on)
     assert parse_yaml(text) == {
-        "a": 1,
-        "b": {"c": [1, 2.5, "x"], "d": {"name": "local", "k": "q # r"}},
-        "items": [3, None],
-        "e": True,
+        "lr": 0.001,
+        "eps": -250.0,
+        "x": 0.001,
+        "w": 12,
+        "v": 0.5,
+        "name": "e5",
+        "items": [1, 2.5, "x"],
+        "flag": True,
     }
-    with pytest.raises(ValueError, match="line 2"):
-        parse_yaml("a: 1\n   b: 2\n")
+    (tmp_path / "run.yaml").write_text("task: toy\nlr: 1e-3\nmodel:\n  attention_options: {scale: 2e-1}\n")
+    cfg = load_config(tmp_path / "run.yaml")
+    assert cfg.lr == 0.001 and cfg.model.attention_options == {"scale": 0.2}
+    (tmp_path / "bad.yaml").write_text("a: [1, 2\n")
+    message = r"bad.yaml: cannot parse config: expected ',' or '\]', but got '<stream end>' \(line 2, column 1\)"
+    with pytest.raises(ValueError, match=message):
+        read_config_file(tmp_path / "bad.yaml")
 
 
 def test_toml_and_json_configs(tmp_path) -> None:
@@ -118,6 +130,38 @@ def test_unknown_key_in_file_and_missing_files(tmp_path) -> None:
 def test_task_named_file_keeps_its_task() -> None:
     cfg = load_config(None, {"steps": "5"}, task="listops-mini")
     assert cfg.task == "listops-mini" and cfg.steps == 5 and cfg.model.dim == 64
+
+
+def test_config_source_is_recorded_and_described(tmp_path) -> None:
+    cfg = load_config(None, task="listops")  # no preset: the CPU-sized mini file comes first
+    assert (cfg.config_file, cfg.preset) == (str(CONFIG_ROOT / "mini" / "listops.yaml"), "mini")
+    line = describe_source(cfg)
+    assert "mini/listops.yaml" in line and "preset mini" in line and "--preset lra" in line
+    lra = load_config(None, task="listops", preset="lra")
+    assert lra.preset == "lra" and lra.config_file.endswith("lra/listops.yaml") and lra.model.dim == 512
+    assert describe_source(lra).endswith("(preset lra)")
+    assert load_config(CONFIG_ROOT / "nystromformer" / "text.yaml").preset == "nystromformer"
+    (tmp_path / "mine.yaml").write_text("task: toy\n")
+    mine = load_config(tmp_path / "mine.yaml")
+    assert (mine.config_file, mine.preset) == (str(tmp_path / "mine.yaml"), "")
+    bare = load_config(None, {"task": "toy"})
+    assert (bare.config_file, bare.preset) == ("", "") and "no config file" in describe_source(bare)
+    assert bare.to_dict()["config_file"] == ""  # recorded in config.json and results.json (to_dict)
+    with pytest.raises(ValueError, match="unknown config key 'config_file'"):
+        load_config(None, {"config_file": "x.yaml"})  # recorded, not set
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["train", "--preset", "lra"], "--preset lra needs --task (one of: "),
+        (["train", "--preset", "lra", "--config", "x.yaml"], "--preset lra selects configs/lra/<task>.yaml"),
+        (["train", "--task", "toy", "--preset", "lra"], "no 'lra' config for task 'toy'"),
+    ],
+)
+def test_preset_needs_a_task(argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(argv) == 2
+    assert message in capsys.readouterr().err
 
 
 def test_run_dir_template() -> None:

@@ -12,9 +12,9 @@ import pytest
 import torch
 import toy_tasks
 
+from attnzoo.checkpoints import load_checkpoint
 from attnzoo.train import load_config, train, train_seeds
 from attnzoo.train.__main__ import main
-from attnzoo.train.checkpoint import load_checkpoint
 
 RUNNER = Path(__file__).resolve().parent / "run_toy.py"
 TINY = ["--task", "toy", "--model.dim", "16", "--model.num-layers", "1", "--batch-size", "16", "--eval-batches", "2"]
@@ -74,7 +74,7 @@ def test_tiny_model_learns_and_writes_everything(tmp_path: Path) -> None:
     assert header.startswith("step,split,loss,accuracy")
     state = load_checkpoint(tmp_path / "run" / "last.pt")
     assert state["step"] == 80 and state["data_position"]["epoch"] >= 2
-    assert {"python", "numpy", "torch"} <= set(state["rng"])
+    assert len(state["rng"]) == 1 and {"python", "numpy", "torch"} <= set(state["rng"][0])  # one per rank
 
 
 def test_killed_run_resumes_with_identical_losses(tmp_path: Path) -> None:

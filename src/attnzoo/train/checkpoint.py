@@ -1,8 +1,10 @@
-"""Checkpoints: full training state written atomically, read back with ``weights_only=True``.
+"""Training checkpoints: which one to resume, every rank's RNG state, and ``--init-from`` at a new length.
 
-A checkpoint is a dict of tensors and plain values: ``model``, ``optimizer``, ``scheduler``,
-``scaler`` state dicts, ``rng`` (python, numpy, torch, cuda), ``step``, ``config`` (nested dict),
-``data_position`` ``{"epoch", "batch"}``, ``best`` (dev metric), ``meta`` (length, grid, version).
+A checkpoint (read and written by :mod:`attnzoo.checkpoints`) is a dict of tensors and plain values:
+``model``, ``optimizer``, ``scheduler``, ``scaler`` state dicts, ``rng`` (one entry per process:
+python, numpy, torch, cuda), ``world_size``, ``step``, ``best``, ``best_step``, ``train_time``,
+``config`` (nested dict; its ``model`` is the model actually built), ``data_position``
+``{"epoch", "batch"}`` and ``meta`` (length, grid, version, the requested model config).
 ``last.pt`` is rewritten at every evaluation, ``best.pt`` when the dev metric improves.
 
 ``init_from`` (the Path-X curriculum, spec diffuser-psf-butterfly-nystrom §4.4) loads a checkpoint
@@ -13,30 +15,28 @@ nearest-neighbour repetition), and attention options tied to the length are adap
 
 from __future__ import annotations
 
-import pickle
 import random
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch import nn
 
 import attnzoo
-from attnzoo.io import atomic_torch_save
 from attnzoo.models import resize_table
+from attnzoo.train.distributed import DistInfo
 
 __all__ = [
     "adapt_options",
     "capture_rng",
     "find_resume",
-    "load_checkpoint",
+    "gather_rng",
     "load_weights_resized",
+    "restore_rank_rng",
     "restore_rng",
-    "save_checkpoint",
 ]
-
-REQUIRED = ("model", "step", "config", "meta")
 
 
 def capture_rng() -> dict[str, Any]:
@@ -62,30 +62,26 @@ def restore_rng(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    """Write ``state`` to ``path`` atomically (temporary file, fsync, ``os.replace``)."""
-    atomic_torch_save(path, state)
+def gather_rng(info: DistInfo) -> list[dict[str, Any]]:
+    """Every process's :func:`capture_rng`, in rank order (a collective: call it on every rank)."""
+    if not info.enabled:
+        return [capture_rng()]
+    states: list[Any] = [None] * info.world_size
+    dist.all_gather_object(states, capture_rng())
+    return states
 
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Read a checkpoint with ``weights_only=True``.
+def restore_rank_rng(states: list[dict[str, Any]] | dict[str, Any], info: DistInfo, fallback_seed: int) -> None:
+    """Restore this rank's entry of :func:`gather_rng`'s list (a single dict: rank 0's, older checkpoints).
 
-    Raises:
-        FileNotFoundError: no such file.
-        ValueError: the file is truncated, corrupted or not an attnzoo checkpoint (names the file).
+    A rank without an entry (more processes than the checkpoint's run had) seeds torch with
+    ``fallback_seed``.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
-    try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
-    except (RuntimeError, EOFError, pickle.UnpicklingError, OSError, ValueError, AttributeError, KeyError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ValueError(f"checkpoint {str(path)!r} is corrupted or not a checkpoint: {first}") from None
-    missing = [k for k in REQUIRED if not isinstance(state, dict) or k not in state]
-    if missing:
-        raise ValueError(f"checkpoint {str(path)!r} is not an attnzoo checkpoint (missing {', '.join(missing)})")
-    return state
+    states = states if isinstance(states, list) else [states]
+    if info.rank < len(states):
+        restore_rng(states[info.rank])
+    else:
+        torch.manual_seed(fallback_seed)
 
 
 def find_resume(run_dir: Path, resume: str) -> Path | None:

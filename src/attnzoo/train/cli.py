@@ -1,7 +1,9 @@
 """Sub-commands ``attnzoo train``, ``attnzoo compare`` and ``attnzoo attention-map``.
 
 Every ``TrainConfig`` field is also a flag (``--lr``, ``--batch-size``, ``--model.num-heads``,
-``--task-options '{seq_len: 512}'``), as is ``--set key=value`` for any of them.
+``--task-options '{seq_len: 512}'``; a bool flag alone means true: ``--resume-with-new-settings``),
+as is ``--set key=value`` for any of them. Without ``--config`` or ``--task`` the task is
+``TrainConfig``'s default (listops-mini) and its file is used, as for ``--task listops-mini``.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from typing import Any
 
 import attnzoo
 from attnzoo.options import parse_option_string
-from attnzoo.train.config import flat_fields, load_config
+from attnzoo.train.config import TrainConfig, flat_fields, load_config
 
 __all__ = ["attention_map_command", "compare_command", "register_commands", "train_command"]
 
@@ -30,7 +32,9 @@ def _add_config_flags(parser: argparse.ArgumentParser, *, skip: tuple[str, ...] 
     parser.add_argument(
         "--config", metavar="FILE", help="config file (.yaml, .toml or .json); default: the task's file"
     )
-    parser.add_argument("--preset", choices=PRESETS, help="which configs/<preset>/<task>.yaml to start from")
+    parser.add_argument(
+        "--preset", choices=PRESETS, help="use configs/<preset>/<task>.yaml (needs --task; default: mini/, else lra/)"
+    )
     parser.add_argument(
         "--set",
         dest="overrides",
@@ -40,8 +44,12 @@ def _add_config_flags(parser: argparse.ArgumentParser, *, skip: tuple[str, ...] 
         help="override any config field, e.g. --set model.dim=128 (repeatable)",
     )
     group = parser.add_argument_group("config fields (each overrides the file)")
-    for name in flat_fields():
-        if name not in skip:
+    for name, hint in flat_fields().items():
+        if name in skip:
+            continue
+        if hint is bool:  # "--progress" alone means true; "--progress false" also works
+            group.add_argument(_flag(name), dest=f"cfg:{name}", metavar="BOOL", nargs="?", const="true", default=None)
+        else:
             group.add_argument(_flag(name), dest=f"cfg:{name}", metavar="VALUE", default=None)
 
 
@@ -72,7 +80,10 @@ def train_command(args: argparse.Namespace) -> int:
     overrides = _overrides(args)
     if args.attention:
         overrides["model.attention"] = args.attention
-    cfg = load_config(args.config, overrides, task=overrides.pop("task", None), preset=args.preset)
+    task = overrides.pop("task", None)
+    if task is None and args.config is None and args.preset is None:
+        task = TrainConfig.task  # the default task, through its config file (a preset alone is an error)
+    cfg = load_config(args.config, overrides, task=task, preset=args.preset)
     if args.attention_option:
         options = {**cfg.model.attention_options, **_attention_options(cfg.model.attention, args.attention_option)}
         cfg.model.attention_options = options

@@ -4,21 +4,25 @@ Files live in ``configs/`` (``lra/`` official LRA ``transformer_base``, ``nystro
 Nystromformer-LRA settings, ``mini/`` CPU-sized runs). A file holds the fields of ``TrainConfig``
 with the model under ``model:``; every field can then be overridden as ``key=value`` or
 ``model.key=value``. Unknown keys, wrong types and out-of-range values raise ``ValueError``
-naming the field.
+naming the field. YAML is read by PyYAML's safe loader, extended so that ``1e-3`` is a float
+(as in YAML 1.2 and JSON; YAML 1.1 would make it the string ``"1e-3"``). Which file and preset a
+run uses is recorded in the config itself (``config_file``, ``preset``).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from attnzoo.models import ModelConfig
-from attnzoo.train.yaml_subset import parse_scalar, parse_yaml
 
 __all__ = [
     "CONFIG_ROOT",
@@ -27,13 +31,42 @@ __all__ = [
     "apply_overrides",
     "config_from_dict",
     "default_config_path",
+    "describe_source",
     "flat_fields",
     "load_config",
+    "parse_yaml",
     "read_config_file",
 ]
 
 CONFIG_ROOT = Path(__file__).resolve().parents[1] / "configs"  # shipped in the package; configs/ links here
 SCHEDULES = ("constant", "rsqrt", "cosine", "linear", "onecycle")
+INTERNAL = {"internal": True}  # field metadata: set by load_config, not a flag or override
+
+
+class _YamlLoader(yaml.SafeLoader):
+    """PyYAML's safe loader that also reads exponent floats without a dot (``1e-3``) as floats."""
+
+
+_YamlLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:\d[\d_]*(?:\.[\d_]*)?|\.\d[\d_]*)[eE][-+]?\d+$"),
+    list("-+0123456789."),
+)
+
+
+def parse_yaml(text: str) -> Any:
+    """``text`` parsed by PyYAML's safe loader (``1e-3`` is a float).
+
+    Raises:
+        ValueError: the text is not valid YAML (the problem, line and column, on one line).
+    """
+    try:
+        return yaml.load(text, Loader=_YamlLoader)  # a SafeLoader subclass: no arbitrary objects
+    except yaml.MarkedYAMLError as err:
+        where = f" (line {err.problem_mark.line + 1}, column {err.problem_mark.column + 1})" if err.problem_mark else ""
+        raise ValueError(f"{err.problem or err.context}{where}") from None
+    except yaml.YAMLError as err:
+        raise ValueError(str(err).splitlines()[0]) from None
 
 
 @dataclass
@@ -73,8 +106,11 @@ class TrainConfig:
     init_from: str = ""  # curriculum: start from this checkpoint's weights (positions resized)
     scale_options: list[str] = field(default_factory=lambda: ["block_size"])  # options scaled with the side length
     max_time: float = 0.0  # wall-clock budget in seconds; 0 = none
+    resume_with_new_settings: bool = False  # resume although task/data/seed/optimiser settings changed; the new apply
     tensorboard: bool = True  # also log to TensorBoard when it is installed
     progress: bool = True  # progress bar on a terminal
+    config_file: str = field(default="", metadata=INTERNAL)  # the file this config was read from ("" = none)
+    preset: str = field(default="", metadata=INTERNAL)  # the configs/<preset>/ folder of that file ("" = none)
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the first invalid field."""
@@ -116,9 +152,10 @@ def flat_fields() -> dict[str, Any]:
     """Every overridable field as ``{"lr": float, "model.dim": int, ...}`` (name to type hint)."""
     out: dict[str, Any] = {}
     for prefix, cls in (("", TrainConfig), ("model.", ModelConfig)):
-        for name, hint in typing.get_type_hints(cls).items():
-            if hint is not ModelConfig:
-                out[prefix + name] = hint
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            if hints[f.name] is not ModelConfig and not f.metadata.get("internal"):
+                out[prefix + f.name] = hints[f.name]
     return out
 
 
@@ -132,18 +169,14 @@ def _coerce(key: str, hint: Any, value: Any) -> Any:
         return _coerce(key, args[0], value)
     if origin in (dict, list):
         if isinstance(value, str):
-            text = value.strip()
-            try:
-                value = json.loads(text)
-            except json.JSONDecodeError:
-                value = parse_yaml(f"v: {text}")["v"]
+            value = _parse_cli_value(key, value)
         if not isinstance(value, origin):
             raise ValueError(f"{key} must be a {origin.__name__}, got {value!r}")
         if origin is list and args and args[0] in (int, float):
             return [_coerce(f"{key}[{i}]", args[0], v) for i, v in enumerate(value)]
         return value
     if isinstance(value, str) and hint is not str:
-        value = parse_scalar(value)
+        value = _parse_cli_value(key, value)
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if hint is bool and not isinstance(value, bool):
@@ -151,6 +184,14 @@ def _coerce(key: str, hint: Any, value: Any) -> Any:
     if not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
         raise ValueError(f"{key} must be of type {hint.__name__}, got {value!r} ({type(value).__name__})")
     return value
+
+
+def _parse_cli_value(key: str, text: str) -> Any:
+    """A value given as text (``--lr 3e-4``, ``--betas "[0.9, 0.98]"``) read as YAML."""
+    try:
+        return parse_yaml(text)
+    except ValueError as err:
+        raise ValueError(f"{key}: cannot read {text!r}: {err}") from None
 
 
 def _build(cls: type, values: dict[str, Any], prefix: str) -> Any:
@@ -177,19 +218,14 @@ def config_from_dict(values: dict[str, Any]) -> TrainConfig:
 
 
 def read_config_file(path: str | Path) -> dict[str, Any]:
-    """Read a ``.yaml``/``.yml`` (PyYAML or the built-in subset reader), ``.toml`` or ``.json`` config."""
+    """Read a ``.yaml``/``.yml`` (:func:`parse_yaml`), ``.toml`` or ``.json`` config into a dict."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"config file {str(path)!r} does not exist")
     text = path.read_text(encoding="utf-8")
     try:
         if path.suffix in (".yaml", ".yml"):
-            try:
-                import yaml
-            except ImportError:
-                data = parse_yaml(text)
-            else:
-                data = yaml.safe_load(text)
+            data = parse_yaml(text)
         elif path.suffix == ".toml":
             try:
                 import tomllib
@@ -201,8 +237,6 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
         else:
             raise ValueError(f"{path}: config files must end in .yaml, .yml, .toml or .json")
     except ValueError as err:
-        raise ValueError(f"{path}: cannot parse config: {err}") from None
-    except Exception as err:  # PyYAML's errors do not derive from ValueError
         raise ValueError(f"{path}: cannot parse config: {err}") from None
     if not isinstance(data, dict):
         raise ValueError(f"{path}: a config file must hold a mapping of fields, got {type(data).__name__}")
@@ -238,6 +272,22 @@ def default_config_path(task: str, preset: str | None = None) -> Path | None:
     return None
 
 
+def _preset_of(path: Path) -> str:
+    """The ``configs/<preset>/`` folder holding ``path``, or ``""`` for a file outside the shipped configs."""
+    path = path.resolve()
+    return path.parent.name if path.parent.parent == CONFIG_ROOT else ""
+
+
+def describe_source(cfg: TrainConfig) -> str:
+    """One line saying which config file and preset ``cfg`` comes from (printed when a run starts)."""
+    if not cfg.config_file:
+        return f"task {cfg.task}: no config file (TrainConfig defaults plus the overrides given)"
+    line = f"task {cfg.task}: config {cfg.config_file}"
+    if cfg.preset == "mini":
+        return line + " (preset mini, CPU-sized; --preset lra or --preset nystromformer for the published settings)"
+    return line + (f" (preset {cfg.preset})" if cfg.preset else "")
+
+
 def load_config(
     path: str | Path | None = None,
     overrides: dict[str, Any] | None = None,
@@ -245,11 +295,23 @@ def load_config(
     task: str | None = None,
     preset: str | None = None,
 ) -> TrainConfig:
-    """Resolve a run's config: file (given, or the task's default under ``configs/``), then overrides.
+    """Resolve a run's config: file (given, or ``configs/<preset>/<task>.yaml``), then overrides.
 
-    Returns a validated ``TrainConfig``. Raises ``ValueError``/``FileNotFoundError`` with the field or file.
+    Without ``path`` and ``task`` the config is ``TrainConfig``'s defaults plus ``overrides``. The
+    file used and its preset are recorded in ``config_file`` and ``preset``.
+
+    Returns a validated ``TrainConfig``.
+
+    Raises:
+        ValueError: a bad field (named), ``preset`` without ``task`` or together with ``path``.
+        FileNotFoundError: a missing file.
     """
     overrides = dict(overrides or {})
+    if preset is not None and path is not None:
+        raise ValueError(f"--preset {preset} selects configs/{preset}/<task>.yaml; it cannot be used with --config")
+    if preset is not None and task is None:
+        have = sorted(p.stem for p in (CONFIG_ROOT / preset).glob("*.yaml"))
+        raise ValueError(f"--preset {preset} needs --task (one of: {', '.join(have) or '(none)'})")
     named_by_task = path is None and task is not None
     if named_by_task:
         path = default_config_path(task, preset)  # type: ignore[arg-type]
@@ -257,5 +319,7 @@ def load_config(
     if task is not None and not (named_by_task and "task" in values):  # "listops-mini.yaml" may name its task
         overrides["task"] = task
     cfg = config_from_dict(apply_overrides(values, overrides))
+    if path is not None:
+        cfg.config_file, cfg.preset = str(path), _preset_of(Path(path))
     cfg.validate()
     return cfg

@@ -19,33 +19,20 @@ from typing import Any
 import torch
 from torch.utils.data import BatchSampler, DataLoader, Dataset, DistributedSampler
 
+from attnzoo.checkpoints import load_run_split
 from attnzoo.train.distributed import DistInfo, barrier
 
-__all__ = ["Prefetcher", "TrainStream", "eval_batches", "load_splits", "to_device"]
+__all__ = ["Batch", "Prefetcher", "TrainStream", "eval_batches", "load_splits", "to_device"]
 
 Batch = dict[str, torch.Tensor]
 
 
 def load_splits(cfg: Any, info: DistInfo) -> dict[str, Dataset]:
     """``{"train", "dev", "test"}`` datasets of ``cfg.task`` (rank 0 generates/caches first, others wait)."""
-    from attnzoo import tasks
-
-    sizes = {"train": cfg.train_size, "dev": cfg.dev_size, "test": cfg.test_size}
-
-    def load(split: str) -> Dataset:
-        return tasks.load_split(
-            cfg.task,
-            split,
-            data_dir=cfg.data_dir,
-            cache_dir=cfg.cache_dir,
-            size=sizes[split],
-            seed=cfg.data_seed,
-            **cfg.task_options,
-        )
-
+    config = cfg.to_dict()
     if not info.is_main:
         barrier(info)
-    splits = {split: load(split) for split in ("train", "dev", "test")}
+    splits = {split: load_run_split(config, split) for split in ("train", "dev", "test")}
     if info.is_main:
         barrier(info)
     return splits

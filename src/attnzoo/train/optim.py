@@ -45,8 +45,16 @@ def lr_factor(schedule: str, step: int, warmup: int, total: int) -> float:
     raise ValueError(f"unknown schedule {schedule!r}")
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, cfg: Any) -> torch.optim.lr_scheduler.LRScheduler:
-    """The schedule ``cfg.schedule`` stepped once per optimiser step."""
+def build_scheduler(
+    optimizer: torch.optim.Optimizer, cfg: Any, *, done_steps: int = 0
+) -> torch.optim.lr_scheduler.LRScheduler:
+    """The schedule ``cfg.schedule`` stepped once per optimiser step.
+
+    ``done_steps > 0`` builds it as if ``done_steps`` optimiser steps were already taken (the
+    rate is set for the next one); the param groups must then hold the scheduler's entries
+    (``initial_lr``, and for onecycle ``max_lr``/``min_lr``/momenta) from a fresh build.
+    """
+    last_epoch = done_steps - 1
     if cfg.schedule == "onecycle":
         return torch.optim.lr_scheduler.OneCycleLR(
             optimizer,
@@ -54,6 +62,9 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: Any) -> torch.optim.l
             total_steps=cfg.steps,
             pct_start=cfg.warmup_steps / cfg.steps,
             anneal_strategy="linear",
+            last_epoch=last_epoch,
         )
     schedule, warmup, total = cfg.schedule, cfg.warmup_steps, cfg.steps
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(schedule, step, warmup, total))
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: lr_factor(schedule, step, warmup, total), last_epoch=last_epoch
+    )

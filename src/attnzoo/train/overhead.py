@@ -19,8 +19,9 @@ from attnzoo.train.config import TrainConfig
 from attnzoo.train.data import load_splits
 from attnzoo.train.distributed import DistInfo, pick_device
 from attnzoo.train.log import read_records
-from attnzoo.train.loop import autocast, prepare_model, train
+from attnzoo.train.loop import autocast, train
 from attnzoo.train.optim import build_optimizer
+from attnzoo.train.session import prepare_model
 
 __all__ = ["measure_overhead"]
 
@@ -31,7 +32,7 @@ def _raw_rate(cfg: TrainConfig, steps: int, warmup: int, optimizer_step: bool) -
 
     info = DistInfo(0, 0, 1, pick_device(cfg.device))
     spec = tasks.get(cfg.task, **cfg.task_options)
-    model, _ = prepare_model(cfg, spec, None)
+    model, _, _ = prepare_model(cfg, spec, None)
     model.to(info.device).train()
     optimizer = build_optimizer(model, cfg)
     train_set = load_splits(cfg, info)["train"]

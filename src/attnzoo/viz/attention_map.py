@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from attnzoo.models import build_model
-from attnzoo.train.checkpoint import load_checkpoint
-from attnzoo.train.config import config_from_dict
+from attnzoo.checkpoints import load_checkpoint, load_run_split, model_from_checkpoint
 from attnzoo.viz.plots import plot_attention_maps
 
 __all__ = ["MAX_TOKENS", "attention_maps_from_checkpoint", "draw_attention_map"]
@@ -34,27 +31,15 @@ def attention_maps_from_checkpoint(
     from attnzoo import tasks
 
     state = load_checkpoint(checkpoint)
-    cfg = config_from_dict(state["config"])
+    config = dict(state["config"])
     if data_dir is not None:
-        cfg = dataclasses.replace(cfg, data_dir=data_dir)
-    spec = tasks.get(cfg.task, **cfg.task_options)
-    model = build_model(spec, cfg.model)
-    model.load_state_dict(state["model"])
-    model.eval()
-    sizes = {"train": cfg.train_size, "dev": cfg.dev_size, "test": cfg.test_size}
-    dataset = tasks.load_split(
-        cfg.task,
-        split,
-        data_dir=cfg.data_dir,
-        cache_dir=cfg.cache_dir,
-        size=sizes.get(split),
-        seed=cfg.data_seed,
-        **cfg.task_options,
-    )
+        config["data_dir"] = data_dir
+    model, spec = model_from_checkpoint(state)
+    dataset = load_run_split(config, split)
     if not 0 <= index < len(dataset):
         raise ValueError(f"--index {index} is out of range: the {split} split has {len(dataset)} examples")
     batch = tasks.collate([dataset[index]])
-    tokens = model.encoder.embed.length + (1 if cfg.model.pooling == "cls" else 0)
+    tokens = model.encoder.embed.length + (1 if config["model"]["pooling"] == "cls" else 0)
     if tokens > MAX_TOKENS:
         raise ValueError(f"attention maps materialise T x T weights; T = {tokens} exceeds {MAX_TOKENS}")
     with torch.no_grad():
@@ -65,8 +50,8 @@ def attention_maps_from_checkpoint(
     maps = [m[:, :real, :real] for m in maps]
     label = batch["label"][0]
     info = {
-        "task": cfg.task,
-        "attention": cfg.model.attention,
+        "task": config["task"],
+        "attention": config["model"]["attention"],
         "index": index,
         "split": split,
         "tokens": real,
