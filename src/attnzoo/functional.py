@@ -8,6 +8,7 @@ token; ``causal``), and returns ``(B, H, N, d)``. Every core is also reachable b
 from attnzoo.ops.butterfly import butterfly_attention, naive_butterfly_attention
 from attnzoo.ops.diffuser import diffuser_attention, naive_diffuser_attention
 from attnzoo.ops.dilated import dilated_attention, naive_dilated_attention
+from attnzoo.ops.eva import eva_attention, naive_eva_attention
 from attnzoo.ops.lara import lara_attention, naive_lara_attention
 from attnzoo.ops.linear import linear_attention, naive_linear_attention
 from attnzoo.ops.linformer import linformer_attention, naive_linformer_attention
@@ -27,6 +28,7 @@ local = local_attention
 dilated = dilated_attention
 none = none_attention
 lara = lara_attention
+eva = eva_attention
 linear = linear_attention
 linformer = linformer_attention
 nystrom = nystrom_attention
@@ -39,6 +41,8 @@ __all__ = [
     "diffuser_attention",
     "dilated",
     "dilated_attention",
+    "eva",
+    "eva_attention",
     "lara",
     "lara_attention",
     "linear",
@@ -50,6 +54,7 @@ __all__ = [
     "naive_butterfly_attention",
     "naive_diffuser_attention",
     "naive_dilated_attention",
+    "naive_eva_attention",
     "naive_lara_attention",
     "naive_linear_attention",
     "naive_linformer_attention",

@@ -7,6 +7,7 @@ from attnzoo.mechanisms import (  # noqa: F401  (registration side effects)
     butterfly,
     diffuser,
     dilated,
+    eva,
     lara,
     linear,
     linformer,

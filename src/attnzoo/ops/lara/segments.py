@@ -87,7 +87,15 @@ def real_token_segments(mask: Tensor | None, batch: int, n: int, num: int, devic
 
 
 def strided_segments(
-    n: int, size: int, extension: int, batch: int, device: torch.device, grid: tuple[int, int] | None = None
+    n: int,
+    size: int,
+    extension: int,
+    batch: int,
+    device: torch.device,
+    grid: tuple[int, int] | None = None,
+    *,
+    padded_len: int | None = None,
+    count_slots: bool = True,
 ) -> Segments:
     """Position-based chunks of ``size`` tokens (``size x size`` tiles on a ``grid``) widened by ``extension``.
 
@@ -98,18 +106,24 @@ def strided_segments(
     Args:
         n: sequence length N (``height * width`` on a grid).
         size: r; extension: e.
+        padded_len: 1D: the chunks tile this length (>= N; official: N rounded up to the window).
+        count_slots: divide means by the slot count and keep whole tiles only (official); False = divide
+            by the real members, and partial 2D tiles at the edges are chunks too.
     """
     reach = -(-extension // size) if extension else 0
     offsets = torch.arange(-reach, reach + 1, device=device)
     if grid is None:
-        count = max(1, n // size)
+        count = max(1, (padded_len or n) // size)
         pos = torch.arange(n, device=device)
         ids = (pos // size)[None] + offsets[:, None]  # (K, N)
         member = (ids >= 0) & (ids < count) & (pos >= ids * size - extension) & (pos < (ids + 1) * size + extension)
         denom = float(size + 2 * extension)
     else:
         height, width = grid
-        rows, cols = height // size, width // size
+        if count_slots:  # official: whole tiles only
+            rows, cols = height // size, width // size
+        else:  # partial tiles at the bottom and right edges
+            rows, cols = -(-height // size), -(-width // size)
         count = max(1, rows * cols)
         pos = torch.arange(n, device=device)
         y, x = pos // width, pos % width
@@ -123,7 +137,8 @@ def strided_segments(
     ids = torch.where(member, ids, torch.zeros_like(ids))
     k = ids.shape[0]
     full = torch.full((batch, count), denom, device=device)
-    return Segments(ids[None].expand(batch, k, n), member[None].expand(batch, k, n), count, full)
+    ids, member = ids[None].expand(batch, k, n), member[None].expand(batch, k, n)
+    return Segments(ids, member, count, full if count_slots else None)
 
 
 def _scatter(values: Tensor, seg: Segments) -> Tensor:
