@@ -4,8 +4,7 @@ Files live in ``configs/`` (``lra/`` official LRA ``transformer_base``, ``nystro
 Nystromformer-LRA settings, ``mini/`` CPU-sized runs). A file holds the fields of ``TrainConfig``
 with the model under ``model:``; every field can then be overridden as ``key=value`` or
 ``model.key=value``. Unknown keys, wrong types and out-of-range values raise ``ValueError``
-naming the field. YAML is read by PyYAML's safe loader, extended so that ``1e-3`` is a float
-(as in YAML 1.2 and JSON; YAML 1.1 would make it the string ``"1e-3"``). Which file and preset a
+naming the field. Files are read by :mod:`attnzoo.train.config_files`; which file and preset a
 run uses is recorded in the config itself (``config_file``, ``preset``).
 """
 
@@ -13,16 +12,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import re
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from attnzoo.models import ModelConfig
+from attnzoo.train.config_files import CONFIG_ROOT, default_config_path, parse_yaml, preset_of, read_config_file
 
 __all__ = [
     "CONFIG_ROOT",
@@ -38,35 +35,8 @@ __all__ = [
     "read_config_file",
 ]
 
-CONFIG_ROOT = Path(__file__).resolve().parents[1] / "configs"  # shipped in the package; configs/ links here
 SCHEDULES = ("constant", "rsqrt", "cosine", "linear", "onecycle")
 INTERNAL = {"internal": True}  # field metadata: set by load_config, not a flag or override
-
-
-class _YamlLoader(yaml.SafeLoader):
-    """PyYAML's safe loader that also reads exponent floats without a dot (``1e-3``) as floats."""
-
-
-_YamlLoader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?(?:\d[\d_]*(?:\.[\d_]*)?|\.\d[\d_]*)[eE][-+]?\d+$"),
-    list("-+0123456789."),
-)
-
-
-def parse_yaml(text: str) -> Any:
-    """``text`` parsed by PyYAML's safe loader (``1e-3`` is a float).
-
-    Raises:
-        ValueError: the text is not valid YAML (the problem, line and column, on one line).
-    """
-    try:
-        return yaml.load(text, Loader=_YamlLoader)  # a SafeLoader subclass: no arbitrary objects
-    except yaml.MarkedYAMLError as err:
-        where = f" (line {err.problem_mark.line + 1}, column {err.problem_mark.column + 1})" if err.problem_mark else ""
-        raise ValueError(f"{err.problem or err.context}{where}") from None
-    except yaml.YAMLError as err:
-        raise ValueError(str(err).splitlines()[0]) from None
 
 
 @dataclass
@@ -217,32 +187,6 @@ def config_from_dict(values: dict[str, Any]) -> TrainConfig:
     return _build(TrainConfig, dict(values), "")
 
 
-def read_config_file(path: str | Path) -> dict[str, Any]:
-    """Read a ``.yaml``/``.yml`` (:func:`parse_yaml`), ``.toml`` or ``.json`` config into a dict."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"config file {str(path)!r} does not exist")
-    text = path.read_text(encoding="utf-8")
-    try:
-        if path.suffix in (".yaml", ".yml"):
-            data = parse_yaml(text)
-        elif path.suffix == ".toml":
-            try:
-                import tomllib
-            except ImportError:  # Python 3.10
-                raise ValueError(f"{path}: reading TOML needs Python >= 3.11; use YAML or JSON") from None
-            data = tomllib.loads(text)
-        elif path.suffix == ".json":
-            data = json.loads(text)
-        else:
-            raise ValueError(f"{path}: config files must end in .yaml, .yml, .toml or .json")
-    except ValueError as err:
-        raise ValueError(f"{path}: cannot parse config: {err}") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: a config file must hold a mapping of fields, got {type(data).__name__}")
-    return data
-
-
 def apply_overrides(values: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
     """Copy of ``values`` with ``{"lr": "3e-4", "model.dim": 64}`` applied (dotted keys reach ``model``)."""
     out = json.loads(json.dumps(values, default=str))
@@ -257,25 +201,6 @@ def apply_overrides(values: dict[str, Any], overrides: dict[str, Any]) -> dict[s
         else:
             out[key] = value
     return out
-
-
-def default_config_path(task: str, preset: str | None = None) -> Path | None:
-    """``configs/<preset>/<task>.yaml``; without a preset ``mini/`` then ``lra/``; ``None`` if absent."""
-    presets = [preset] if preset else ["mini", "lra"]
-    for name in presets:
-        path = CONFIG_ROOT / name / f"{task}.yaml"
-        if path.is_file():
-            return path
-    if preset:
-        have = sorted(p.stem for p in (CONFIG_ROOT / preset).glob("*.yaml"))
-        raise ValueError(f"no {preset!r} config for task {task!r}; {preset} configs: {', '.join(have) or '(none)'}")
-    return None
-
-
-def _preset_of(path: Path) -> str:
-    """The ``configs/<preset>/`` folder holding ``path``, or ``""`` for a file outside the shipped configs."""
-    path = path.resolve()
-    return path.parent.name if path.parent.parent == CONFIG_ROOT else ""
 
 
 def describe_source(cfg: TrainConfig) -> str:
@@ -320,6 +245,6 @@ def load_config(
         overrides["task"] = task
     cfg = config_from_dict(apply_overrides(values, overrides))
     if path is not None:
-        cfg.config_file, cfg.preset = str(path), _preset_of(Path(path))
+        cfg.config_file, cfg.preset = str(path), preset_of(Path(path))
     cfg.validate()
     return cfg
