@@ -268,10 +268,14 @@ def _crossing(
     scale: float,
     detach: bool,
 ) -> Tensor:
-    """Attend the crossing segments and merge them with the engine's ``(out, lse)``."""
-    n_local, d = q.shape[2], q.shape[3]
+    """Attend the crossing segments and merge them with the engine's ``(out, lse)``.
+
+    The merge runs on U, the rows (per head) that some crossing segment covers: the engine's rows
+    there and every group's rows, placed in U, mixed by log-sum-exp; other rows keep the engine's.
+    """
+    b, h, n_local, d = q.shape
     kernel = pick_kernel(q.device, q.dtype, equal_widths=v.shape[-1] == d)
-    outs, lses = [out], [lse]
+    flats, results = [], []
     for g, sources in zip(plan.groups, plan.sources, strict=True):
         keys, ok, kpos = _group_keys(g, sources, k, v, mask, received, plan.start)
         qpos = g.rows.to(q.device)
@@ -279,10 +283,18 @@ def _crossing(
         o, l = _CrossingAttention.apply(
             _rows(q, local), keys[..., :d], keys[..., d:], ok, qpos, kpos, causal, scale, kernel
         )
-        outs.append(_to_tokens(o, local, qpos >= 0, n_local, 0.0))
-        lses.append(_to_tokens(l[..., None], local, qpos >= 0, n_local, float("-inf"))[..., 0])
+        valid = (qpos >= 0).reshape(-1)
+        flats.append((torch.arange(h, device=q.device)[:, None] * n_local + local).reshape(-1)[valid])
+        results.append((o.reshape(b, -1, o.shape[-1])[:, valid], l.reshape(b, -1)[:, valid]))
+    rows = torch.unique(torch.cat(flats))  # U, sorted flat (head, row) indices
+    flat_out = out.reshape(b, h * n_local, out.shape[-1])
+    outs, lses = [flat_out.index_select(1, rows)], [lse.reshape(b, h * n_local).index_select(1, rows)]
+    for flat, (o, l) in zip(flats, results, strict=True):
+        at = torch.searchsorted(rows, flat)
+        outs.append(o.new_zeros(b, rows.shape[0], o.shape[-1]).index_copy(1, at, o))
+        lses.append(l.new_full((b, rows.shape[0]), float("-inf")).index_copy(1, at, l))
     merged, _ = merge_partials(outs, lses, detach_weights=detach)
-    return merged
+    return flat_out.index_copy(1, rows, merged.to(out.dtype)).view(out.shape)
 
 
 def _group_keys(
@@ -312,12 +324,3 @@ def _group_keys(
         torch.cat([x.expand(width, -1, -1) for x in ok], 2),
         torch.cat([p for _, p in g.keys], 1).to(k.device),
     )
-
-
-def _to_tokens(x: Tensor, local: Tensor, valid: Tensor, n_local: int, fill: float) -> Tensor:
-    """Group rows ``(B, H, M, D)`` at local rows ``local: (H, M)`` -> ``(B, H, n_local, D)`` (``fill`` elsewhere)."""
-    b, h, _, width = x.shape
-    flat = (torch.arange(h, device=x.device)[:, None] * n_local + local)[valid]
-    picked = x.reshape(b, -1, width)[:, valid.reshape(-1)]
-    out = x.new_full((b, h * n_local, width), fill).index_copy(1, flat, picked)
-    return out.view(b, h, n_local, width)
