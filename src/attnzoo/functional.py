@@ -17,12 +17,14 @@ from attnzoo.ops.none import none_attention
 from attnzoo.ops.nystrom import naive_nystrom_attention, nystrom_attention
 from attnzoo.ops.performer import naive_performer_attention, performer_attention
 from attnzoo.ops.psf import naive_psf_attention, psf_attention
+from attnzoo.ops.reformer import naive_reformer_attention, reformer_attention
 from attnzoo.ops.softmax import naive_softmax_attention, softmax_attention
 from attnzoo.sparse import sparse_attention
 
 butterfly = butterfly_attention
 psf = psf_attention
 diffuser = diffuser_attention
+reformer = reformer_attention
 softmax = softmax_attention
 local = local_attention
 dilated = dilated_attention
@@ -62,6 +64,7 @@ __all__ = [
     "naive_nystrom_attention",
     "naive_performer_attention",
     "naive_psf_attention",
+    "naive_reformer_attention",
     "naive_softmax_attention",
     "none",
     "none_attention",
@@ -71,6 +74,8 @@ __all__ = [
     "performer_attention",
     "psf",
     "psf_attention",
+    "reformer",
+    "reformer_attention",
     "softmax",
     "softmax_attention",
     "sparse_attention",

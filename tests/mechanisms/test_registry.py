@@ -17,6 +17,7 @@ TEST_OPTIONS = {
     "butterfly": dict(block_size=4, stage=1),
     "psf": dict(num_factors=3),
     "diffuser": dict(attention_window=8, num_rand=4, num_glob=2),
+    "reformer": dict(bucket_size=4, num_buckets=(4,)),
 }
 NAMES = [spec.name for spec in attnzoo.available()]
 DIM, HEADS = 32, 4

@@ -16,6 +16,7 @@ from attnzoo.mechanisms import (  # noqa: F401  (registration side effects)
     nystrom,
     performer,
     psf,
+    reformer,
     softmax,
 )
 from attnzoo.mechanisms.base import AttentionBase

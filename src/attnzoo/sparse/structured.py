@@ -68,30 +68,32 @@ def butterfly_groups(seq_len: int, block_size: int, stage: int, float_stage_coun
     return SparsePattern(f"butterfly_groups(b={b}, s={stride})", layout, None, pos[None], seq_len)
 
 
-def lsh_chunks(order: Tensor, lengths: Tensor, chunk: int, period: int, *, causal: bool) -> SparsePattern:
+def lsh_chunks(
+    order: Tensor, lengths: Tensor, chunk: int, period: int, num_tokens: int, *, causal: bool
+) -> SparsePattern:
     """Chunked attention over per-head token orders (Reformer's sorted hash buckets).
 
     Slot t of folded head g holds virtual token ``order[g, t]`` (-1 = empty); virtual token
     ``r * period + i`` is token i in hash round r. Chunk c (slots ``[c*chunk, (c+1)*chunk)``)
-    visits itself and chunk ``c - 1``, where chunk 0 wraps round to the last non-empty chunk of
-    its head (``lengths[g]`` slots are non-empty, all at the front). A query never attends its
-    own token (in any round), and with ``causal`` only tokens ``<=`` its own.
+    visits itself and chunk ``c - 1``; chunk 0 wraps round to the last chunk holding any of the
+    first ``lengths[g]`` slots. A query never attends its own token (in any round), and with
+    ``causal`` only tokens ``<=`` its own.
 
     Args:
-        order: ``(G, L)`` long, L a multiple of ``chunk``.
-        lengths: ``(G,)`` long, non-empty slots per folded head (>= 1).
+        order: ``(G, L)`` long, L a multiple of ``chunk``; values in ``[-1, R * period)``.
+        lengths: ``(G,)`` long, the slots that count for the wrap-round (>= 1).
         chunk: chunk length (the engine block size).
         period: N, the number of tokens per round.
+        num_tokens: R * N, the number of virtual tokens.
         causal: keys ``j <= i`` only (on token positions).
     """
     g, length = order.shape
     nb = length // chunk
-    last = ((lengths.clamp_min(1) - 1) // chunk)[:, None]  # (G, 1)
+    last = ((lengths.clamp_min(1) - 1) // chunk).cpu()[:, None]  # (G, 1)
     own = torch.arange(nb)[None, :].expand(g, nb)
     prev = torch.where(own == 0, last, own - 1)
     idx = torch.stack([own, prev], -1)  # (G, nB, 2)
-    valid = torch.ones_like(idx, dtype=torch.bool)
-    valid[..., 1] &= (prev != own) & (own <= last)
+    valid = torch.stack([torch.ones_like(own, dtype=torch.bool), (prev != own) & (own <= last)], -1)
     layout = BlockLayout(chunk, idx, valid)
 
     def mask_mod(h: Tensor, q: Tensor, kv: Tensor) -> Tensor:
@@ -99,4 +101,4 @@ def lsh_chunks(order: Tensor, lengths: Tensor, chunk: int, period: int, *, causa
         ok = qi != ki
         return ok & (ki <= qi) if causal else ok
 
-    return SparsePattern(f"lsh_chunks(chunk={chunk})", layout, mask_mod, order, period * math.ceil(length / period))
+    return SparsePattern(f"lsh_chunks(chunk={chunk})", layout, mask_mod, order, num_tokens)
