@@ -1,16 +1,19 @@
-"""Speed and memory benchmarks of attention mechanisms against sequence length (``attnzoo bench``)."""
+"""Efficiency benchmarks of attention mechanisms (``attnzoo bench``): time, memory, FLOP floor,
+approximation error and public peers against sequence length."""
 
-from attnzoo.bench.measure import measure_peak_memory, measure_time
-from attnzoo.bench.run import BENCH_OPTIONS, BenchCase, environment, run_case
-from attnzoo.bench.table import format_table, scaling_exponents
+from attnzoo.bench.measure import Timing, matmul_peak, measure_peak_memory, measure_time
+from attnzoo.bench.run import BenchCase, environment, run_case
+from attnzoo.bench.settings import BENCH_SETTINGS, PRESETS, bench_options
 
 __all__ = [
-    "BENCH_OPTIONS",
+    "BENCH_SETTINGS",
+    "PRESETS",
     "BenchCase",
+    "Timing",
+    "bench_options",
     "environment",
-    "format_table",
+    "matmul_peak",
     "measure_peak_memory",
     "measure_time",
     "run_case",
-    "scaling_exponents",
 ]

@@ -1,16 +1,17 @@
-"""``attnzoo bench``: time and memory of attention mechanisms against sequence length."""
+"""``attnzoo bench``: time, memory, FLOP floor, approximation error and public peers against sequence length."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 from pathlib import Path
 from typing import Any
 
 __all__ = ["register_commands"]
 
-QUICK = {"mechanisms": ["softmax", "local", "dilated", "none"], "lengths": [1024, 2048, 4096], "repeats": 2}
+DOCS_BEGIN, DOCS_END = "<!-- attnzoo-bench:begin -->", "<!-- attnzoo-bench:end -->"
 
 
 def _parse_options(pairs: list[str]) -> dict[str, dict[str, Any]]:
@@ -28,83 +29,237 @@ def _parse_options(pairs: list[str]) -> dict[str, dict[str, Any]]:
     return found
 
 
-def _append_jsonl(path: Path, records: list[dict[str, Any]]) -> None:
+def _sweep(args: argparse.Namespace) -> tuple[Any, list[str], dict[str, dict[str, Any]]]:
+    """The preset with the command line's overrides, the mechanisms, and each one's options."""
+    import dataclasses
+
+    import attnzoo
+    from attnzoo.bench.settings import PRESETS, Shape, bench_options, parse_shape
+
+    preset = PRESETS["quick" if args.quick else "full" if args.full else args.preset]
+    changes: dict[str, Any] = {}
+    for name, value in (
+        ("lengths", args.lengths),
+        ("error_lengths", args.error_lengths),
+        ("dtypes", args.dtypes),
+        ("peer_lengths", args.peer_lengths),
+    ):
+        if value:
+            changes[name] = tuple(value)
+    if args.causal:
+        changes["causal"] = {"off": (False,), "on": (True,), "both": (False, True)}[args.causal]
+    if args.shapes:
+        changes["shapes"] = tuple(parse_shape(s) for s in args.shapes)
+    elif any(x is not None for x in (args.batch, args.heads, args.head_dim)):
+        first = preset.shapes[0]
+        changes["shapes"] = (
+            Shape(args.batch or first.batch, args.heads or first.heads, args.head_dim or first.head_dim),
+        )
+    for name in ("repeats", "time_budget_s", "memory_budget_mib"):
+        if getattr(args, name) is not None:
+            changes[name] = getattr(args, name)
+    if args.forward_only:
+        changes["passes"] = ("fwd",)
+    preset = dataclasses.replace(preset, **changes)
+    mechanisms = args.mechanisms or list(preset.mechanisms or [s.name for s in attnzoo.available()])
+    overrides = _parse_options(args.option)
+    for mech in overrides:
+        if mech not in mechanisms:
+            raise ValueError(f"--option for {mech!r}, which is not benchmarked (mechanisms: {', '.join(mechanisms)})")
+    return preset, mechanisms, {m: bench_options(m, overrides.get(m)) for m in mechanisms}
+
+
+def _tasks(args: argparse.Namespace, preset: Any, mechanisms: list[str], options: dict[str, Any]) -> list[Any]:
+    """Task groups: matmul peaks, time cases per setting, error cases per mechanism, peers (in ``--peers-python``)."""
+    import dataclasses
+
+    from attnzoo.bench.accuracy import DISTRIBUTIONS
+    from attnzoo.bench.isolate import Group
+    from attnzoo.bench.peers import PEERS
+
+    groups = [Group([{"kind": "peak", "device": args.device, "dtype": dt}], fresh=False) for dt in preset.dtypes]
+    for case in preset.cases(mechanisms):
+        lengths = case.pop("lengths")
+        common = {**case, "kind": "time", "device": args.device, "options": options[case["mechanism"]]}
+        common.update(repeats=preset.repeats, passes=list(preset.passes), memory=not args.no_memory)
+        groups.append(Group([{**common, "compile": args.compile, "seq_len": n} for n in lengths]))
+    if not args.no_errors:
+        for m in mechanisms:
+            error = {"kind": "error", "mechanism": m, "options": options[m]}
+            tasks = [{**error, "seq_len": n, "dist": d} for n in sorted(preset.error_lengths) for d in DISTRIBUTIONS]
+            groups.append(Group(tasks, fresh=False))
+    if args.peers:
+        shape = preset.shapes[0]
+        for peer in (p for p in PEERS if p.mechanism in mechanisms):
+            common = {"kind": "peer", "peer": peer.name, **dataclasses.asdict(shape), "dtype": preset.dtypes[0]}
+            common.update(causal=False, device=args.device, options=options[peer.mechanism], repeats=preset.repeats)
+            tasks = [{**common, "passes": list(preset.passes), "seq_len": n} for n in sorted(preset.peer_lengths)]
+            groups.append(Group(tasks, python=args.peers_python))
+    return groups
+
+
+def _command(preset: Any, mechanisms: list[str], args: argparse.Namespace) -> str:
+    """The explicit command line that reruns this sweep."""
+    argv = [
+        "attnzoo",
+        "bench",
+        "--mechanisms",
+        *mechanisms,
+        "--lengths",
+        *map(str, preset.lengths),
+        "--dtypes",
+        *preset.dtypes,
+        "--causal",
+        {(False,): "off", (True,): "on"}.get(preset.causal, "both"),
+        "--shapes",
+        *(s.label() for s in preset.shapes),
+        "--repeats",
+        str(preset.repeats),
+        "--device",
+        args.device,
+        "--error-lengths",
+        *map(str, preset.error_lengths),
+    ]
+    argv += [
+        f"--option={m}.{k}={','.join(map(str, v)) if isinstance(v, (list, tuple)) else v}"
+        for m, opts in _parse_options(args.option).items()
+        for k, v in opts.items()
+    ]
+    for flag in ("forward_only", "no_memory", "no_errors", "compile"):
+        if getattr(args, flag):
+            argv.append("--" + flag.replace("_", "-"))
+    if args.peers:
+        argv += ["--peers", "--peer-lengths", *map(str, preset.peer_lengths)]
+    return shlex.join(argv)
+
+
+def _progress(records: list[dict[str, Any]]) -> None:
+    for r in records:
+        what = r.get("peer") or r.get("mechanism") or r["kind"]
+        detail = {k: round(r[k], 3) for k in ("ms", "peer_ms", "attnzoo_ms", "err_softmax", "mem_mib") if r.get(k)}
+        label = r.get("pass") or r.get("dist") or ""
+        print(
+            f"  {r['kind']:>5} {what:>14} N={r.get('seq_len', '-')!s:>6} {label:>15}: {r['status']} {detail}",
+            file=sys.stderr,
+        )
+
+
+def _write_outputs(args: argparse.Namespace, records: list[dict[str, Any]], report: str) -> None:
+    from attnzoo.bench.report import to_csv
     from attnzoo.io import atomic_write_text
 
-    old = path.read_text(encoding="utf-8") if path.exists() else ""
-    if old and not old.endswith("\n"):
-        old += "\n"
-    atomic_write_text(path, old + "".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
+    lines = "".join(json.dumps(r, sort_keys=True, default=str) + "\n" for r in records)
+    if args.out:
+        path = Path(args.out)
+        old = path.read_text(encoding="utf-8") if path.exists() else ""
+        atomic_write_text(path, old + ("\n" if old and not old.endswith("\n") else "") + lines)
+    if args.out_dir:
+        out_dir = Path(args.out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out_dir / "records.jsonl", lines)
+        atomic_write_text(out_dir / "records.csv", to_csv(records))
+        atomic_write_text(out_dir / "report.md", report)
+        try:
+            from attnzoo.bench.plots import write_plots
+
+            write_plots(records, out_dir)
+        except ImportError as err:
+            print(f"# no plots: {err}", file=sys.stderr)
+    if args.markdown:
+        atomic_write_text(args.markdown, report)
+    if args.docs:
+        _splice_docs(Path(args.docs), report)
+
+
+def _splice_docs(path: Path, report: str) -> None:
+    """Replace what lies between the bench markers of ``path`` with ``report``."""
+    from attnzoo.io import atomic_write_text
+
+    text = path.read_text(encoding="utf-8")
+    start, end = text.find(DOCS_BEGIN), text.find(DOCS_END)
+    if start < 0 or end < start:
+        raise ValueError(f"{path} has no {DOCS_BEGIN} ... {DOCS_END} section to fill")
+    atomic_write_text(path, text[: start + len(DOCS_BEGIN)] + "\n\n" + report + "\n" + text[end:])
+
+
+def _compare(old_path: str, records: list[dict[str, Any]], threshold: float) -> int:
+    from attnzoo.bench.compare import compare_records, load_records
+
+    lines, regressions = compare_records(load_records(old_path), records, tolerance=threshold)
+    print("\n".join(lines))
+    print(f"# {regressions} regression(s) against {old_path} (tolerance {threshold:.0%})")
+    return 1 if regressions else 0
 
 
 def _run(args: argparse.Namespace) -> int:
-    import attnzoo
-    from attnzoo.bench import BenchCase, environment, format_table, run_case
+    from attnzoo.bench.compare import load_records
+    from attnzoo.bench.isolate import run_groups
+    from attnzoo.bench.report import add_floor, format_report
+    from attnzoo.bench.run import environment
 
-    mechanisms = args.mechanisms or (QUICK["mechanisms"] if args.quick else [s.name for s in attnzoo.available()])
-    lengths = args.lengths or (QUICK["lengths"] if args.quick else [1024, 2048, 4096, 8192, 16384])
-    repeats = args.repeats or (QUICK["repeats"] if args.quick else 3)
-    options = _parse_options(args.option)
-    for mech in list(mechanisms) + list(options):
-        attnzoo.get_spec(mech)  # unknown names fail before any work
+    if args.against:
+        if not args.compare:
+            raise ValueError("--against NEW.jsonl needs --compare OLD.jsonl")
+        return _compare(args.compare, load_records(args.against), args.threshold)
+    preset, mechanisms, options = _sweep(args)
     env = environment()
     print(f"# attnzoo bench: {env}", file=sys.stderr)
-    records = []
-    for mech in mechanisms:
-        for n in lengths:
-            case = BenchCase(
-                mechanism=mech,
-                seq_len=n,
-                batch=args.batch,
-                heads=args.heads,
-                head_dim=args.head_dim,
-                dtype=args.dtype,
-                causal=args.causal,
-                device=args.device,
-                options=options.get(mech, {}),
-                repeats=repeats,
-                backward=not args.forward_only,
-                memory=not args.no_memory,
-            )
-            rec = {**run_case(case), "env": env}
-            records.append(rec)
-            print(
-                f"  {mech:>10} N={n:>6}: fwd {rec['fwd_ms']:.1f} ms, fwd+bwd {rec['fwdbwd_ms'] or 0:.1f} ms",
-                file=sys.stderr,
-            )
-    table = format_table(records)
-    print(table)
-    if args.out:
-        _append_jsonl(Path(args.out), records)
-    if args.markdown:
-        from attnzoo.io import atomic_write_text
-
-        atomic_write_text(args.markdown, table + "\n")
-    return 0
+    groups = _tasks(args, preset, mechanisms, options)
+    records = run_groups(
+        groups,
+        timeout=preset.time_budget_s,
+        memory_budget_mib=preset.memory_budget_mib,
+        python=sys.executable,
+        on_records=_progress,
+    )
+    records = [{**r, "env": env} for r in records]
+    add_floor(records)
+    report = format_report(records, env, _command(preset, mechanisms, args))
+    print(report)
+    _write_outputs(args, records, report)
+    return _compare(args.compare, records, args.threshold) if args.compare else 0
 
 
 def register_commands(subparsers: Any) -> None:
     """Add ``attnzoo bench`` to the CLI."""
-    p = subparsers.add_parser("bench", help="time and peak memory of mechanisms against sequence length")
-    p.add_argument("--mechanisms", nargs="+", metavar="NAME", help="default: all (with --quick: a small set)")
-    p.add_argument("--lengths", nargs="+", type=int, metavar="N", help="sequence lengths (default 1k..16k)")
-    p.add_argument("--quick", action="store_true", help="softmax/local/dilated/none at 1k-4k, under a minute on CPU")
-    p.add_argument("--batch", type=int, default=1)
-    p.add_argument("--heads", type=int, default=8)
-    p.add_argument("--head-dim", type=int, default=64)
-    p.add_argument("--dtype", default="float32", choices=["float32", "float64", "bfloat16", "float16"])
+    from attnzoo.bench.settings import PRESETS
+
+    p = subparsers.add_parser("bench", help="time, memory, FLOP floor, approximation error and peers vs length")
+    p.add_argument("--preset", default="default", choices=sorted(PRESETS), help="sweep (default: default)")
+    p.add_argument("--quick", action="store_true", help="the quick preset: under a minute on a 2-core CPU")
+    p.add_argument("--full", action="store_true", help="the full preset, for GPUs")
+    p.add_argument("--mechanisms", nargs="+", metavar="NAME", help="default: the preset's (all registered)")
+    p.add_argument("--lengths", nargs="+", type=int, metavar="N")
+    p.add_argument("--dtypes", nargs="+", choices=["float32", "float64", "bfloat16", "float16"])
+    p.add_argument("--causal", choices=["off", "on", "both"])
+    p.add_argument("--shapes", nargs="+", metavar="BxHxD", help="batch x heads x head dim, e.g. 1x8x64")
+    p.add_argument("--batch", type=int)
+    p.add_argument("--heads", type=int)
+    p.add_argument("--head-dim", type=int)
     p.add_argument("--device", default="cpu")
-    p.add_argument("--causal", action="store_true")
-    p.add_argument("--repeats", type=int, help="timed runs per case (median reported)")
+    p.add_argument("--repeats", type=int, help="timed blocks per case (median and IQR reported)")
     p.add_argument("--forward-only", action="store_true")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory runs")
+    p.add_argument("--compile", action="store_true", help="torch.compile each attention core (compile time apart)")
     p.add_argument(
         "--option",
         action="append",
         default=[],
         metavar="MECH.NAME=VALUE",
-        help="mechanism option, e.g. local.window_size=128 (repeatable)",
+        help="mechanism option over its benchmark setting, e.g. local.window_size=128 (repeatable)",
     )
+    p.add_argument("--time-budget-s", type=float, help="seconds per case before it is recorded as timeout")
+    p.add_argument("--memory-budget-mib", type=float, help="peak MiB past which a case is over budget")
+    p.add_argument("--error-lengths", nargs="+", type=int, metavar="N")
+    p.add_argument("--no-errors", action="store_true", help="skip the approximation-error cases")
+    p.add_argument("--peers", action="store_true", help="run the public implementations side by side")
+    p.add_argument("--peer-lengths", nargs="+", type=int, metavar="N")
+    p.add_argument("--peers-python", metavar="PYTHON", help="interpreter with the peer packages (peer workers)")
     p.add_argument("--out", help="append JSON-lines records to this file")
-    p.add_argument("--markdown", help="write the table to this Markdown file")
+    p.add_argument("--out-dir", help="write records.jsonl, records.csv, report.md and PNG plots here")
+    p.add_argument("--markdown", help="write the Markdown report to this file")
+    p.add_argument("--docs", metavar="FILE", help=f"put the report between {DOCS_BEGIN} and {DOCS_END} of FILE")
+    p.add_argument("--compare", metavar="OLD.jsonl", help="compare with an earlier run; exit 1 on a regression")
+    p.add_argument("--against", metavar="NEW.jsonl", help="with --compare: compare two files, run nothing")
+    p.add_argument("--threshold", type=float, default=0.10, help="time tolerance for --compare (default 0.10)")
     p.set_defaults(func=_run)

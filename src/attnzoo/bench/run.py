@@ -1,14 +1,15 @@
-"""Benchmark cases: one mechanism's attention core at one length, forward and forward+backward.
+"""Benchmark cases: one mechanism's attention core at one length and shape, forward and forward+backward.
 
-The core (``module.attend(q, k, v, mask)``) is measured, not the projections, so the numbers
-compare attention mechanisms with each other and with SDPA (``softmax``), as FlashAttention's
-and LongNet's benchmarks do.
+The core (``module.attend(q, k, v, mask)``) is measured, not the projections, so the numbers compare
+attention mechanisms with each other and with SDPA (``softmax``), as FlashAttention's and LongNet's
+benchmarks do. Every pass gives one flat record (see :func:`run_case`); a pass that cannot run
+(a non-causal mechanism asked for ``causal``, no CPU backward) is recorded as ``unsupported``.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import platform
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,15 +17,25 @@ import torch
 
 import attnzoo
 from attnzoo.bench.measure import measure_peak_memory, measure_time, memory_method
+from attnzoo.registry import make_options
 from attnzoo.sparse import pick_executor
 
-__all__ = ["BENCH_OPTIONS", "BenchCase", "environment", "run_case"]
+__all__ = [
+    "FWDBWD_FLOP_FACTOR",
+    "BenchCase",
+    "environment",
+    "failure_records",
+    "failure_status",
+    "make_qkv",
+    "run_case",
+]
 
-BENCH_OPTIONS: dict[str, dict[str, Any]] = {
-    "local": {"window_size": 256},
-    "dilated": {"segment_lengths": (2048, 4096, 8192), "dilation_rates": (1, 2, 4)},
-}
-"""Default options per mechanism in benchmarks (the issue's reference settings); ``--option`` overrides."""
+FWDBWD_FLOP_FACTOR = 3.0
+"""Forward+backward FLOPs as a multiple of forward FLOPs: each forward matmul ``C = A B`` has two backward
+matmuls of the same size (``dA = dC B^T``, ``dB = A^T dC``); recomputation is not counted, so the floor is
+a lower bound (FlashAttention's benchmark counts 3.5x, including the recomputed ``Q K^T``)."""
+
+MIB = 2.0**20
 
 
 @dataclass(frozen=True)
@@ -41,8 +52,24 @@ class BenchCase:
     device: str = "cpu"
     options: dict[str, Any] = field(default_factory=dict)
     repeats: int = 3
-    backward: bool = True
+    passes: tuple[str, ...] = ("fwd", "fwdbwd")
     memory: bool = True
+    compile: bool = False
+
+    def key(self) -> dict[str, Any]:
+        """The fields that identify a case in records (and across runs, for ``--compare``)."""
+        return {
+            "mechanism": self.mechanism,
+            "seq_len": self.seq_len,
+            "batch": self.batch,
+            "heads": self.heads,
+            "head_dim": self.head_dim,
+            "dtype": self.dtype,
+            "causal": self.causal,
+            "device": self.device,
+            "compile": self.compile,
+            "options": {k: list(v) if isinstance(v, tuple) else v for k, v in self.options.items()},
+        }
 
 
 def environment() -> dict[str, Any]:
@@ -56,46 +83,122 @@ def environment() -> dict[str, Any]:
     }
     if torch.cuda.is_available():
         env["gpu"] = torch.cuda.get_device_name(0)
+        env["cuda"] = torch.version.cuda
     return env
 
 
-def run_case(case: BenchCase) -> dict[str, Any]:
-    """Measure ``case``; returns a flat record (times in ms, memory in MiB).
+def make_qkv(
+    shape: tuple[int, ...], dtype: torch.dtype, device: torch.device, seed: int = 0
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Seeded ``q, k, v`` (requiring grad) and an output gradient, standard normal, of ``shape``."""
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    q, k, v = (torch.randn(shape, generator=gen).to(device=device, dtype=dtype).requires_grad_() for _ in range(3))
+    return q, k, v, torch.randn(shape, generator=gen).to(device=device, dtype=dtype)
 
-    Keys: the case fields, ``fwd_ms``, ``fwdbwd_ms``, ``fwd_mem_mib``, ``fwdbwd_mem_mib``,
-    ``memory_method``, ``executor``.
-    """
-    device = torch.device(case.device)
-    dtype = getattr(torch, case.dtype)
-    options = {**BENCH_OPTIONS.get(case.mechanism, {}), **case.options}
-    module = attnzoo.build(case.mechanism, case.heads * case.head_dim, case.heads, causal=case.causal, **options)
-    module = module.to(device=device, dtype=dtype)
-    gen = torch.Generator(device="cpu").manual_seed(0)
-    shape = (case.batch, case.heads, case.seq_len, case.head_dim)
-    q, k, v = (torch.randn(shape, generator=gen, dtype=dtype).to(device).requires_grad_() for _ in range(3))
-    grad = torch.randn(shape, generator=gen, dtype=dtype).to(device)
 
-    def forward() -> torch.Tensor:
+def failure_status(err: BaseException) -> str:
+    """``out-of-memory`` for allocation failures, ``unsupported`` for ``NotImplementedError``, else ``failed``."""
+    text = str(err).lower()
+    if isinstance(err, MemoryError) or "out of memory" in text or "can't allocate" in text:
+        return "out-of-memory"
+    return "unsupported" if isinstance(err, NotImplementedError) else "failed"
+
+
+def failure_records(task: dict[str, Any], status: str, reason: str) -> list[dict[str, Any]]:
+    """The records of a task that gave none: one per pass of a task with ``passes``, else one."""
+    base = {k: v for k, v in task.items() if k != "passes"}
+    rec = {**base, "status": status, "reason": reason[:800]}
+    return [{**rec, "pass": name} for name in task["passes"]] if "passes" in task else [rec]
+
+
+def pass_fns(
+    attend: Callable[[], torch.Tensor], inputs: tuple[torch.Tensor, ...], grad: torch.Tensor
+) -> dict[str, Callable[[], object]]:
+    """``{"fwd": forward under no_grad, "fwdbwd": forward then backward with ``grad``}`` of ``attend()``."""
+
+    def forward() -> object:
         with torch.no_grad():
-            return module.attend(q, k, v, None)
+            return attend()
 
     def forward_backward() -> None:
-        out = module.attend(q, k, v, None)
-        torch.autograd.backward(out, grad)
-        for t in (q, k, v):
+        torch.autograd.backward(attend(), grad)
+        for t in inputs:
             t.grad = None
 
-    record: dict[str, Any] = dataclasses.asdict(case)
-    record["fwd_ms"] = 1e3 * measure_time(forward, device, repeats=case.repeats)
-    record["fwdbwd_ms"] = 1e3 * measure_time(forward_backward, device, repeats=case.repeats) if case.backward else None
-    mib = 2.0**20
-    if case.memory:
-        fwd_mem = measure_peak_memory(forward, device)
-        bwd_mem = measure_peak_memory(forward_backward, device) if case.backward else None
-        record["fwd_mem_mib"] = None if fwd_mem is None else fwd_mem / mib
-        record["fwdbwd_mem_mib"] = None if bwd_mem is None else bwd_mem / mib
-    record["memory_method"] = memory_method(device)
-    pattern = attnzoo.get_spec(case.mechanism).capabilities.pattern
-    record["executor"] = pick_executor(q, options.get("executor", "auto")) if pattern else "dense-kernel"
-    record["options"] = {k: list(v) if isinstance(v, tuple) else v for k, v in options.items()}
-    return record
+    return {"fwd": forward, "fwdbwd": forward_backward}
+
+
+def timed_record(fn: Callable[[], object], device: torch.device, repeats: int, memory: bool) -> dict[str, Any]:
+    """Time (and optionally measure the peak memory of) one pass: the timing fields of a record."""
+    t = measure_time(fn, device, repeats=repeats)
+    rec: dict[str, Any] = {
+        "ms": 1e3 * t.median,
+        "iqr_ms": 1e3 * t.iqr,
+        "min_ms": 1e3 * t.minimum,
+        "first_ms": 1e3 * t.first,
+        "repeats": t.repeats,
+        "number": t.number,
+    }
+    if memory:
+        peak = measure_peak_memory(fn, device)
+        rec["mem_mib"] = None if peak is None else peak / MIB
+    rec["memory_method"] = memory_method(device)
+    return rec
+
+
+def _unsupported(case: BenchCase, name: str) -> str | None:
+    caps = attnzoo.get_spec(case.mechanism).capabilities
+    if case.causal and not caps.causal:
+        return "not causal"
+    if name == "fwdbwd" and case.device == "cpu" and not caps.cpu_backward:
+        return "no CPU backward"
+    return None
+
+
+def run_case(case: BenchCase) -> list[dict[str, Any]]:
+    """Measure ``case``: one record per pass (times in ms, memory in MiB).
+
+    Keys: :meth:`BenchCase.key`, ``kind="time"``, ``pass``, ``status`` (``ok``, ``unsupported``,
+    ``failed``, ``out-of-memory``), ``ms``/``iqr_ms``/``min_ms`` (median, spread, best), ``first_ms``,
+    ``compile_ms`` (compiled paths: first call minus median), ``mem_mib``, ``memory_method``, ``executor``,
+    ``flops`` (analytic, all batches and heads; ``None`` where the mechanism has no ``flops`` hook).
+    """
+    spec = attnzoo.get_spec(case.mechanism)
+    base = {"kind": "time", **case.key()}
+    records = []
+    todo = []
+    for name in case.passes:
+        reason = _unsupported(case, name)
+        if reason:
+            records.append({**base, "pass": name, "status": "unsupported", "reason": reason})
+        else:
+            todo.append(name)
+    if not todo:
+        return records
+    device = torch.device(case.device)
+    dtype = getattr(torch, case.dtype)
+    module = attnzoo.build(case.mechanism, case.heads * case.head_dim, case.heads, causal=case.causal, **case.options)
+    module = module.to(device=device, dtype=dtype)
+    q, k, v, grad = make_qkv((case.batch, case.heads, case.seq_len, case.head_dim), dtype, device)
+    attend = torch.compile(module.attend) if case.compile else module.attend
+    fns = pass_fns(lambda: attend(q, k, v, None), (q, k, v), grad)
+    executor = "dense-kernel"
+    if spec.capabilities.pattern:
+        executor = pick_executor(q, case.options.get("executor", "auto"))
+    flops = None
+    if spec.flops is not None:
+        opts = make_options(spec.options, case.options, context=case.mechanism)
+        per_head = float(spec.flops(case.seq_len, case.head_dim, opts, case.causal))
+        flops = per_head * case.batch * case.heads
+    for name in todo:
+        rec: dict[str, Any] = {**base, "pass": name, "executor": executor}
+        try:
+            rec.update(timed_record(fns[name], device, case.repeats, case.memory))
+        except (RuntimeError, MemoryError, ValueError, NotImplementedError) as err:
+            records.append({**rec, "status": failure_status(err), "reason": f"{type(err).__name__}: {err}"[:500]})
+            continue
+        if case.compile or executor == "flex":
+            rec["compile_ms"] = max(rec["first_ms"] - rec["ms"], 0.0)
+        rec["flops"] = None if flops is None else flops * (FWDBWD_FLOP_FACTOR if name == "fwdbwd" else 1.0)
+        records.append({**rec, "status": "ok"})
+    return records

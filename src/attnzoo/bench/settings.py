@@ -1,0 +1,137 @@
+"""What ``attnzoo bench`` runs: per-mechanism benchmark options, presets and the sweep grid.
+
+Every registered mechanism is benchmarked; :data:`BENCH_SETTINGS` holds the options a mechanism runs
+with in benchmarks (and why), keyed by name. A name not in the table runs with its own defaults
+(``attnzoo.options(name)()``); ``--option MECH.NAME=VALUE`` overrides either.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from dataclasses import dataclass, field
+from typing import Any
+
+import attnzoo
+
+__all__ = ["BENCH_SETTINGS", "PRESETS", "BenchSetting", "Preset", "Shape", "bench_options", "parse_shape"]
+
+
+@dataclass(frozen=True)
+class BenchSetting:
+    """Benchmark options of one mechanism and the reason they were chosen."""
+
+    options: dict[str, Any]
+    why: str
+
+
+BENCH_SETTINGS: dict[str, BenchSetting] = {
+    "local": BenchSetting({"window_size": 256}, "issue 2's reference: sliding window, 256 keys on each side"),
+    "dilated": BenchSetting(
+        {"segment_lengths": (2048, 4096, 8192), "dilation_rates": (1, 2, 4)},
+        "issue 2's reference: LongNet's first three (segment, dilation) pairs",
+    ),
+}
+"""Benchmark options per mechanism; names not listed run with their defaults."""
+
+
+def bench_options(name: str, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Options ``name`` runs with: its table entry (or its defaults), then ``overrides``; validated.
+
+    Raises:
+        ValueError: unknown mechanism or option, invalid value.
+    """
+    spec = attnzoo.get_spec(name)
+    setting = BENCH_SETTINGS.get(name)
+    merged = {**(setting.options if setting else {}), **(overrides or {})}
+    from attnzoo.registry import make_options
+
+    make_options(spec.options, merged, context=name)  # raises on unknown names or bad values
+    return merged
+
+
+@dataclass(frozen=True)
+class Shape:
+    """Batch, heads and head width of a case."""
+
+    batch: int
+    heads: int
+    head_dim: int
+
+    def label(self) -> str:
+        """``B x H x d`` as written on the command line, e.g. ``1x8x64``."""
+        return f"{self.batch}x{self.heads}x{self.head_dim}"
+
+
+def parse_shape(text: str) -> Shape:
+    """``"1x8x64"`` -> ``Shape(1, 8, 64)``.
+
+    Raises:
+        ValueError: not three positive integers joined by ``x``.
+    """
+    parts = text.lower().split("x")
+    if len(parts) != 3 or not all(p.isdigit() and int(p) > 0 for p in parts):
+        raise ValueError(f"a shape is BATCHxHEADSxHEAD_DIM with positive integers, e.g. 1x8x64; got {text!r}")
+    return Shape(*(int(p) for p in parts))
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A named sweep. ``mechanisms=None`` means every registered mechanism."""
+
+    mechanisms: tuple[str, ...] | None
+    lengths: tuple[int, ...]
+    error_lengths: tuple[int, ...]
+    repeats: int
+    dtypes: tuple[str, ...] = ("float32",)
+    causal: tuple[bool, ...] = (False,)
+    shapes: tuple[Shape, ...] = (Shape(1, 8, 64),)
+    passes: tuple[str, ...] = ("fwd", "fwdbwd")
+    time_budget_s: float = 120.0
+    memory_budget_mib: float = 16384.0
+    peer_lengths: tuple[int, ...] = field(default=(1024, 4096))
+
+    def cases(self, mechanisms: list[str]) -> list[dict[str, Any]]:
+        """The grid as plain dicts (one per mechanism x dtype x causal x shape), lengths ascending inside."""
+        grid = itertools.product(mechanisms, self.dtypes, self.causal, self.shapes)
+        return [
+            {"mechanism": m, "dtype": dt, "causal": c, **dataclasses.asdict(s), "lengths": sorted(self.lengths)}
+            for m, dt, c, s in grid
+        ]
+
+
+PRESETS: dict[str, Preset] = {
+    "quick": Preset(
+        mechanisms=("softmax", "local", "dilated", "none"),
+        lengths=(1024, 2048),
+        error_lengths=(256,),
+        repeats=2,
+        time_budget_s=30.0,
+        peer_lengths=(1024,),
+    ),
+    "default": Preset(mechanisms=None, lengths=(1024, 2048, 4096), error_lengths=(256, 1024), repeats=3),
+    "docs": Preset(
+        mechanisms=None,
+        lengths=(1024, 2048, 4096, 8192, 16384),
+        error_lengths=(256, 1024, 4096),
+        repeats=3,
+        causal=(False, True),
+        time_budget_s=300.0,
+        peer_lengths=(1024, 4096, 16384),
+    ),
+    "full": Preset(
+        mechanisms=None,
+        lengths=(1024, 2048, 4096, 8192, 16384, 32768, 65536, 131072),
+        error_lengths=(256, 1024, 4096, 16384),
+        repeats=10,
+        dtypes=("bfloat16", "float16", "float32"),
+        causal=(False, True),
+        shapes=(Shape(1, 8, 64), Shape(4, 16, 128)),
+        time_budget_s=300.0,
+        memory_budget_mib=65536.0,
+        peer_lengths=(4096, 16384, 65536),
+    ),
+}
+"""``quick``: under a minute on a 2-core CPU; ``default``: a few minutes, every mechanism; ``docs``: what
+docs/benchmarks.md shows (1k..16k, causal and not, peers); ``full``: for GPUs (to 128k, bf16/fp16/fp32,
+two shapes)."""

@@ -1,0 +1,49 @@
+"""Timing, memory and matmul-peak measurement."""
+
+import time
+
+import pytest
+import torch
+
+from attnzoo.bench.measure import MEMORY_REGIME, TIME_REGIME, matmul_peak, measure_peak_memory, measure_time
+from attnzoo.bench.measure import memory_method, set_time_regime
+
+CPU = torch.device("cpu")
+
+
+def test_measure_time_reports_median_spread_and_first_call():
+    calls = []
+
+    def fn():
+        calls.append(None)
+        time.sleep(0.02 if len(calls) == 1 else 0.004)  # the first call stands for a compilation
+
+    t = measure_time(fn, CPU, repeats=5, warmup=1, min_block_s=0.01)
+    assert t.repeats == 5 and t.number in (2, 3)  # ceil(10 ms / (4 ms + overhead)) calls per block
+    assert len(calls) == 1 + 1 + 5 * t.number  # no hidden warm-up calls (torch's Timer.timeit adds 2 a block)
+    assert 0.0039 <= t.minimum <= t.median < 0.012
+    assert t.first >= 0.02 > t.median
+    assert 0.0 <= t.iqr < t.median
+
+
+def test_measure_time_rejects_no_repeats():
+    with pytest.raises(ValueError, match="repeats must be >= 1, got 0"):
+        measure_time(lambda: None, CPU, repeats=0)
+
+
+def test_peak_memory_sees_a_64_mib_temporary_and_not_a_small_one():
+    def big():
+        x = torch.ones(16 * 2**20)  # 64 MiB, written so its pages are resident
+        return float(x[-1])
+
+    extra = measure_peak_memory(big, CPU)
+    assert extra is not None and 60 * 2**20 <= extra <= 90 * 2**20
+    small = measure_peak_memory(lambda: torch.ones(1024).sum(), CPU)
+    assert small is not None and small < 8 * 2**20
+    assert memory_method(CPU) == f"polled RSS, {MEMORY_REGIME}"
+
+
+def test_time_regime_and_matmul_peak():
+    assert set_time_regime() == TIME_REGIME
+    peak = matmul_peak(CPU, torch.float32, sizes=(128,))
+    assert 1e7 < peak < 1e14  # FLOP/s: even a loaded 2-core VM does over 10 MFLOP/s
