@@ -50,11 +50,12 @@ def test_official_bounds_and_labels() -> None:
 
 def test_mini_bounds_determinism_and_disjoint_splits() -> None:
     opts = tasks.get_task("listops-mini").options()
-    a, la = listops.generate_examples(opts, "train", 300, seed=0)
-    b, lb = listops.generate_examples(opts, "train", 300, seed=0)
-    c, _ = listops.generate_examples(opts, "train", 300, seed=1)
+    assert (opts.max_depth, opts.max_args) == (10, 10)  # the official shape, only shorter
+    a, la = listops.generate_examples(opts, "train", 120, seed=0)
+    b, lb = listops.generate_examples(opts, "train", 120, seed=0)
+    c, _ = listops.generate_examples(opts, "train", 120, seed=1)
     assert a == b and np.array_equal(la, lb) and a != c
-    test, _ = listops.generate_examples(opts, "test", 100, seed=0)
+    test, _ = listops.generate_examples(opts, "test", 40, seed=0)
     assert not set(test) & set(a)
     lengths = [len(listops.tokenize(s)) for s in a]
     assert min(lengths) > opts.min_length and max(lengths) < opts.max_length
@@ -93,3 +94,21 @@ def test_malformed_tsv(tmp_path, body: str, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         tasks.load_split("listops", "test", data_dir=tmp_path, cache_dir=tmp_path / "cache")
     assert not list((tmp_path / "cache").rglob("*.npy"))
+
+
+def test_token_limit_keeps_the_official_distribution() -> None:
+    """Abandoning a tree at the limit returns exactly the trees the unlimited generator would keep."""
+    import random
+
+    draws_full, draws_cut = random.Random(5), random.Random(5)
+    for _ in range(300):
+        full = listops.generate_tree(draws_full, 1, 10, 10)
+        state = draws_cut.getstate()
+        cut = listops.generate_tree(draws_cut, 1, 10, 10, limit=64)
+        if full is not None and full[2] < 64:
+            assert cut == full  # same random calls, same tree
+        else:
+            assert cut is None
+        draws_cut.setstate(state)
+        listops.generate_tree(draws_cut, 1, 10, 10)  # keep both streams aligned for the next tree
+        assert draws_cut.getstate() == draws_full.getstate()

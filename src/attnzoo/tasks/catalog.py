@@ -16,7 +16,7 @@ from attnzoo.tasks.dataset import pad_sequences
 from attnzoo.tasks.lra import cifar, listops, pathfinder, text
 from attnzoo.tasks.lra.pathfinder_params import FOLDERS, lra_params
 from attnzoo.tasks.spec import SPLITS, SplitArrays, Task, TaskSpec, register
-from attnzoo.tasks.synthetic import copying, psf
+from attnzoo.tasks.synthetic import copying, lookup, psf
 
 __all__: list[str] = []
 
@@ -90,9 +90,9 @@ register(
 register(
     _listops_task(
         "listops-mini",
-        {"max_depth": 4, "max_args": 5, "min_length": 20, "max_length": 256, "seq_len": 256},
-        {"train": 20_000, "dev": 1_000, "test": 1_000},
-        "ListOps for CPU runs: depth <= 4, <= 5 arguments, 20 < length < 256 tokens, 10 classes",
+        {"max_depth": 10, "max_args": 10, "min_length": 64, "max_length": 256, "seq_len": 256},
+        {"train": 10_000, "dev": 1_000, "test": 1_000},
+        "ListOps at CPU length: the official depth 10 and 10 arguments, 64 < length < 256 tokens, 10 classes",
     )
 )
 
@@ -301,5 +301,21 @@ register(
         lambda o, s, n, seed: copying.associative_recall(
             o, n, _rng("associative-recall", seed, s), lm_labels=s == "train"
         ),
+    )
+)
+register(
+    Task(
+        "kv-lookup",
+        lookup.LookupOptions,
+        lambda o: _spec(
+            "kv-lookup",
+            o.seq_len,
+            "tokens",
+            o.vocab_size,
+            o.num_values,
+            "key-value lookup: the first token names a key, the answer is its value stored anywhere in N tokens",
+        ),
+        {"train": 20_000, "dev": 1_000, "test": 1_000},
+        lambda o, s, n, seed: lookup.kv_lookup(o, n, _rng("kv-lookup", seed, s)),
     )
 )

@@ -91,19 +91,51 @@ def _apply(op: str, values: list[int]) -> int:
     return sum(values) % 10  # [SM
 
 
-def generate_tree(rng: random.Random, depth: int, max_depth: int, max_args: int) -> tuple[str, int, int]:
+class _TooLong(Exception):
+    """Raised inside :func:`generate_tree` once a tree has reached its token limit."""
+
+
+def generate_tree(
+    rng: random.Random, depth: int, max_depth: int, max_args: int, limit: int | None = None
+) -> tuple[str, int, int] | None:
     """One official ListOps tree, drawn with the official ``random`` call order.
+
+    Args:
+        rng: the random stream.
+        depth, max_depth, max_args: the official ``generate_tree(depth, max_depth, max_args)`` arguments.
+        limit: stop drawing (and return ``None``) as soon as the tree has ``limit`` tokens. A tree
+            that long would be rejected anyway, so the trees returned have exactly the official
+            distribution; only the stream after an abandoned tree differs (official trees with
+            max_depth 10 run to tens of thousands of tokens, and drawing them dominates the time).
 
     Returns:
         ``(source, value, length)``: the TSV source string (``to_string`` of the left-nested pairs),
-        the expression's value 0..9 and its token length (operator + ``]`` + children).
+        the expression's value 0..9 and its token length (operator + ``]`` + children); ``None``
+        when ``limit`` was reached.
     """
+    budget = [limit if limit is not None else -1]
+    try:
+        return _draw(rng, depth, max_depth, max_args, budget)
+    except _TooLong:
+        return None
+
+
+def _spend(budget: list[int], tokens: int) -> None:
+    if budget[0] >= 0:
+        budget[0] -= tokens
+        if budget[0] <= 0:
+            raise _TooLong
+
+
+def _draw(rng: random.Random, depth: int, max_depth: int, max_args: int, budget: list[int]) -> tuple[str, int, int]:
     r = rng.random() if depth < max_depth else 1
     if r > VALUE_P:
         leaf = rng.choice(range(10))
+        _spend(budget, 1)
         return str(leaf), leaf, 1
     n = rng.randint(2, max_args)
-    children = [generate_tree(rng, depth + 1, max_depth, max_args) for _ in range(n)]
+    _spend(budget, 2)
+    children = [_draw(rng, depth + 1, max_depth, max_args, budget) for _ in range(n)]
     op = rng.choice(OPERATORS)
     # ((((op, c0), c1), ...), ']') printed as "( ( ... ( op s0 ) s1 ) ... ] )"
     source = "( " * (n + 1) + op + " " + " ) ".join(c[0] for c in children) + " ) ] )"
@@ -146,7 +178,10 @@ def generate_examples(opts: ListOpsOptions, split: str, size: int, seed: int) ->
             raise ValueError(
                 f"listops: only {len(seen)} distinct trees of {size} after {draws} draws; relax the bounds"
             )
-        source, value, length = generate_tree(rng, 1, opts.max_depth, opts.max_args)
+        tree = generate_tree(rng, 1, opts.max_depth, opts.max_args, limit=opts.max_length)
+        if tree is None:
+            continue
+        source, value, length = tree
         if (
             opts.min_length < length < opts.max_length
             and zlib.crc32(source.encode()) % 10 in buckets
