@@ -34,6 +34,7 @@ class Capabilities:
         cpu_backward: trains on CPU.
         convex: each output row is a convex combination of value rows (weights >= 0 summing to 1);
             False for mixers such as PSF's signed factor products.
+        bidirectional: also runs with ``causal=False`` (False for causal-only mechanisms such as causal EVA).
     """
 
     causal: bool
@@ -46,6 +47,7 @@ class Capabilities:
     pattern: str | None = None
     cpu_backward: bool = True
     convex: bool = True
+    bidirectional: bool = True
 
 
 @dataclass(frozen=True)
@@ -164,6 +166,8 @@ def build(
     if causal and not spec.capabilities.causal:
         causal_ones = ", ".join(s.name for s in available() if s.capabilities.causal)
         raise ValueError(f"attention {name!r} cannot be causal; causal mechanisms: {causal_ones}")
+    if not causal and not spec.capabilities.bidirectional:
+        raise ValueError(f"attention {name!r} is causal only; build it with causal=True")
     if not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
         raise ValueError(f"dropout must be a float in [0, 1), got {dropout!r}")
     ready = opts.pop("options", None)
