@@ -185,7 +185,8 @@ def register_commands(subparsers: Any) -> None:
         nargs="+",
         default=None,
         metavar="NAME",
-        help="mechanisms (default: softmax local dilated none, those registered)",
+        help="mechanisms, or 'all' (every registered one that can run the task); default: "
+        "softmax local dilated performer linear nystrom linformer none",
     )
     comp.add_argument(
         "--attention-option",
@@ -194,7 +195,7 @@ def register_commands(subparsers: Any) -> None:
         metavar="NAME:KEY=VALUE",
         help="an option for one mechanism, e.g. local:window_size=16 (repeatable)",
     )
-    comp.add_argument("--seeds", type=int, default=1, help="seeds per mechanism")
+    comp.add_argument("--seeds", type=int, default=2, help="seeds per mechanism (mean ± std in the table)")
     comp.add_argument("--no-plot", action="store_true", help="skip compare.png")
     _add_config_flags(comp, skip=("model.attention", "model.attention_options"))
     comp.set_defaults(func=compare_command)
