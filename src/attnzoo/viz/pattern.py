@@ -1,0 +1,147 @@
+"""``attnzoo pattern``: draw the attention pattern of a mechanism as the seed papers do (a black
+N x N matrix of attended pairs), one panel per head or per butterfly stage where they differ.
+
+The pattern is read off the module itself (:meth:`AttentionBase.attention_map` on a seeded random
+input), so what is drawn is what runs: for sparse patterns the attended pairs, for Diffuser the
+effective multi-hop operator ``sum_k c_k A^k`` (pairs within K hops), for PSF the factor product.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+__all__ = ["pattern_panels", "register_commands", "render_panels", "write_pattern_png"]
+
+MAX_LENGTH = 4096
+GAP = 4  # white columns between panels
+
+
+def _maps(name: str, length: int, options: dict[str, Any], heads: int, seed: int) -> torch.Tensor:
+    """``(H, N, N)`` float64 absolute attention weights of ``name`` with ``options``."""
+    import attnzoo
+
+    torch.manual_seed(seed)
+    module = attnzoo.build(name, 8 * heads, heads, **options).double().eval()
+    x = torch.randn(1, length, 8 * heads, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
+    return module.attention_map(x)[0].abs()
+
+
+def pattern_panels(
+    name: str, length: int, options: dict[str, Any] | None = None, *, heads: int = 4, seed: int = 0
+) -> list[tuple[str, np.ndarray]]:
+    """The panels to draw: ``[(title, weights (N, N) >= 0), ...]``.
+
+    Heads with the same attended pairs share a panel. A mechanism whose options name a
+    ``layer_index_option`` (butterfly's ``stage``) gets one panel per stage unless it is set:
+    stages 0, 1, ... until the pattern repeats (at most 8).
+
+    Raises:
+        ValueError: an unknown mechanism or option, ``length`` outside ``[1, 4096]``.
+    """
+    import attnzoo
+
+    if not 1 <= length <= MAX_LENGTH:
+        raise ValueError(f"--length must be in [1, {MAX_LENGTH}], got {length}")
+    options = dict(options or {})
+    per_layer = getattr(attnzoo.options(name), "layer_index_option", None)
+    stages: list[int | None] = [None]
+    if per_layer is not None and per_layer not in options:
+        stages = list(range(8))
+    panels: list[tuple[str, np.ndarray]] = []
+    first: np.ndarray | None = None
+    for stage in stages:
+        opts = options if stage is None else {**options, per_layer: stage}
+        maps = _maps(name, length, opts, heads, seed).numpy()
+        if stage is not None and first is not None and np.array_equal(maps[0] > 0, first):
+            break
+        if stage is not None and first is None:
+            first = maps[0] > 0
+        groups: list[tuple[list[int], np.ndarray]] = []
+        for h, m in enumerate(maps):
+            same = next((g for g in groups if np.array_equal(g[1] > 0, m > 0)), None)
+            if same is None:
+                groups.append(([h], m))
+            else:
+                same[0].append(h)
+        for members, m in groups:
+            where = "" if stage is None else f"stage {stage}, "
+            label = "all heads" if len(groups) == 1 else "heads " + ",".join(map(str, members))
+            panels.append((f"{name} {where}{label}", m))
+    return panels
+
+
+def render_panels(panels: list[tuple[str, np.ndarray]], *, scale: int = 1, style: str = "mask") -> np.ndarray:
+    """A uint8 image: panels side by side (``GAP * scale`` white columns apart), each N x N cells of
+    ``scale`` pixels. ``style="mask"``: attended = 0 (black), else 255. ``style="weights"``: attended
+    cells 54..254, darker for larger weights (log scale); unattended 255.
+    """
+    if style not in ("mask", "weights"):
+        raise ValueError(f"--style must be mask or weights, got {style!r}")
+    cells = []
+    for _, weights in panels:
+        img = np.full(weights.shape, 255, dtype=np.uint8)
+        on = weights > 0
+        if style == "mask" or not on.any():
+            img[on] = 0
+        else:
+            logs = np.log(weights[on])
+            span = max(float(logs.max() - logs.min()), 1e-12)
+            img[on] = np.round(254 - 200 * (logs - logs.min()) / span).astype(np.uint8)
+        cells.append(np.kron(img, np.ones((scale, scale), dtype=np.uint8)))
+    gap = np.full((cells[0].shape[0], GAP * scale), 255, dtype=np.uint8)
+    parts = [part for cell in cells for part in (cell, gap)][:-1]
+    return np.concatenate(parts, axis=1)
+
+
+def write_pattern_png(
+    name: str,
+    length: int,
+    path: str | Path,
+    options: dict[str, Any] | None = None,
+    *,
+    heads: int = 4,
+    scale: int | None = None,
+    style: str = "mask",
+    seed: int = 0,
+) -> list[str]:
+    """Draw ``name``'s pattern for ``length`` tokens into PNG ``path``; returns the panel titles.
+
+    ``scale`` (pixels per cell) defaults to ``max(1, 512 // length)``.
+    """
+    from attnzoo.tasks.png import write_png_gray
+
+    panels = pattern_panels(name, length, options, heads=heads, seed=seed)
+    image = render_panels(panels, scale=scale or max(1, 512 // length), style=style)
+    write_png_gray(path, image)
+    return [title for title, _ in panels]
+
+
+def _run(args: argparse.Namespace) -> int:
+    import attnzoo
+    from attnzoo.options import parse_option_string
+
+    cls = attnzoo.options(args.name)
+    options = dict(parse_option_string(cls, text) for text in args.option)
+    titles = write_pattern_png(
+        args.name, args.length, args.out, options, heads=args.heads, scale=args.scale, style=args.style
+    )
+    print(f"wrote {args.out}: " + "; ".join(titles))
+    return 0
+
+
+def register_commands(subparsers: Any) -> None:
+    """Add ``attnzoo pattern`` to the CLI."""
+    parser = subparsers.add_parser("pattern", help="draw a mechanism's attention pattern as a PNG")
+    parser.add_argument("name", help="registered mechanism, e.g. local, dilated, butterfly, diffuser")
+    parser.add_argument("--length", type=int, required=True, help="sequence length N (<= 4096)")
+    parser.add_argument("--option", action="append", default=[], metavar="K=V", help="mechanism option (repeat)")
+    parser.add_argument("--heads", type=int, default=4, help="heads to draw (default 4)")
+    parser.add_argument("--scale", type=int, default=None, help="pixels per cell (default 512 // N, >= 1)")
+    parser.add_argument("--style", choices=("mask", "weights"), default="mask", help="black mask or log weights")
+    parser.add_argument("--out", required=True, help="output PNG file")
+    parser.set_defaults(func=_run)
