@@ -88,5 +88,5 @@ def t5_bucket(rel: Tensor, num_buckets: int, max_distance: int, bidirectional: b
         n = n.clamp(min=0)
     exact = num_buckets // 2
     far = exact + (torch.log(n.clamp(min=1).double() / exact) / math.log(max_distance / exact) * (num_buckets - exact))
-    far = far.long().clamp(max=num_buckets - 1)
+    far = far.nan_to_num(0.0, posinf=num_buckets, neginf=0.0).long().clamp(0, num_buckets - 1)  # far past the window
     return base + torch.where(n < exact, n, far)

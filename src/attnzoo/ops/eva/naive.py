@@ -35,7 +35,9 @@ def naive_t5_bucket(rel: int, num_buckets: int, max_distance: int, bidirectional
 
 def _t5_dense(table: Tensor, n: int, reach: int, shift: int, bidirectional: bool) -> Tensor:
     """``(H, N, N)`` T5 bias over all pairs (unscaled)."""
-    lookup = {r: naive_t5_bucket(r + shift, table.shape[0], reach, bidirectional) for r in range(-n, n + 1)}
+    span = reach + abs(shift)  # pairs farther apart lie outside every window (masked); bucket 0 there
+    lookup = {r: naive_t5_bucket(r + shift, table.shape[0], reach, bidirectional) if abs(r) < span else 0
+              for r in range(-n, n + 1)}
     rel = torch.arange(n)[None, :] - torch.arange(n)[:, None]
     buckets = torch.tensor([[lookup[int(r)] for r in row] for row in rel], device=table.device)
     return table[buckets].permute(2, 0, 1)
