@@ -200,7 +200,7 @@ def test_compare_writes_table_csv_and_plot(tmp_path: Path, capsys: pytest.Captur
     assert rc == 0
     table = (out / "compare.md").read_text()
     assert "| softmax |" in table and "| none |" in table and "majority class" in table
-    assert (out / "compare.csv").read_text().splitlines()[0].startswith("mechanism,steps,accuracy")
+    assert (out / "compare.csv").read_text().splitlines()[0].startswith("mechanism,options,seeds,steps,accuracy")
     pytest.importorskip("matplotlib")
     assert (out / "compare.png").read_bytes()[:4] == b"\x89PNG"
     assert "| softmax |" in capsys.readouterr().out
