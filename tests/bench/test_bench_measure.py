@@ -5,8 +5,15 @@ import time
 import pytest
 import torch
 
-from attnzoo.bench.measure import MEMORY_REGIME, TIME_REGIME, matmul_peak, measure_peak_memory, measure_time
-from attnzoo.bench.measure import memory_method, set_time_regime
+from attnzoo.bench.measure import (
+    MEMORY_REGIME,
+    TIME_REGIME,
+    matmul_peak,
+    measure_peak_memory,
+    measure_time,
+    memory_method,
+    set_time_regime,
+)
 
 CPU = torch.device("cpu")
 

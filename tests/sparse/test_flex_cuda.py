@@ -91,7 +91,8 @@ def test_flex_low_precision_trains(dtype):
 def test_flex_union_of_dilated_branches_matches_gather():
     n = 1024
     heads = 4
-    patterns = [dilated_segments(n, 256, 1, (0,) * heads), dilated_segments(n, 512, 2, tuple(h % 2 for h in range(heads)))]
+    offsets = tuple(h % 2 for h in range(heads))
+    patterns = [dilated_segments(n, 256, 1, (0,) * heads), dilated_segments(n, 512, 2, offsets)]
     q, k, v = _qkv(n, torch.float32, seed=4)
     out, _ = sparse_attention(q, k, v, patterns, executor="flex")
     ref, _ = sparse_attention(q, k, v, patterns, executor="gather")

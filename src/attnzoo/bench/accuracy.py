@@ -7,9 +7,10 @@ the logits ``q . k / sqrt(d)`` they give:
   an average, where low-rank and kernel approximations are at their best;
 - ``unit-variance``: entries ``N(0, 1)``, logits with standard deviation 1;
 - ``peaky-clustered``: queries and keys are noisy copies (noise 0.1) of 8 random centres with entries
-  ``N(0, 1.5^2)``: logits of a query with keys of its own cluster are about ``1.5^2 sqrt(d)`` = 18 (d = 64)
-  above the rest, so each row puts nearly all its weight on one cluster (hashing and clustering
-  mechanisms are built for this; kernel features struggle).
+  ``N(0, 1.5^2)``: logits of a query with keys of its own cluster are about ``1.5^2 sqrt(d)`` = 18 (d = 64),
+  with the other clusters' a few units around 0, so each row puts nearly all its weight on its own
+  cluster's keys (row entropy about ``log(N / 8)``; hashing and clustering mechanisms are built for this,
+  kernel features struggle).
 
 Two numbers per (mechanism, distribution, N), both relative Frobenius errors ``|out - ref| / |ref|`` over
 all batches and heads: ``err_softmax`` against full softmax in float64 (the approximation, or for a

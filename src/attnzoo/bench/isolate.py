@@ -57,6 +57,8 @@ class Worker:
             stderr=self._stderr,
             env=full_env,
         )
+        assert self.proc.stdout is not None
+        self.ready = self.proc.stdout.readline().strip() == b'{"ready": true}'  # False: it died importing
 
     def _stderr_tail(self) -> str:
         self._stderr.seek(0)
@@ -65,6 +67,8 @@ class Worker:
     def run(self, task: dict[str, Any], timeout: float) -> tuple[list[dict[str, Any]], bool]:
         """Send ``task``; returns ``(records, alive)``; ``alive`` is False after a timeout or crash."""
         assert self.proc.stdin is not None and self.proc.stdout is not None
+        if not self.ready:
+            return self._died(task), False
         try:
             self.proc.stdin.write((json.dumps(task) + "\n").encode())
             self.proc.stdin.flush()
