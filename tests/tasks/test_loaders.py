@@ -47,6 +47,9 @@ def test_aan_pairs_and_errors(tmp_path) -> None:
     (tmp_path / "new_aan_pairs.test.tsv").write_text("2\ta\tb\tc\td\n")
     with pytest.raises(ValueError, match=r"new_aan_pairs.test.tsv:1: label '2' out of range"):
         tasks.load_split("retrieval", "test", data_dir=tmp_path, cache_dir=tmp_path / "c")
+    (tmp_path / "new_aan_pairs.test.tsv").write_bytes(b"1\ta\tb\tc\td\n0\ta\tb\t\xff\td\n")
+    with pytest.raises(ValueError, match=r"new_aan_pairs.test.tsv: not valid UTF-8 \(line 2, byte 6: invalid start"):
+        tasks.load_split("retrieval", "test", data_dir=tmp_path, cache_dir=tmp_path / "c")
 
 
 # (r, g, b) -> LRA's gray value, worked by hand: G = 0.2989 r + 0.5870 g + 0.1140 b on [0, 255];
@@ -132,6 +135,26 @@ def test_cifar_rejects_bad_pickles(tmp_path, obj, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         tasks.load_split("image", "train", data_dir=tmp_path, cache_dir=tmp_path / "c")
     assert not list((tmp_path / "c").rglob("*.npy"))
+
+
+@pytest.mark.parametrize(
+    ("data", "error"),
+    [
+        (b"\x80\x02X\x01\x00\x00\x00\xff.", "UnicodeDecodeError"),  # a str that is not UTF-8
+        (b"\x80\x02c_codecs\nencode\nX\x01\x00\x00\x00aX\x05\x00\x00\x00bogus\x86R.", "LookupError"),
+        (  # an ndarray of 2^50 bytes
+            b"\x80\x02cnumpy.core.multiarray\n_reconstruct\ncnumpy\nndarray\n"
+            b"\x8a\x07\x00\x00\x00\x00\x00\x00\x04\x85C\x01b\x87R.",
+            "MemoryError",
+        ),
+    ],
+    ids=["str-not-utf8", "unknown-codec", "huge-array"],
+)
+def test_cifar_decode_errors_name_the_file(tmp_path, data: bytes, error: str) -> None:
+    path = tmp_path / "data_batch_3"
+    path.write_bytes(data)
+    with pytest.raises(ValueError, match=rf"data_batch_3: cannot read the pickle \({error}: "):
+        cifar.load_batch(path)
 
 
 def test_cifar_truncated(tmp_path) -> None:

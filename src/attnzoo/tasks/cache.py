@@ -9,6 +9,7 @@ source hash no longer matches the files is rebuilt. Every file goes through ``at
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -77,8 +78,26 @@ def read_header(folder: Path) -> dict[str, Any] | None:
     return header if isinstance(header, dict) and header.get("format") == CACHE_FORMAT else None
 
 
+_FIELDS = {f.name for f in dataclasses.fields(SplitArrays)}
+_REQUIRED = {"inputs", "lengths", "labels"}
+
+
+def _array_metas(header: dict[str, Any]) -> dict[str, dict[str, Any]] | None:
+    """The header's ``arrays`` map if it is well formed (known names, each with a shape list and a dtype)."""
+    metas = header.get("arrays")
+    if not isinstance(metas, dict) or not _REQUIRED <= set(metas) <= _FIELDS:
+        return None
+    for meta in metas.values():
+        if not (isinstance(meta, dict) and isinstance(meta.get("shape"), list) and isinstance(meta.get("dtype"), str)):
+            return None
+    return metas
+
+
 def read_entry(folder: Path, *, expect_source: str | None = None) -> tuple[SplitArrays, dict[str, Any]] | None:
-    """Memory-map a complete entry; None if absent, incomplete, or built from other source files.
+    """Memory-map a complete entry; None if absent, incomplete, damaged, or built from other source files.
+
+    A damaged entry (a header that is not what ``write_entry`` writes, an unreadable ``.npy``, an
+    array whose shape or dtype differs from the header) is a miss, so the caller rebuilds it.
 
     Returns:
         ``(arrays, header)`` with read-only memory-mapped arrays.
@@ -86,11 +105,14 @@ def read_entry(folder: Path, *, expect_source: str | None = None) -> tuple[Split
     header = read_header(folder)
     if header is None or (expect_source is not None and header.get("source_hash") != expect_source):
         return None
+    metas = _array_metas(header)
+    if metas is None:
+        return None
     loaded = {}
-    for name, meta in header["arrays"].items():
+    for name, meta in metas.items():
         try:
             array = np.load(Path(folder) / f"{name}.npy", mmap_mode="r", allow_pickle=False)
-        except (OSError, ValueError):
+        except Exception:  # numpy's header parser raises ValueError, SyntaxError, TokenError, ...
             return None
         if list(array.shape) != meta["shape"] or str(array.dtype) != meta["dtype"]:
             return None

@@ -16,6 +16,8 @@ import numpy as np
 __all__ = ["PngError", "encode_png_gray", "read_png_gray", "write_png_gray"]
 
 _SIGNATURE = b"\x89PNG\r\n\x1a\n"
+MAX_PIXELS = 1 << 24  # 4096 x 4096; Path-X images have 128 x 128
+_CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}  # samples per pixel of each PNG colour type
 
 
 class PngError(ValueError):
@@ -89,19 +91,16 @@ def _read_with_pillow(path: Path, where: str) -> np.ndarray:
         from PIL import Image
     except ImportError as err:
         raise PngError(f"{where}: not an 8-bit grayscale PNG and Pillow is not installed to convert it") from err
-    with Image.open(path) as img:
-        return np.asarray(img.convert("L"), dtype=np.uint8)
+    try:
+        with Image.open(path) as img:
+            return np.asarray(img.convert("L"), dtype=np.uint8)
+    except (OSError, SyntaxError, ValueError, EOFError, struct.error, zlib.error, Image.DecompressionBombError) as err:
+        # Pillow's decoders report damage with any of these (OSError: "image file is truncated", ...)
+        raise PngError(f"{where}: Pillow cannot decode it ({type(err).__name__}: {err})") from None
 
 
-def read_png_gray(path: str | Path) -> np.ndarray:
-    """Decode a PNG file to a uint8 array of shape (H, W).
-
-    Raises:
-        PngError: naming the file, for a bad signature, a truncated or corrupt file, or a bad CRC.
-    """
-    path = Path(path)
-    data = path.read_bytes()
-    where = str(path)
+def _chunks(data: bytes, where: str) -> tuple[tuple[int, ...], bytes]:
+    """The IHDR fields (w, h, depth, color, compression, filter, interlace) and the joined IDAT data."""
     if not data.startswith(_SIGNATURE):
         raise PngError(f"{where}: not a PNG file (bad signature)")
     pos, header, idat = len(_SIGNATURE), None, []
@@ -117,6 +116,8 @@ def read_png_gray(path: str | Path) -> np.ndarray:
             raise PngError(f"{where}: CRC mismatch in {kind.decode('latin-1')} chunk at byte {pos}")
         pos += 12 + length
         if kind == b"IHDR":
+            if length != 13:
+                raise PngError(f"{where}: IHDR chunk holds {length} bytes, expected 13")
             header = struct.unpack(">IIBBBBB", body)
         elif kind == b"IDAT":
             idat.append(body)
@@ -124,13 +125,35 @@ def read_png_gray(path: str | Path) -> np.ndarray:
             break
     if header is None:
         raise PngError(f"{where}: no IHDR chunk")
-    w, h, depth, color, _, _, interlace = header
-    if (depth, color, interlace) != (8, 0, 0):
+    return header, b"".join(idat)
+
+
+def read_png_gray(path: str | Path) -> np.ndarray:
+    """Decode a PNG file to a uint8 array of shape (H, W); other PNG variants through Pillow (as ``"L"``).
+
+    Before any decoding, the header must describe a non-empty image of at most ``MAX_PIXELS`` pixels
+    and, unless interlaced, the image data must inflate to exactly the bytes that header implies.
+
+    Raises:
+        PngError: naming the file, for a bad signature, a truncated or corrupt file, a bad CRC, a
+            malformed header, an empty or over-large image, or (other PNG variants) any Pillow decode error.
+    """
+    path = Path(path)
+    where = str(path)
+    (w, h, depth, color, _, _, interlace), idat = _chunks(path.read_bytes(), where)
+    if w == 0 or h == 0 or w * h > MAX_PIXELS:
+        raise PngError(f"{where}: image size {w}x{h} is empty or over {MAX_PIXELS} pixels")
+    if color not in _CHANNELS or depth not in (1, 2, 4, 8, 16):
+        raise PngError(f"{where}: unsupported colour type {color} / bit depth {depth}")
+    if interlace:
         return _read_with_pillow(path, where)
-    try:
-        raw = np.frombuffer(zlib.decompress(b"".join(idat)), dtype=np.uint8)
+    size = h * ((w * depth * _CHANNELS[color] + 7) // 8 + 1)  # filter byte + packed samples per row
+    try:  # at most one byte more than the image needs, so a zlib bomb cannot fill the memory
+        raw = np.frombuffer(zlib.decompressobj().decompress(idat, size + 1), dtype=np.uint8)
     except zlib.error as err:
-        raise PngError(f"{where}: corrupt image data ({err})") from err
-    if raw.size != h * (w + 1):
-        raise PngError(f"{where}: image data holds {raw.size} bytes, expected {h * (w + 1)} for {w}x{h}")
+        raise PngError(f"{where}: corrupt image data ({err})") from None
+    if raw.size != size:
+        raise PngError(f"{where}: image data holds {raw.size} bytes, expected {size} for {w}x{h}")
+    if (depth, color) != (8, 0):
+        return _read_with_pillow(path, where)
     return _unfilter(raw, h, w, where)

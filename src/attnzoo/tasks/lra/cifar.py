@@ -33,6 +33,26 @@ _ALLOWED = {
 TRAIN_FILES = [f"data_batch_{i}" for i in range(1, 6)]
 
 
+# what unpickling damaged bytes raises: the pickle machine's own errors, and whatever the allowed
+# constructors raise on bad arguments (codec names and bytes, array shapes, huge lengths)
+_DECODE_ERRORS = (
+    pickle.UnpicklingError,
+    EOFError,
+    AttributeError,
+    ImportError,
+    LookupError,
+    TypeError,
+    ValueError,
+    MemoryError,
+    OverflowError,
+    RecursionError,
+)
+
+
+class _ForbiddenGlobal(ValueError):
+    pass
+
+
 class _ArrayOnlyUnpickler(pickle.Unpickler):
     def __init__(self, data: bytes, where: str) -> None:
         super().__init__(io.BytesIO(data), encoding="bytes")
@@ -40,7 +60,7 @@ class _ArrayOnlyUnpickler(pickle.Unpickler):
 
     def find_class(self, module: str, name: str) -> Any:
         if (module, name) not in _ALLOWED:
-            raise ValueError(
+            raise _ForbiddenGlobal(
                 f"{self.where}: pickle refers to {module}.{name}; only numpy arrays, lists and dicts are allowed"
             )
         return super().find_class(module, name)
@@ -50,13 +70,15 @@ def load_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """One CIFAR-10 python batch: images (n, 3, 32, 32) uint8 and labels (n,) int64.
 
     Raises:
-        ValueError: naming the file and entry for a truncated pickle, a disallowed global, or
+        ValueError: naming the file (and entry) for a damaged pickle, a disallowed global, or
             a missing/ill-shaped ``data`` or ``labels`` entry.
     """
     where = str(path)
     try:
         obj = _ArrayOnlyUnpickler(Path(path).read_bytes(), where).load()
-    except (pickle.UnpicklingError, EOFError, AttributeError, ImportError, IndexError, TypeError) as err:
+    except _ForbiddenGlobal:
+        raise
+    except _DECODE_ERRORS as err:
         raise ValueError(f"{where}: cannot read the pickle ({type(err).__name__}: {err})") from None
     if not isinstance(obj, dict):
         raise ValueError(f"{where}: expected a dict, got {type(obj).__name__}")
@@ -70,7 +92,7 @@ def load_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     if not isinstance(labels, list) or len(labels) != data.shape[0]:
         raise ValueError(f"{where}: entry 'labels' must be a list of {data.shape[0]} ints")
     for i, label in enumerate(labels):
-        if not isinstance(label, int) or not 0 <= label <= 9:
+        if not isinstance(label, int) or isinstance(label, bool) or not 0 <= label <= 9:
             raise ValueError(f"{where}: entry 'labels'[{i}] = {label!r} is not a class id 0..9")
     return data.reshape(-1, 3, 32, 32), np.asarray(labels, dtype=np.int64)
 

@@ -9,7 +9,8 @@ Two layouts of a difficulty folder (``curv_contour_length_14`` etc.) are read (`
 - the LRA release: the folder itself holds ``imgs/`` and ``metadata/``; its images, in metadata order
   (batches sorted numerically), are cut 80/10/10 into train/dev/test, as LRA's input pipeline does;
 - ``attnzoo data generate``: one official-layout folder per split, ``<folder>/{train,dev,test}/``, each
-  with a ``split.json`` marker (task, split, size, seed, resolution) written last; a split is read
+  with a ``split.json`` marker (task, split, size, seed, resolution, images per metadata file) written
+  last; a split is read
   whole, so the loaded splits are the generated ones. A split folder passed on its own gives that
   split only.
 """
@@ -85,21 +86,31 @@ def export_split(out: Path, task: str, p: PathfinderParams, split: str, size: in
     written = write_layout(folder, p, *generate_images(p, size, seed, split))
     for stale in set((folder / "metadata").glob("*.npy")) - set(written):
         stale.unlink()
-    marker = {"task": task, "split": split, "size": size, "seed": seed, "resolution": p.size}
+    files = {f.name: min(PER_BATCH, size - i * PER_BATCH) for i, f in enumerate(written)}
+    marker = {"task": task, "split": split, "size": size, "seed": seed, "resolution": p.size, "files": files}
     atomic_write_json(folder / MARKER, marker)
     return written
 
 
+_MARKER_FIELDS = {"task": str, "split": str, "resolution": int, "files": dict}
+
+
 def _marker(folder: Path) -> dict[str, Any] | None:
+    """The split marker in ``folder``, None if there is none; ValueError naming it if it is malformed."""
     path = folder / MARKER
     if not path.is_file():
         return None
     try:
-        marker = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as err:
+        marker = json.loads(path.read_bytes().decode("utf-8"))
+    except ValueError as err:  # JSONDecodeError and UnicodeDecodeError
         raise ValueError(f"{path}: unreadable split marker ({type(err).__name__}: {err})") from None
-    if not isinstance(marker, dict) or not {"task", "split", "size", "resolution"} <= set(marker):
-        raise ValueError(f"{path}: split marker must be an object with task, split, size and resolution")
+    if not (
+        isinstance(marker, dict)
+        and all(type(marker.get(key)) is kind for key, kind in _MARKER_FIELDS.items())
+        and marker["split"] in SPLIT_RANGE
+        and all(type(n) is int and n >= 0 for n in marker["files"].values())
+    ):
+        raise ValueError(f"{path}: split marker must hold task, split (train/dev/test), resolution and files")
     return marker
 
 
@@ -109,22 +120,23 @@ class SplitSource:
 
     folder: Path
     whole: bool
-    size: int | None = None  # images the generated split holds, from its marker
+    counts: dict[str, int] | None = None  # images per metadata file of a generated split, from its marker
 
 
 def _generated(folder: Path, split: str, resolution: int) -> SplitSource:
     marker = _marker(folder)
+    path = folder / MARKER
     if marker is None:
-        raise ValueError(f"{folder}: no {MARKER}; the generation was interrupted: run `attnzoo data generate` again")
+        raise ValueError(f"{path} is missing: the generation was interrupted; run `attnzoo data generate` again")
     if marker["split"] != split:
         raise ValueError(
-            f"{folder} holds the generated {marker['split']!r} split of {marker['task']}, not {split!r}; "
+            f"{path}: {folder} holds the generated {marker['split']!r} split of {marker['task']}, not {split!r}; "
             f"pass its parent {folder.parent} to load every split"
         )
     if marker["resolution"] != resolution:
         res = marker["resolution"]
-        raise ValueError(f"{folder} holds {res}x{res} images, not {resolution}x{resolution} ({marker['task']})")
-    return SplitSource(folder, True, int(marker["size"]))
+        raise ValueError(f"{path}: the folder holds {res}x{res} images, not {resolution}x{resolution}")
+    return SplitSource(folder, True, marker["files"])
 
 
 def locate(data_dir: Path, folder_name: str, resolution: int, split: str) -> SplitSource:
@@ -169,38 +181,60 @@ def metadata_files(root: Path) -> list[Path]:
     return files
 
 
-def _entries(root: Path) -> list[tuple[Path, int]]:
+def _entries(root: Path, counts: dict[str, int] | None) -> list[tuple[Path, int, str]]:
+    """(image path, label, ``metadata-file:line``) of every metadata line, in order.
+
+    ``counts`` (a generated split's marker) must name every metadata file with its number of lines.
+    """
     entries = []
-    for meta in metadata_files(root):
-        for lineno, line in enumerate(meta.read_text(encoding="utf-8").split("\n")[:-1], start=1):
+    files = metadata_files(root)
+    if counts is not None and sorted(counts) != sorted(f.name for f in files):
+        names = sorted(f.name for f in files)
+        raise ValueError(f"{root / MARKER}: lists metadata files {sorted(counts)}, the folder holds {names}")
+    for meta in files:
+        try:
+            lines = meta.read_bytes().decode("utf-8").split("\n")[:-1]
+        except UnicodeDecodeError as err:
+            raise ValueError(f"{meta}: not valid UTF-8 at byte {err.start} ({err.reason})") from None
+        if counts is not None and len(lines) != counts[meta.name]:
+            raise ValueError(f"{meta}: lists {len(lines)} images, {root / MARKER} says {counts[meta.name]}")
+        for lineno, line in enumerate(lines, start=1):
             cols = line.split(" ")
             if len(cols) < 4:
                 raise ValueError(f"{meta}:{lineno}: expected at least 4 space-separated fields, got {len(cols)}")
             if cols[3] not in ("0", "1"):
                 raise ValueError(f"{meta}:{lineno}: label {cols[3]!r} out of range (expected 0 or 1)")
-            entries.append((Path(root) / cols[0] / cols[1], int(cols[3])))
+            if "\0" in cols[0] + cols[1]:
+                raise ValueError(f"{meta}:{lineno}: NUL character in the image path")
+            entries.append((Path(root) / cols[0] / cols[1], int(cols[3]), f"{meta}:{lineno}"))
     return entries
+
+
+def _size(path: Path, origin: str) -> int:
+    """The size of the listed image file; ValueError naming it and its metadata line if it is missing."""
+    try:
+        return path.stat().st_size if path.is_file() else -1
+    except OSError as err:  # e.g. a name too long for the file system
+        raise ValueError(f"{path}: listed in {origin} but cannot be read ({err.strerror})") from None
 
 
 def read_split(source: SplitSource, split: str, resolution: int) -> tuple[np.ndarray, np.ndarray]:
     """Images (n, resolution**2) uint8 and labels (n,) of ``split`` from ``source`` (see ``locate``).
 
     Raises:
-        ValueError: naming the file for a missing or undecodable PNG, or an image of the wrong size,
-            and the folder for a generated split whose metadata does not list its marker's size.
+        ValueError: naming the file for a missing or undecodable PNG, an image of the wrong size, a
+            malformed metadata line, or (generated splits) metadata that disagrees with the marker.
     """
-    entries = _entries(source.folder)
-    if source.size is not None and len(entries) != source.size:
-        raise ValueError(f"{source.folder}: metadata lists {len(entries)} images, its {MARKER} says {source.size}")
-    entries = [(path, label) for path, label in entries if not (path.is_file() and path.stat().st_size == 0)]
+    entries = _entries(source.folder, source.counts)
+    entries = [entry for entry in entries if _size(entry[0], entry[2]) != 0]  # LRA drops empty files
     lo, hi = (0.0, 1.0) if source.whole else SPLIT_RANGE[split]
     chosen = entries[round(lo * len(entries)) : round(hi * len(entries))]
     images = np.zeros((len(chosen), resolution * resolution), dtype=np.uint8)
-    for i, (path, _) in enumerate(progress(chosen, desc=f"reading {split}")):
-        if not path.is_file():
-            raise ValueError(f"{path}: listed in the metadata but missing")
+    for i, (path, _, origin) in enumerate(progress(chosen, desc=f"reading {split}")):
+        if _size(path, origin) < 0:
+            raise ValueError(f"{path}: listed in {origin} but missing")
         img = read_png_gray(path)
         if img.shape != (resolution, resolution):
             raise ValueError(f"{path}: image is {img.shape[1]}x{img.shape[0]}, expected {resolution}x{resolution}")
         images[i] = img.reshape(-1)
-    return images, np.asarray([label for _, label in chosen], dtype=np.int64)
+    return images, np.asarray([label for _, label, _ in chosen], dtype=np.int64)

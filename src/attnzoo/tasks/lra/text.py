@@ -74,26 +74,46 @@ def read_aan(data_dir: Path, split: str, seq_len: int) -> SplitArrays:
     """AAN pairs: ids and ids2 (n, seq_len) int16, labels (n,) int64 in {0, 1}.
 
     Raises:
-        ValueError: naming file and line for a wrong column count or a label other than 0/1.
+        ValueError: naming file and line for bytes that are not UTF-8, a wrong column count, or a label
+            other than 0/1.
     """
     (path,) = aan_files(data_dir, split)
     first, second, labels = [], [], []
-    with open(path, encoding="utf-8", newline="") as handle:
-        for lineno, line in enumerate(handle, start=1):
-            cols = line.rstrip("\r\n").split("\t")
-            if len(cols) != 5:
-                raise ValueError(
-                    f"{path}:{lineno}: expected 5 tab-separated columns (label id1 id2 text1 text2), got {len(cols)}"
-                )
-            try:
-                label = float(cols[0])
-            except ValueError:
-                raise ValueError(f"{path}:{lineno}: label {cols[0]!r} is not a number") from None
-            if label not in (0.0, 1.0):
-                raise ValueError(f"{path}:{lineno}: label {cols[0]!r} out of range (expected 0 or 1)")
-            labels.append(int(label))
-            first.append(encode_bytes(cols[3].encode("utf-8")[:10000][:seq_len]))
-            second.append(encode_bytes(cols[4].encode("utf-8")[:10000][:seq_len]))
+    try:
+        with open(path, encoding="utf-8", newline="") as handle:
+            for lineno, line in enumerate(handle, start=1):
+                _aan_row(path, lineno, line, seq_len, (labels, first, second))
+    except UnicodeDecodeError:  # the decoder reads ahead in blocks: find the line in a second pass
+        raise ValueError(f"{path}: not valid UTF-8 ({_first_bad_line(path)})") from None
     ids, lengths = pad_sequences(first, seq_len)
     ids2, lengths2 = pad_sequences(second, seq_len)
     return SplitArrays(ids, lengths, np.asarray(labels, dtype=np.int64), ids2, lengths2)
+
+
+def _first_bad_line(path: Path) -> str:
+    with open(path, "rb") as handle:
+        for lineno, raw in enumerate(handle, start=1):
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                return f"line {lineno}, byte {err.start}: {err.reason}"
+    return "the file changed while it was read"
+
+
+def _aan_row(path: Path, lineno: int, line: str, seq_len: int, out: tuple[list, list, list]) -> None:
+    """Parse one AAN line into ``out`` = (labels, first documents, second documents)."""
+    labels, first, second = out
+    cols = line.rstrip("\r\n").split("\t")
+    if len(cols) != 5:
+        raise ValueError(
+            f"{path}:{lineno}: expected 5 tab-separated columns (label id1 id2 text1 text2), got {len(cols)}"
+        )
+    try:
+        label = float(cols[0])
+    except ValueError:
+        raise ValueError(f"{path}:{lineno}: label {cols[0]!r} is not a number") from None
+    if label not in (0.0, 1.0):
+        raise ValueError(f"{path}:{lineno}: label {cols[0]!r} out of range (expected 0 or 1)")
+    labels.append(int(label))
+    first.append(encode_bytes(cols[3].encode("utf-8")[:10000][:seq_len]))
+    second.append(encode_bytes(cols[4].encode("utf-8")[:10000][:seq_len]))
