@@ -17,7 +17,7 @@ import numpy as np
 from attnzoo.tasks.dataset import pad_sequences
 from attnzoo.tasks.spec import SplitArrays
 
-__all__ = ["aan_files", "encode_bytes", "imdb_files", "read_aan", "read_imdb"]
+__all__ = ["aan_files", "encode_bytes", "first_bad_utf8_line", "imdb_files", "read_aan", "read_imdb"]
 
 IMDB_SPLIT = {"train": "train", "dev": "test", "test": "test"}
 AAN_SPLIT = {"train": "train", "dev": "eval", "test": "test"}
@@ -84,13 +84,14 @@ def read_aan(data_dir: Path, split: str, seq_len: int) -> SplitArrays:
             for lineno, line in enumerate(handle, start=1):
                 _aan_row(path, lineno, line, seq_len, (labels, first, second))
     except UnicodeDecodeError:  # the decoder reads ahead in blocks: find the line in a second pass
-        raise ValueError(f"{path}: not valid UTF-8 ({_first_bad_line(path)})") from None
+        raise ValueError(f"{path}: not valid UTF-8 ({first_bad_utf8_line(path)})") from None
     ids, lengths = pad_sequences(first, seq_len)
     ids2, lengths2 = pad_sequences(second, seq_len)
     return SplitArrays(ids, lengths, np.asarray(labels, dtype=np.int64), ids2, lengths2)
 
 
-def _first_bad_line(path: Path) -> str:
+def first_bad_utf8_line(path: Path) -> str:
+    """Where ``path`` first fails to decode as UTF-8: ``"line L, byte B: reason"`` (B within the line)."""
     with open(path, "rb") as handle:
         for lineno, raw in enumerate(handle, start=1):
             try:
