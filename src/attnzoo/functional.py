@@ -6,9 +6,14 @@ token; ``causal``), and returns ``(B, H, N, d)``. Every core is also reachable b
 """
 
 from attnzoo.ops.butterfly import butterfly_attention, naive_butterfly_attention
-from attnzoo.ops.diffuser import diffuser_attention, naive_diffuser_attention
+from attnzoo.ops.diffuser import (
+    diffuser_attention,
+    diffuser_fractional_attention,
+    naive_diffuser_attention,
+    naive_diffuser_fractional_attention,
+)
 from attnzoo.ops.dilated import dilated_attention, naive_dilated_attention
-from attnzoo.ops.eva import eva_attention, naive_eva_attention
+from attnzoo.ops.eva import causal_eva_attention, eva_attention, naive_causal_eva_attention, naive_eva_attention
 from attnzoo.ops.lara import lara_attention, naive_lara_attention
 from attnzoo.ops.linear import linear_attention, naive_linear_attention
 from attnzoo.ops.linformer import linformer_attention, naive_linformer_attention
@@ -24,6 +29,7 @@ from attnzoo.sparse import sparse_attention
 butterfly = butterfly_attention
 psf = psf_attention
 diffuser = diffuser_attention
+diffuser_fractional = diffuser_fractional_attention
 reformer = reformer_attention
 softmax = softmax_attention
 local = local_attention
@@ -31,6 +37,7 @@ dilated = dilated_attention
 none = none_attention
 lara = lara_attention
 eva = eva_attention
+causal_eva = causal_eva_attention
 linear = linear_attention
 linformer = linformer_attention
 nystrom = nystrom_attention
@@ -39,8 +46,12 @@ performer = performer_attention
 __all__ = [
     "butterfly",
     "butterfly_attention",
+    "causal_eva",
+    "causal_eva_attention",
     "diffuser",
     "diffuser_attention",
+    "diffuser_fractional",
+    "diffuser_fractional_attention",
     "dilated",
     "dilated_attention",
     "eva",
@@ -54,7 +65,9 @@ __all__ = [
     "local",
     "local_attention",
     "naive_butterfly_attention",
+    "naive_causal_eva_attention",
     "naive_diffuser_attention",
+    "naive_diffuser_fractional_attention",
     "naive_dilated_attention",
     "naive_eva_attention",
     "naive_lara_attention",

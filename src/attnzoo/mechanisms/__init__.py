@@ -5,7 +5,9 @@ The list is explicit (as in timm's ``models/__init__.py``) so the registry's con
 
 from attnzoo.mechanisms import (  # noqa: F401  (registration side effects)
     butterfly,
+    causal_eva,
     diffuser,
+    diffuser_fractional,
     dilated,
     eva,
     lara,

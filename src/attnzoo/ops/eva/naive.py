@@ -13,7 +13,7 @@ from attnzoo.ops.lara.naive import naive_segment_matrix
 from attnzoo.ops.local.naive import _window_bias, _window_mask
 from attnzoo.ops.local.window import LocalWindow
 
-__all__ = ["naive_eva_attention", "naive_t5_bucket"]
+__all__ = ["naive_causal_eva_attention", "naive_eva_attention", "naive_t5_bucket"]
 
 
 def naive_t5_bucket(rel: int, num_buckets: int, max_distance: int, bidirectional: bool) -> int:
@@ -36,8 +36,10 @@ def naive_t5_bucket(rel: int, num_buckets: int, max_distance: int, bidirectional
 def _t5_dense(table: Tensor, n: int, reach: int, shift: int, bidirectional: bool) -> Tensor:
     """``(H, N, N)`` T5 bias over all pairs (unscaled)."""
     span = reach + abs(shift)  # pairs farther apart lie outside every window (masked); bucket 0 there
-    lookup = {r: naive_t5_bucket(r + shift, table.shape[0], reach, bidirectional) if abs(r) < span else 0
-              for r in range(-n, n + 1)}
+    lookup = {
+        r: naive_t5_bucket(r + shift, table.shape[0], reach, bidirectional) if abs(r) < span else 0
+        for r in range(-n, n + 1)
+    }
     rel = torch.arange(n)[None, :] - torch.arange(n)[:, None]
     buckets = torch.tensor([[lookup[int(r)] for r in row] for row in rel], device=table.device)
     return table[buckets].permute(2, 0, 1)
@@ -138,4 +140,60 @@ def naive_eva_attention(
     else:
         outside = torch.einsum("bcm,nm->bnc", member.to(torch.float64), (~allowed).to(torch.float64)) > 0
         chunk_allowed = (outside & member.any(-1)[:, None, :])[:, None]
+    return _joint(q, k, v, logits, k_hat, beta, chunk_allowed, real, s)
+
+
+def _causal_keys(q_bar: Tensor, k_bar: Tensor) -> tuple[Tensor, Tensor]:
+    return k_bar, q_bar + k_bar
+
+
+def naive_causal_eva_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    *,
+    mask: Tensor | None = None,
+    causal: bool = True,
+    window_size: int = 4,
+    chunk_size: int | None = None,
+    num_chunks: int | None = None,
+    overlap_window: bool = False,
+    t5_table: Tensor | None = None,
+    chunk_keys: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]] | None = None,
+    noise: Tensor | None = None,
+    dropout_p: float = 0.0,
+    compat: bool = False,
+    scale: float | None = None,
+    executor: str = "auto",
+) -> Tensor:
+    """Dense causal EVA with the signature of :func:`attnzoo.ops.eva.causal_eva_attention` (tests; no dropout)."""
+    b, _, n, d = q.shape
+    mask = check_padding_mask(mask, b, n, q.device)
+    if b == 0 or n == 0:
+        return v * 0
+    s = d**-0.5 if scale is None else scale
+    w = window_size
+    e = max(1, w) if overlap_window else 0
+    real = torch.ones(b, n, dtype=torch.bool) if mask is None else mask
+    i, j = torch.arange(n)[:, None], torch.arange(n)[None, :]
+    start = (i // w) * w
+    allowed = (j >= start - e) & (j < start + w) & ((j <= i) if causal else True)
+    logits = s * torch.einsum("bhnd,bhmd->bhnm", q, k)
+    if t5_table is not None:
+        logits = logits + s * _t5_dense(t5_table, n, w + e, e if compat else 0, False)[None]
+    logits = logits.masked_fill(~(allowed[None, None] & real[:, None, None, :]), float("-inf"))
+    padded = math.ceil(n / w) * w
+    r = chunk_size or (max(1, padded // num_chunks) if num_chunks else w)
+    c = torch.arange(padded // r)[:, None]
+    member = ((j >= c * r) & (j < c * r + r))[None] & real[:, None]  # (B, C, N)
+    denom = torch.full((b, c.shape[0]), float(r)) if compat else member.sum(-1).clamp(min=1).to(torch.float64)
+    k_hat, beta = _summaries(q, k, v, member, denom, chunk_keys or _causal_keys, noise, s)
+    first, last = (c * r).T, (c * r + r - 1).T  # (1, C) first and last position of each chunk
+    if compat:
+        visible = (i // r > c.T) if causal else torch.ones(n, c.shape[0], dtype=torch.bool)
+    elif causal:
+        visible = last < start - e
+    else:
+        visible = (first < start - e) | (last >= start + w)
+    chunk_allowed = (visible[None] & (member.any(-1)[:, None, :] | compat))[:, None]
     return _joint(q, k, v, logits, k_hat, beta, chunk_allowed, real, s)

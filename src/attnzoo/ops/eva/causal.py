@@ -1,0 +1,172 @@
+"""Causal EVA (efficient-attention ``CausalEVAttention``): left-extended local blocks + earlier chunks' summaries."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from attnzoo.ops.common import check_padding_mask, check_qkv
+from attnzoo.ops.eva.chunks import t5_bucket, t5_num_buckets
+from attnzoo.ops.eva.sparse import ChunkKeys, chunk_summaries
+from attnzoo.ops.lara.segments import Segments, strided_segments
+from attnzoo.options import check_int
+from attnzoo.sparse import SparsePattern, blockwise_window, merge_partials, sparse_attention
+from attnzoo.sparse.plan import ScoreMod
+
+__all__ = ["causal_chunk_keys", "causal_eva_attention", "causal_eva_chunk_size", "causal_eva_segments"]
+
+
+def causal_chunk_keys(q_bar: Tensor, k_bar: Tensor) -> tuple[Tensor, Tensor]:
+    """Without learned maps: ``k_hat = k_bar``, ``mu = q_bar + k_bar`` (causal EVA has no 1/2)."""
+    return k_bar, q_bar + k_bar
+
+
+def causal_eva_chunk_size(n: int, window_size: int, chunk_size: int | None, num_chunks: int | None) -> int:
+    """r: ``chunk_size``, else ``floor(N' / num_chunks)`` with ``N' = ceil(N / w) w`` (at least 1), else w.
+
+    With ``num_chunks`` N is the tensor's length, so in a padded batch r depends on the padding
+    (official behaviour, quirk E11); ``chunk_size`` has no such dependence.
+    """
+    if chunk_size is not None:
+        return chunk_size
+    if num_chunks is not None:
+        return max(1, (-(-n // window_size) * window_size) // num_chunks)
+    return window_size
+
+
+def causal_eva_segments(mask: Tensor | None, b: int, n: int, w: int, r: int, compat: bool) -> Segments:
+    """Non-overlapping chunks of r tokens tiling ``N' = ceil(N / w) w``; ``compat``: means over all r slots."""
+    return strided_segments(
+        n, r, 0, b, torch.device("cpu") if mask is None else mask.device, padded_len=-(-n // w) * w, count_slots=compat
+    )
+
+
+def _local_pattern(n: int, w: int, e: int, causal: bool) -> SparsePattern:
+    """Query block ``[tw, tw + w)`` sees keys ``[tw - e, tw + w)`` (the engine adds ``kv <= q`` when causal)."""
+    base = blockwise_window(n, w, e)
+    if causal or e == 0:
+        return base
+
+    def left_only(h: Tensor, q: Tensor, kv: Tensor) -> Tensor:
+        start = (q // w) * w
+        return (kv >= start - e) & (kv < start + w)
+
+    return SparsePattern(f"causal_eva_window(w={w}, e={e})", base.layout, left_only, None, n)
+
+
+def _t5(table: Tensor, w: int, e: int, scale: float, shift: int) -> ScoreMod:
+    num = table.shape[0]
+
+    def t5(h: Tensor, q: Tensor, kv: Tensor) -> Tensor:
+        return scale * table[t5_bucket(kv - q + shift, num, w + e, bidirectional=False), 0]
+
+    return t5
+
+
+def causal_eva_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    *,
+    mask: Tensor | None = None,
+    causal: bool = True,
+    window_size: int = 4,
+    chunk_size: int | None = None,
+    num_chunks: int | None = None,
+    overlap_window: bool = False,
+    t5_table: Tensor | None = None,
+    chunk_keys: ChunkKeys | None = None,
+    noise: Tensor | None = None,
+    dropout_p: float = 0.0,
+    compat: bool = False,
+    scale: float | None = None,
+    executor: str = "auto",
+) -> Tensor:
+    """Causal EVA: exact attention over a left-extended local block plus summaries of earlier chunks.
+
+    Query i (block ``t = i // w``) attends keys ``[tw - e, tw + w)`` exactly (``e = w`` with
+    ``overlap_window``; only keys ``<= i`` when causal) and, in the same softmax, chunk c through logit
+    ``s q_i . k_hat_c`` and value ``beta_c`` (EVA's randomized summary). Chunks have r tokens (see
+    :func:`causal_eva_chunk_size`); when causal, a chunk is seen only once it ends before the local
+    block starts (``compat``: official rule ``c < i // r``, which also re-counts chunks inside the window;
+    non-causal compat: every chunk). Time O(N (w + e + C) d). Zheng et al., ICLR 2023;
+    ``shared/specs/efficient-attention-eva-lara-longnet.md`` §7.
+
+    Args:
+        q, k, v: ``(B, H, N, d)``.
+        mask: bool padding mask ``(B, N)``, True = real token. Default: None.
+        causal: token i uses tokens ``<= i`` only (official ``causal`` argument).
+        window_size: w. chunk_size: r (w must be a multiple). num_chunks: r from it when chunk_size is None.
+        overlap_window: widen each key block by a full window to the left.
+        t5_table: ``(num_buckets, 1)`` T5 bias shared by all heads (causal buckets), or None.
+        chunk_keys: ``(q_bar, k_bar) -> (k_hat, mu)``; default :func:`causal_chunk_keys`.
+        noise: ``(B, H, C, d)`` training draws, None in eval.
+        dropout_p: dropout on the joint attention probabilities (official, training).
+        compat: official quirks (chunk means over all r slots, chunks seen twice, T5 offset e).
+        scale: s, default ``d ** -0.5``. executor: the sparse engine's executor.
+
+    Returns:
+        ``(B, H, N, d)``; rows of padded queries are 0.
+
+    Raises:
+        ValueError: chunk_size not dividing window_size, bad table or noise shapes.
+
+    Reference: :func:`attnzoo.ops.eva.naive_causal_eva_attention`.
+    """
+    check_qkv(q, k, v, cross=False)
+    check_int("window_size", window_size, minimum=1)
+    if chunk_size is not None:
+        check_int("chunk_size", chunk_size, minimum=1)
+        if window_size % chunk_size:
+            raise ValueError(f"window_size ({window_size}) must be a multiple of chunk_size ({chunk_size})")
+    if num_chunks is not None:
+        check_int("num_chunks", num_chunks, minimum=1)
+    b, h, n, d = q.shape
+    mask = check_padding_mask(mask, b, n, q.device)
+    if b == 0 or n == 0:
+        return v * 0
+    scale = d**-0.5 if scale is None else float(scale)
+    w = window_size
+    e = max(1, w) if overlap_window else 0
+    if t5_table is not None and tuple(t5_table.shape) != (t5_num_buckets(w, e), 1):
+        raise ValueError(f"t5_table must have shape {(t5_num_buckets(w, e), 1)}, got {tuple(t5_table.shape)}")
+    score_mod = None if t5_table is None else _t5(t5_table, w, e, scale, e if compat else 0)
+    local_out, local_lse = sparse_attention(
+        q,
+        k,
+        v,
+        _local_pattern(n, w, e, causal),
+        mask=mask,
+        causal=causal,
+        scale=scale,
+        dropout_p=dropout_p,
+        executor=executor,
+        score_mod=score_mod,
+    )
+    if local_lse is None:
+        raise ValueError(f"executor {executor!r} returns no log-sum-exp; causal EVA needs it (use 'gather')")
+    r = causal_eva_chunk_size(n, w, chunk_size, num_chunks)
+    seg = causal_eva_segments(mask, b, n, w, r, compat)
+    if noise is not None and tuple(noise.shape) != (b, h, seg.count, d):
+        raise ValueError(f"noise must have shape {(b, h, seg.count, d)}, got {tuple(noise.shape)}")
+    k_hat, beta = chunk_summaries(q, k, v, seg, mask, chunk_keys or causal_chunk_keys, noise, scale)
+    pos, ends = torch.arange(n, device=q.device), (torch.arange(seg.count, device=q.device) + 1) * r
+    start = (pos // w) * w
+    if compat:
+        hidden = ends[None] > (pos // r * r)[:, None] if causal else torch.zeros(n, seg.count, dtype=torch.bool)
+    elif causal:
+        hidden = ends[None] > (start - e)[:, None]
+    else:
+        hidden = (ends[None] - r >= (start - e)[:, None]) & (ends[None] <= (start + w)[:, None])
+    hidden = hidden.to(q.device)[None]
+    if not compat:
+        real = seg if mask is None else Segments(seg.ids, seg.member & mask[:, None], seg.count)
+        hidden = hidden | ~real.nonempty()[:, None, :]
+    logits = (scale * q @ k_hat.transpose(-1, -2)).masked_fill(hidden[:, None], float("-inf"))
+    global_lse = torch.logsumexp(logits, dim=-1)
+    probs = torch.exp(logits - global_lse.nan_to_num(0.0, neginf=0.0)[..., None])
+    global_out = F.dropout(probs, dropout_p) @ beta if dropout_p > 0 else probs @ beta
+    out, _ = merge_partials([local_out.to(q.dtype), global_out], [local_lse.to(global_lse.dtype), global_lse])
+    out = out.to(q.dtype)
+    return out if mask is None else out * mask[:, None, :, None].to(out.dtype)
