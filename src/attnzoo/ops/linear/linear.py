@@ -61,10 +61,10 @@ def linear_attention(
     k_div = k.shape[-2] ** 0.25 if lra else 1.0
 
     def query_features(x: Tensor) -> Tensor:
-        return (F.elu(x) + 1.0) / q_div
+        return F.elu(x) + 1.0 if q_div == 1.0 else (F.elu(x) + 1.0) / q_div
 
     def key_features(x: Tensor, real: Tensor | None) -> tuple[Tensor, None]:
-        feats = (F.elu(x) + 1.0) / k_div
+        feats = F.elu(x) + 1.0 if k_div == 1.0 else (F.elu(x) + 1.0) / k_div
         return (feats if real is None else feats * real[:, None, :, None].to(feats.dtype)), None
 
     return feature_attention(

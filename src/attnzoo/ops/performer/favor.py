@@ -106,11 +106,16 @@ def performer_attention(
         k, v, mask = k * real, v * real, None
     stabilise_pads = compat == "efficient-attention"
 
+    log_root_m = 0.5 * math.log(proj.shape[-2])
+
     def query_features(x: Tensor) -> Tensor:
         proj_term, norm_term = projection_terms(x, proj, s)
         if kernel == "relu":
-            return torch.relu(proj_term) / root_m + feature_eps
-        return torch.exp(proj_term - norm_term - proj_term.detach().amax(-1, keepdim=True)) / root_m + feature_eps
+            feats = torch.relu(proj_term) / root_m
+        else:  # one fused shift per row: |x|^2 term, stabiliser and 1/sqrt(m)
+            shift = norm_term + proj_term.detach().amax(-1, keepdim=True) + log_root_m
+            feats = proj_term.sub_(shift).exp_()  # in place: the (C x m) product is a fresh temporary
+        return feats + feature_eps if feature_eps else feats
 
     def key_features(x: Tensor, real: Tensor | None) -> tuple[Tensor, Tensor | None]:
         proj_term, norm_term = projection_terms(x, proj, s)
@@ -122,9 +127,11 @@ def performer_attention(
         if keep is not None and not stabilise_pads:
             candidates = candidates.masked_fill(~keep, -math.inf)
         log_scale = candidates.amax(dim=(-2, -1), keepdim=True)  # (B, H, 1, 1)
-        exponent = proj_term - norm_term if keep is None else (proj_term - norm_term).masked_fill(~keep, -math.inf)
-        safe = log_scale.masked_fill(log_scale == -math.inf, 0.0)
-        return torch.exp(exponent - safe) / root_m, log_scale
+        shift = norm_term + log_scale.masked_fill(log_scale == -math.inf, 0.0) + log_root_m
+        exponent = proj_term.sub_(shift)
+        if keep is not None:
+            exponent = exponent.masked_fill_(~keep, -math.inf)
+        return exponent.exp_(), log_scale
 
     return feature_attention(
         q.to(work),

@@ -61,8 +61,8 @@ def projection_terms(x: Tensor, projection: Tensor, scale: float) -> tuple[Tenso
     Returns:
         shapes ``(B, H, N, m)`` and ``(B, H, N, 1)``.
     """
-    proj = projection.to(x.dtype)
-    return (x @ proj.transpose(-1, -2)) * math.sqrt(scale), x.square().sum(-1, keepdim=True) * (scale / 2)
+    proj = (projection * math.sqrt(scale)).to(x.dtype)  # scale the small (m x d) matrix, not the (N x m) product
+    return x @ proj.transpose(-1, -2), x.square().sum(-1, keepdim=True) * (scale / 2)
 
 
 def favor_log_features(x: Tensor, projection: Tensor, scale: float) -> Tensor:

@@ -47,8 +47,10 @@ def naive_performer_attention(
     if kernel == "relu":
         phi_q, phi_k = wq.clamp_min(0) / m**0.5, wk.clamp_min(0) / m**0.5
     else:
-        c_q = wq.amax(-1, keepdim=True)
-        pool = wk if compat == "efficient-attention" else wk.masked_fill(~real[:, None, :, None], float("-inf"))
+        c_q = wq.detach().amax(-1, keepdim=True)  # stabilisers are constants (detached), as in the official codes
+        pool = wk.detach()
+        if compat != "efficient-attention":
+            pool = pool.masked_fill(~real[:, None, :, None], float("-inf"))
         c_k = pool.amax(dim=(0, 1, 2, 3) if lra else (2, 3), keepdim=True)
         c_k = torch.where(torch.isinf(c_k), torch.zeros_like(c_k), c_k)
         phi_q = torch.exp(wq - s * q.pow(2).sum(-1, keepdim=True) / 2 - c_q) / m**0.5
