@@ -257,3 +257,13 @@ def test_bad_official_arguments():
         attnzoo.from_official("nystromformer-lra", "linformer", dim=D, num_heads=H, args={"max_seq_len": N})(
             torch.randn(1, 80, D)
         )
+
+
+def test_official_table_lists_every_entry(tmp_path):
+    from attnzoo.official.__main__ import main, render
+
+    text = render()
+    for entry in attnzoo.official.official_entries():
+        assert f"| `{entry.name}` | `{entry.mechanism}` |" in text and f"## `{entry.source}`" in text
+    main(["--out", str(tmp_path / "official.md")])
+    assert (tmp_path / "official.md").read_text() == text
