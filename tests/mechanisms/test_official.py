@@ -178,9 +178,14 @@ def build_local_pair(dim, heads, w, overlap, rpe, attn_2d=False, grid=None, seed
     torch.manual_seed(seed)
     official = OfficialLocal(dim, heads, window_size=w, attn_2d=attn_2d, overlap_window=overlap, use_rpe=rpe)
     official = scramble(official, seed).to(dtype).eval()
-    opts = {}
-    if grid is not None:
-        opts = {"image_height": grid[0], "image_width": grid[1]}
+    if grid is None:  # the official module's own grids (square): from_official builds and loads in one call
+        args = {"window_size": w, "overlap_window": overlap, "use_rpe": rpe, "attn_2d": attn_2d}
+        state = {k: v.float() for k, v in official.state_dict().items()}
+        ours = attnzoo.from_official(
+            "efficient-attention", "local", dim=dim, num_heads=heads, args=args, state_dict=state
+        )
+        return official, ours.to(dtype).eval()
+    opts = {"image_height": grid[0], "image_width": grid[1]}
     ours = attnzoo.build(
         "local",
         dim,
@@ -453,6 +458,13 @@ class TorchscaleDilated(nn.Module):
 def build_dilated_pair(dim, heads, segments, rates, subln, causal, seed=0, detach_mixing=True):
     torch.manual_seed(seed)
     emu = scramble(TorchscaleDilated(dim, heads, segments, rates, subln=subln, causal=causal), seed).double().eval()
+    if detach_mixing:  # torchscale's own behaviour: from_official, with the official argument strings
+        args = {"segment_length": str(list(segments)), "dilated_ratio": str(list(rates)), "subln": subln}
+        ours = attnzoo.from_official(
+            "torchscale", "dilated_attention", dim=dim, num_heads=heads, causal=causal, args=args,
+            state_dict={k: v.float() for k, v in emu.state_dict().items()},
+        )
+        return emu, ours.double().eval()
     ours = attnzoo.build(
         "dilated",
         dim,
@@ -608,3 +620,59 @@ def test_load_official_dilated_multiway_uses_branch_a():
     x = torch.randn(2, 32, 16, dtype=F64, generator=torch.Generator().manual_seed(9))
     with torch.no_grad():
         assert_close(ours(x), emu(x))
+
+
+class OfficialSoftmax(nn.Module):
+    """efficient-attention ``MultiheadAttention`` (spec EA 1.1): qkv (3, h, d) rows, key padding True = pad."""
+
+    def __init__(self, dim: int, heads: int, qkv_bias: bool = True) -> None:
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: Tensor, key_padding_mask: Tensor | None = None) -> Tensor:
+        b, n, c = x.shape
+        q, k, v = self.qkv(x).reshape(b, n, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
+        scores = (q * (c // self.heads) ** -0.5) @ k.transpose(-2, -1)
+        if key_padding_mask is not None:
+            scores = scores.masked_fill(key_padding_mask[:, None, None, :], float("-inf"))
+        out = scores.softmax(-1) @ v
+        return self.proj(out.transpose(1, 2).reshape(b, n, c))
+
+
+@pytest.mark.parametrize("qkv_bias", [True, False])
+def test_from_official_efficient_attention_softmax(qkv_bias):
+    official = scramble(OfficialSoftmax(16, 2, qkv_bias), 3).eval()
+    ours = attnzoo.from_official(
+        "efficient-attention", "softmax", dim=16, num_heads=2, args={"qkv_bias": qkv_bias},
+        state_dict=official.state_dict(),
+    ).eval()
+    x = torch.randn(2, 11, 16, generator=torch.Generator().manual_seed(1))
+    pad = padding_mask("tailpad", 2, 11, seed=0)
+    with torch.no_grad():
+        expected, got = official(x, key_padding_mask=pad), ours(x, mask=~pad)
+    assert_close(got[~pad], expected[~pad])
+
+
+def test_from_official_rejects_unknown_sources_names_and_arguments():
+    with pytest.raises(ValueError, match="unknown official source 'nope'"):
+        attnzoo.from_official("nope", "local", dim=16, num_heads=2)
+    with pytest.raises(ValueError, match="efficient-attention has no mechanism 'dilated'"):
+        attnzoo.from_official("efficient-attention", "dilated", dim=16, num_heads=2)
+    with pytest.raises(ValueError, match=r"unknown argument.*window"):
+        attnzoo.from_official("efficient-attention", "local", dim=16, num_heads=2, args={"window": 3})
+    with pytest.raises(ValueError, match="no causal mode"):
+        attnzoo.from_official("efficient-attention", "local", dim=16, num_heads=2, causal=True)
+    with pytest.raises(ValueError, match="flash_attention"):
+        attnzoo.from_official("torchscale", "dilated_attention", dim=16, num_heads=2, args={"flash_attention": False})
+    with pytest.raises(ValueError, match="segment_length must be a list of ints"):
+        attnzoo.from_official("torchscale", "dilated_attention", dim=16, num_heads=2, args={"segment_length": "8"})
+
+
+def test_from_official_local_defaults_are_the_cli_defaults():
+    module = attnzoo.from_official("efficient-attention", "local", dim=16, num_heads=2)
+    assert module.options.window_size == 4 and module.options.mode == "blockwise"
+    dilated = attnzoo.from_official("torchscale", "dilated_attention", dim=16, num_heads=2)
+    assert dilated.options.segment_lengths == (2048, 4096, 8192) and dilated.options.detach_mixing
+    assert dilated.inner_attn_ln is not None  # torchscale's config default subln=True

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -10,6 +9,8 @@ import torch
 from torch import Tensor, nn
 
 from attnzoo.mechanisms.base import AttentionBase
+from attnzoo.mechanisms.sampling import EA_COMMON, check_no_dropout, grid_shape, zero_qkv_bias
+from attnzoo.official import OfficialEntry, register_official
 from attnzoo.ops.local import LocalWindow, local_attention, naive_local_attention
 from attnzoo.options import check_choice, check_field_types, check_int
 from attnzoo.registry import Capabilities, register
@@ -101,14 +102,7 @@ class LocalAttention(AttentionBase):
     def grid(self, n: int) -> tuple[int, int] | None:
         """The 2D grid for N tokens (``None`` for 1D)."""
         o: LocalOptions = self.options
-        if not o.attn_2d:
-            return None
-        if o.image_height is not None and o.image_width is not None:
-            return (o.image_height, o.image_width)
-        side = math.isqrt(n)
-        if side * side != n:
-            raise ValueError(f"attn_2d with N={n} tokens: N is not square; set image_height and image_width")
-        return (side, side)
+        return grid_shape(n, o.image_height, o.image_width) if o.attn_2d else None
 
     def attend(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
         o: LocalOptions = self.options
@@ -139,3 +133,30 @@ class LocalAttention(AttentionBase):
         """
         renamed = {"local_relative_position_bias_table": "rpe_table"}
         return {renamed.get(k, k): v for k, v in state_dict.items() if k != "relative_position_index"}
+
+
+def _efficient_attention_options(args: dict[str, Any], causal: bool) -> dict[str, Any]:
+    if causal:
+        raise ValueError("efficient-attention 'local' has no causal mode")
+    check_no_dropout(args, "proj_drop")
+    return {
+        "mode": "blockwise",
+        "window_size": args["window_size"],
+        "overlap_window": args["overlap_window"],
+        "attn_2d": args["attn_2d"],
+        "use_rpe": args["use_rpe"],
+    }
+
+
+register_official(
+    OfficialEntry(
+        source="efficient-attention",
+        name="local",
+        mechanism="local",
+        defaults={"window_size": 4, "use_rpe": False, "attn_2d": False, "overlap_window": False, **EA_COMMON},
+        options=_efficient_attention_options,
+        convert=lambda state_dict, args: LocalAttention.convert_official(zero_qkv_bias(state_dict)),
+        notes="LocalAttention: mode blockwise, window_size (CLI default 4; constructor 2), overlap_window, "
+        "attn_2d (any H x W grid, official needs H = W), use_rpe table -> rpe_table; -5e4 fill (E8) equal on real rows",
+    )
+)

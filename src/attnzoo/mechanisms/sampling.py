@@ -11,7 +11,11 @@ from torch import Tensor, nn
 
 from attnzoo.mechanisms.base import AttentionBase
 
-__all__ = ["SampledAttention", "check_no_dropout", "grid_shape", "proposal_net", "zero_qkv_bias"]
+__all__ = ["EA_COMMON", "SampledAttention", "check_no_dropout", "grid_shape", "proposal_net", "zero_qkv_bias"]
+
+
+# Constructor arguments every efficient-attention ``MultiheadAttention`` subclass takes (official defaults).
+EA_COMMON: dict[str, Any] = {"qkv_bias": True, "attn_drop": 0.0, "proj_drop": 0.0, "fp32": False}
 
 
 def proposal_net(width: int, layer_norm: bool = True) -> nn.Sequential:

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from torch import Tensor
 
 from attnzoo.mechanisms.base import AttentionBase
+from attnzoo.mechanisms.sampling import EA_COMMON, check_no_dropout, zero_qkv_bias
+from attnzoo.official import OfficialEntry, register_official
 from attnzoo.ops.softmax import naive_softmax_attention, softmax_attention
 from attnzoo.registry import Capabilities, register
 
@@ -38,3 +41,24 @@ class SoftmaxAttention(AttentionBase):
 
     def attend(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
         return softmax_attention(q, k, v, mask=mask, causal=self.causal, dropout_p=self.attention_dropout())
+
+
+def _efficient_attention_options(args: dict[str, Any], causal: bool) -> dict[str, Any]:
+    if causal:
+        raise ValueError("efficient-attention 'softmax' has no causal mode")
+    check_no_dropout(args, "proj_drop")
+    return {}
+
+
+register_official(
+    OfficialEntry(
+        source="efficient-attention",
+        name="softmax",
+        mechanism="softmax",
+        defaults=dict(EA_COMMON),
+        options=_efficient_attention_options,
+        convert=lambda state_dict, args: zero_qkv_bias(state_dict),
+        notes="MultiheadAttention: qkv, proj keep their names (qkv_bias=False -> zero bias); attn_drop acts in "
+        "training only",
+    )
+)
