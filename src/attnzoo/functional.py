@@ -17,6 +17,7 @@ from attnzoo.ops.none import none_attention
 from attnzoo.ops.nystrom import naive_nystrom_attention, nystrom_attention
 from attnzoo.ops.performer import naive_performer_attention, performer_attention
 from attnzoo.ops.psf import naive_psf_attention, psf_attention
+from attnzoo.ops.ra import naive_ra_attention, ra_attention
 from attnzoo.ops.reformer import naive_reformer_attention, reformer_attention
 from attnzoo.ops.softmax import naive_softmax_attention, softmax_attention
 from attnzoo.sparse import sparse_attention
@@ -32,6 +33,7 @@ none = none_attention
 lara = lara_attention
 eva = eva_attention
 causal_eva = causal_eva_attention
+ra = ra_attention
 linear = linear_attention
 linformer = linformer_attention
 nystrom = nystrom_attention
@@ -68,6 +70,7 @@ __all__ = [
     "naive_nystrom_attention",
     "naive_performer_attention",
     "naive_psf_attention",
+    "naive_ra_attention",
     "naive_reformer_attention",
     "naive_softmax_attention",
     "none",
@@ -78,6 +81,8 @@ __all__ = [
     "performer_attention",
     "psf",
     "psf_attention",
+    "ra",
+    "ra_attention",
     "reformer",
     "reformer_attention",
     "softmax",

@@ -17,6 +17,7 @@ from attnzoo.mechanisms import (  # noqa: F401  (registration side effects)
     nystrom,
     performer,
     psf,
+    ra,
     reformer,
     softmax,
 )
