@@ -171,14 +171,24 @@ def _write_outputs(args: argparse.Namespace, records: list[dict[str, Any]], repo
         _splice_docs(Path(args.docs), report)
 
 
-def _splice_docs(path: Path, report: str) -> None:
-    """Replace what lies between the bench markers of ``path`` with ``report``."""
-    from attnzoo.io import atomic_write_text
+def _docs_section(path: Path) -> tuple[str, int, int]:
+    """The text of ``path`` and where its bench section starts and ends.
 
+    Raises:
+        ValueError: no ``DOCS_BEGIN ... DOCS_END`` section.
+    """
     text = path.read_text(encoding="utf-8")
     start, end = text.find(DOCS_BEGIN), text.find(DOCS_END)
     if start < 0 or end < start:
         raise ValueError(f"{path} has no {DOCS_BEGIN} ... {DOCS_END} section to fill")
+    return text, start, end
+
+
+def _splice_docs(path: Path, report: str) -> None:
+    """Replace what lies between the bench markers of ``path`` with ``report``."""
+    from attnzoo.io import atomic_write_text
+
+    text, start, end = _docs_section(path)
     atomic_write_text(path, text[: start + len(DOCS_BEGIN)] + "\n\n" + report + "\n" + text[end:])
 
 
@@ -201,6 +211,8 @@ def _run(args: argparse.Namespace) -> int:
         if not args.compare:
             raise ValueError("--against NEW.jsonl needs --compare OLD.jsonl")
         return _compare(args.compare, load_records(args.against), args.threshold)
+    if args.docs:
+        _docs_section(Path(args.docs))  # fail before the sweep, not after
     preset, mechanisms, options = _sweep(args)
     env = environment()
     print(f"# attnzoo bench: {env}", file=sys.stderr)

@@ -1,0 +1,97 @@
+"""``attnzoo bench`` end to end on tiny settings: outputs, docs splice, --compare exit codes, errors."""
+
+import json
+
+import pytest
+
+from attnzoo.bench.cli import DOCS_BEGIN, DOCS_END
+from attnzoo.cli import main
+
+TINY = [
+    "bench",
+    "--mechanisms",
+    "softmax",
+    "local",
+    "--lengths",
+    "32",
+    "64",
+    "--shapes",
+    "1x1x8",
+    "--repeats",
+    "1",
+    "--error-lengths",
+    "16",
+    "--option",
+    "local.window_size=4",
+]
+
+
+def test_tiny_sweep_writes_every_output_and_compares(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    docs = tmp_path / "benchmarks.md"
+    docs.write_text(f"# Bench\n\nhand-written\n\n{DOCS_BEGIN}\nold numbers\n{DOCS_END}\n\ntail\n")
+    out = tmp_path / "run"
+    assert main([*TINY, "--out-dir", str(out), "--docs", str(docs)]) == 0
+    report = capsys.readouterr().out
+    records = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
+    kinds = [r["kind"] for r in records]
+    assert kinds.count("time") == 8 and kinds.count("peak") == 1 and kinds.count("error") == 6
+    assert all(r["status"] == "ok" and "env" in r for r in records)
+    assert {p.name for p in out.iterdir()} >= {
+        "records.jsonl",
+        "records.csv",
+        "report.md",
+        "time-vs-n-cpu-float32-b1-h1-d8-noncausal.png",
+        "memory-vs-n-cpu-float32-b1-h1-d8-noncausal.png",
+        "error-vs-n.png",
+    }
+    assert "### Crossover with softmax" in report and "| local (exact) | 16 |" in report
+    assert "--option=local.window_size=4" in report  # the command that reruns it
+    text = docs.read_text()
+    assert text.startswith("# Bench\n\nhand-written\n") and text.endswith(f"{DOCS_END}\n\ntail\n")
+    assert "old numbers" not in text and report.strip() in text
+
+    assert main(["bench", "--compare", str(out / "records.jsonl"), "--against", str(out / "records.jsonl")]) == 0
+    assert "# 0 regression(s)" in capsys.readouterr().out
+    slower = [{**r, "ms": r["ms"] * 2} if r["kind"] == "time" else r for r in records]
+    (tmp_path / "slower.jsonl").write_text("".join(json.dumps(r) + "\n" for r in slower))
+    assert main(["bench", "--compare", str(out / "records.jsonl"), "--against", str(tmp_path / "slower.jsonl")]) == 1
+    printed = capsys.readouterr().out
+    assert printed.count("REGRESSED") == 8 and "# 8 regression(s)" in printed
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["bench", "--shapes", "1x8"], "BATCHxHEADSxHEAD_DIM"),
+        (["bench", "--mechanisms", "softmax", "--option", "local.window_size=4"], "not benchmarked"),
+        (["bench", "--against", "x.jsonl"], "--against NEW.jsonl needs --compare OLD.jsonl"),
+        (["bench", "--compare", "missing.jsonl", "--against", "missing.jsonl"], "missing.jsonl"),
+    ],
+)
+def test_bench_argument_errors(argv, message, capsys):
+    assert main(argv) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_docs_without_markers_is_an_error(tmp_path, capsys):
+    docs = tmp_path / "plain.md"
+    docs.write_text("# nothing to fill\n")
+    argv = [
+        "bench",
+        "--mechanisms",
+        "softmax",
+        "--lengths",
+        "16",
+        "--shapes",
+        "1x1x4",
+        "--repeats",
+        "1",
+        "--no-errors",
+        "--forward-only",
+        "--no-memory",
+        "--docs",
+        str(docs),
+    ]
+    assert main(argv) == 2
+    assert "has no <!-- attnzoo-bench:begin -->" in capsys.readouterr().err
