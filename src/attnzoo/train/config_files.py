@@ -49,20 +49,18 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"config file {str(path)!r} does not exist")
+    if path.suffix not in (".yaml", ".yml", ".toml", ".json"):
+        raise ValueError(f"{path}: config files must end in .yaml, .yml, .toml or .json")
     text = path.read_text(encoding="utf-8")
     try:
-        if path.suffix in (".yaml", ".yml"):
-            data = parse_yaml(text)
-        elif path.suffix == ".toml":
+        if path.suffix == ".toml":
             try:
                 import tomllib
             except ImportError:  # Python 3.10
-                raise ValueError(f"{path}: reading TOML needs Python >= 3.11; use YAML or JSON") from None
+                raise ValueError("reading TOML needs Python >= 3.11; use YAML or JSON") from None
             data = tomllib.loads(text)
-        elif path.suffix == ".json":
-            data = json.loads(text)
         else:
-            raise ValueError(f"{path}: config files must end in .yaml, .yml, .toml or .json")
+            data = json.loads(text) if path.suffix == ".json" else parse_yaml(text)
     except ValueError as err:
         raise ValueError(f"{path}: cannot parse config: {err}") from None
     if not isinstance(data, dict):
