@@ -67,7 +67,7 @@ def test_traffic_is_constant_in_n_for_geometric_branches() -> None:
         return tuple(ws), tuple(w // 2048 for w in ws)
 
     kw = dict(heads=12, head_dim=64, itemsize=2)
-    for world in (8, 64):
+    for world in (8, 64, 512):
         sizes = [communication_model(n, world, *geometric(n), **kw) for n in (2**20, 2**24, 2**30)]
         assert len(set(sizes)) == 1 and sizes[0] > 0
     assert communication_model(2**20, 8, (2048,), (1,), **kw) == 0  # segments inside chunks: nothing to send

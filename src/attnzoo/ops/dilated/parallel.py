@@ -105,11 +105,11 @@ class _CrossingAttention(torch.autograd.Function):
     def forward(ctx: Any, q, k, v, key_ok, qpos, kpos, causal, scale, kernel):  # type: ignore[override]
         q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
         outs, lses = [], []
-        for sl in _row_chunks(q.shape[2], key_ok.shape[0] * k.shape[1] * k.shape[2]):
+        for sl in _row_chunks(q.shape[2], k.shape[1] * k.shape[2] * (1 if key_ok is None else key_ok.shape[0])):
             bias, has_key = _bias(key_ok, qpos[:, sl], kpos, causal, q.dtype)
             out, lse = kernel.forward(q[:, :, sl], k, v, bias, False, scale)
             outs.append(out)
-            lses.append(lse.masked_fill(~has_key, float("-inf")))
+            lses.append(lse if has_key is None else lse.masked_fill(~has_key, float("-inf")))
         out, lse = torch.cat(outs, 2), torch.cat(lses, 2)
         ctx.save_for_backward(q, k, v, key_ok, qpos, kpos, out, lse)
         ctx.causal, ctx.scale, ctx.kernel = causal, scale, kernel
@@ -121,7 +121,7 @@ class _CrossingAttention(torch.autograd.Function):
         empty = torch.isinf(lse)
         safe, dlse = lse.masked_fill(empty, 0.0), dlse.masked_fill(empty, 0.0)
         dq, dk, dv = torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
-        for sl in _row_chunks(q.shape[2], key_ok.shape[0] * k.shape[1] * k.shape[2]):
+        for sl in _row_chunks(q.shape[2], k.shape[1] * k.shape[2] * (1 if key_ok is None else key_ok.shape[0])):
             bias, _ = _bias(key_ok, qpos[:, sl], kpos, ctx.causal, q.dtype)
             dqc, dkc, dvc = ctx.kernel.backward(
                 dout[:, :, sl].contiguous(), dlse[:, :, sl], q[:, :, sl], k, v, out[:, :, sl], safe[:, :, sl],
@@ -138,12 +138,17 @@ def _row_chunks(rows: int, bias_per_row: int) -> list[slice]:
     return [slice(i, min(i + step, rows)) for i in range(0, rows, step)]
 
 
-def _bias(key_ok: Tensor, qpos: Tensor, kpos: Tensor, causal: bool, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
-    """Additive mask ``(B|1, H, m, S)`` and the rows that see a key ``(B|1, H, m)``."""
-    allowed = key_ok[:, :, None, :]
+def _bias(
+    key_ok: Tensor | None, qpos: Tensor, kpos: Tensor, causal: bool, dtype: torch.dtype
+) -> tuple[Tensor | None, Tensor | None]:
+    """Additive mask ``(B|1, H, m, S)`` and the rows that see a key ``(B|1, H, m)``; ``None, None``
+    when every key is visible to every query (``key_ok`` None: all keys real)."""
+    if key_ok is None and not causal:
+        return None, None
+    allowed = torch.ones(1, 1, 1, 1, dtype=torch.bool, device=qpos.device) if key_ok is None else key_ok[:, :, None]
     if causal:
         allowed = allowed & (kpos[:, None, :] <= qpos[:, :, None])[None]
-    allowed = allowed.expand(key_ok.shape[0], key_ok.shape[1], qpos.shape[1], key_ok.shape[2])
+    allowed = allowed.expand(allowed.shape[0], qpos.shape[0], qpos.shape[1], kpos.shape[1])
     return key_mask_bias(allowed, dtype), allowed.any(-1)
 
 
@@ -299,8 +304,8 @@ def _crossing(
 
 def _group_keys(
     g: Group, sources: tuple[int, ...], k: Tensor, v: Tensor, mask: Tensor | None, received: Tensor | None, start: int
-) -> tuple[Tensor, Tensor, Tensor]:
-    """Keys and values ``(B, H, S, 2d)``, key validity ``(B|1, H, S)`` and positions ``(H, S)`` of group ``g``."""
+) -> tuple[Tensor, Tensor | None, Tensor]:
+    """Keys and values ``(B, H, S, 2d)``, key validity ``(B|1, H, S)`` (None: all real) and positions ``(H, S)``."""
     b, h, n_local, d = k.shape
     kv, ok = [], []
     for (_, pos), first in zip(g.keys, sources, strict=True):
@@ -318,9 +323,8 @@ def _group_keys(
             if mask is not None:
                 valid = valid & (rows[..., 2 * d] > 0.5)
         ok.append(valid)
+    positions = torch.cat([p for _, p in g.keys], 1)
+    if mask is None and bool((positions >= 0).all()):  # decided on the CPU plan: no device sync
+        return torch.cat(kv, 2), None, positions.to(k.device)
     width = max(x.shape[0] for x in ok)
-    return (
-        torch.cat(kv, 2),
-        torch.cat([x.expand(width, -1, -1) for x in ok], 2),
-        torch.cat([p for _, p in g.keys], 1).to(k.device),
-    )
+    return torch.cat(kv, 2), torch.cat([x.expand(width, -1, -1) for x in ok], 2), positions.to(k.device)
