@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from attnzoo.mechanisms.eva import T5_KEY
 from attnzoo.mechanisms.sampling import SampledAttention, check_no_dropout, proposal_net
 from attnzoo.official import OfficialEntry, register_official
 from attnzoo.ops.eva import causal_eva_attention, naive_causal_eva_attention
@@ -148,7 +149,11 @@ def _official_options(args: dict[str, Any], causal: bool) -> dict[str, Any]:
 
 def _official_convert(state_dict: dict[str, Tensor], args: dict[str, Any]) -> dict[str, Tensor]:
     """``q/k/v_proj`` -> fused ``qkv`` (rows q, k, v); ``out_proj`` -> ``proj``; T5 table under our name."""
-    out = {k: v for k, v in state_dict.items() if not k.startswith(("q_proj.", "k_proj.", "v_proj.", "out_proj."))}
+    out = {
+        k: v for k, v in state_dict.items() if not k.startswith(("q_proj.", "k_proj.", "v_proj.", "out_proj.", T5_KEY))
+    }
+    if T5_KEY in state_dict:
+        out["rel_pos_bias.weight"] = state_dict[T5_KEY]
     for kind in ("weight", "bias"):
         out[f"qkv.{kind}"] = torch.cat([state_dict[f"{p}_proj.{kind}"] for p in "qkv"])
         out[f"proj.{kind}"] = state_dict[f"out_proj.{kind}"]

@@ -17,7 +17,9 @@ from attnzoo.options import check_choice, check_field_types, check_int
 from attnzoo.registry import Capabilities, register
 from attnzoo.sparse import EXECUTOR_NAMES
 
-__all__ = ["EvaAttention", "EvaOptions"]
+__all__ = ["T5_KEY", "EvaAttention", "EvaOptions"]
+
+T5_KEY = "rel_pos_bias.relative_attention_bias.weight"  # the official T5 module's embedding
 
 
 @dataclass(frozen=True)
@@ -175,8 +177,9 @@ def _official_options(args: dict[str, Any], causal: bool) -> dict[str, Any]:
 
 
 def _official_convert(state_dict: dict[str, Tensor], args: dict[str, Any]) -> dict[str, Tensor]:
-    """``local_relative_position_bias_table`` -> ``rpe_table``; the 2D index buffer is recomputed here."""
-    renamed = {"local_relative_position_bias_table": "rpe_table"}
+    """``local_relative_position_bias_table`` -> ``rpe_table``, the T5 embedding's weight -> ``rel_pos_bias.weight``;
+    the 2D index buffer is recomputed here."""
+    renamed = {"local_relative_position_bias_table": "rpe_table", T5_KEY: "rel_pos_bias.weight"}
     return {renamed.get(k, k): v for k, v in zero_qkv_bias(state_dict).items() if k != "relative_position_index"}
 
 
