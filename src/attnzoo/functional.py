@@ -6,7 +6,12 @@ token; ``causal``), and returns ``(B, H, N, d)``. Every core is also reachable b
 """
 
 from attnzoo.ops.butterfly import butterfly_attention, naive_butterfly_attention
-from attnzoo.ops.diffuser import diffuser_attention, naive_diffuser_attention
+from attnzoo.ops.diffuser import (
+    diffuser_attention,
+    diffuser_fractional_attention,
+    naive_diffuser_attention,
+    naive_diffuser_fractional_attention,
+)
 from attnzoo.ops.dilated import dilated_attention, naive_dilated_attention
 from attnzoo.ops.eva import causal_eva_attention, eva_attention, naive_causal_eva_attention, naive_eva_attention
 from attnzoo.ops.lara import lara_attention, naive_lara_attention
@@ -25,6 +30,7 @@ from attnzoo.sparse import sparse_attention
 butterfly = butterfly_attention
 psf = psf_attention
 diffuser = diffuser_attention
+diffuser_fractional = diffuser_fractional_attention
 reformer = reformer_attention
 softmax = softmax_attention
 local = local_attention
@@ -46,6 +52,8 @@ __all__ = [
     "causal_eva_attention",
     "diffuser",
     "diffuser_attention",
+    "diffuser_fractional",
+    "diffuser_fractional_attention",
     "dilated",
     "dilated_attention",
     "eva",
@@ -61,6 +69,7 @@ __all__ = [
     "naive_butterfly_attention",
     "naive_causal_eva_attention",
     "naive_diffuser_attention",
+    "naive_diffuser_fractional_attention",
     "naive_dilated_attention",
     "naive_eva_attention",
     "naive_lara_attention",

@@ -19,6 +19,7 @@ TEST_OPTIONS = {
     "diffuser": dict(attention_window=8, num_rand=4, num_glob=2),
     "reformer": dict(bucket_size=4, num_buckets=(4,)),
     "ra": dict(num_samples=0),  # eval draws of num_samples >= 1 differ per call (official), see tests/ops/test_ra.py
+    "diffuser_fractional": dict(attention_window=8, num_rand=4, num_glob=2),
 }
 NAMES = [spec.name for spec in attnzoo.available()]
 DIM, HEADS = 32, 4

@@ -7,6 +7,7 @@ from attnzoo.mechanisms import (  # noqa: F401  (registration side effects)
     butterfly,
     causal_eva,
     diffuser,
+    diffuser_fractional,
     dilated,
     eva,
     lara,

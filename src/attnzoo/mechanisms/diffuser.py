@@ -15,18 +15,18 @@ from attnzoo.ops.diffuser.diffusion import GRAPHS
 from attnzoo.options import check_choice, check_field_types, check_float, check_int
 from attnzoo.registry import Capabilities, register
 
-__all__ = ["DiffuserAttention", "DiffuserOptions", "convert_diffuser", "diffuser_flops"]
+__all__ = ["DiffuserAttention", "DiffuserGraphOptions", "DiffuserOptions", "convert_diffuser", "diffuser_flops"]
 
 
 @dataclass(frozen=True)
-class DiffuserOptions:
-    """Options of ``diffuser`` (the official config names; defaults from ``models/config.json``).
+class DiffuserGraphOptions:
+    """The graph options shared by ``diffuser`` and ``diffuser_fractional`` (official config names;
+    defaults from ``models/config.json``).
 
-    The graph: ``attention_window`` w (even; overlapping local blocks of w tokens every w/2),
-    ``num_rand`` random in-edges per query (at N = 4096; fewer at shorter N, as the official crop),
-    ``num_glob`` global tokens (drawn at positions >= w), ``seed``; ``graph="official"`` replays the
-    official graph exactly (N <= 4096); ``global_tokens`` fixes the global positions instead.
-    ``hops`` K and ``alpha`` (official: 5 and 0.1, hard-coded).
+    ``attention_window`` w (even; overlapping local blocks of w tokens every w/2), ``num_rand``
+    random in-edges per query (at N = 4096; fewer at shorter N, as the official crop), ``num_glob``
+    global tokens (drawn at positions >= w), ``seed``; ``graph="official"`` replays the official
+    graph exactly (N <= 4096); ``global_tokens`` fixes the global positions instead.
     """
 
     attention_window: int = 64
@@ -35,8 +35,6 @@ class DiffuserOptions:
     seed: int = 0
     graph: str = "attnzoo"
     global_tokens: tuple[int, ...] | None = None
-    hops: int = 5
-    alpha: float = 0.1
 
     def __post_init__(self) -> None:
         if isinstance(self.global_tokens, list):
@@ -45,9 +43,8 @@ class DiffuserOptions:
         check_int("attention_window", self.attention_window, minimum=2)
         if self.attention_window % 2:
             raise ValueError(f"option attention_window must be even, got {self.attention_window}")
-        for name in ("num_rand", "num_glob", "seed", "hops"):
+        for name in ("num_rand", "num_glob", "seed"):
             check_int(name, getattr(self, name), minimum=0)
-        check_float("alpha", self.alpha, minimum=0.0, maximum=1.0)
         check_choice("graph", self.graph, GRAPHS)
         if self.global_tokens is not None and any(t < 0 for t in self.global_tokens):
             raise ValueError(f"option global_tokens must be positions >= 0, got {self.global_tokens}")
@@ -63,13 +60,30 @@ class DiffuserOptions:
             "global_tokens": self.global_tokens,
         }
 
+    def num_edges(self, n: int) -> int:
+        """Edges of the graph of ``n`` tokens."""
+        kw = self.graph_kwargs()
+        return resolve_graph(n, kw.pop("graph"), kw.pop("attention_window"), **kw).num_edges
+
+
+@dataclass(frozen=True)
+class DiffuserOptions(DiffuserGraphOptions):
+    """Options of ``diffuser``: the graph (:class:`DiffuserGraphOptions`), ``hops`` K and ``alpha``
+    (official: 5 and 0.1, hard-coded)."""
+
+    hops: int = 5
+    alpha: float = 0.1
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_int("hops", self.hops, minimum=0)
+        check_float("alpha", self.alpha, minimum=0.0, maximum=1.0)
+
 
 def diffuser_flops(n: int, d: int, options: DiffuserOptions, causal: bool) -> float:
     """Forward FLOPs per (batch, head): ``2 E d`` for the edge scores and ``2 E d`` per hop,
     ``2 E d (K + 1)``, E the edge count of the graph of N tokens."""
-    o = options
-    graph = resolve_graph(n, o.graph, o.attention_window, o.num_rand, o.num_glob, o.seed, o.global_tokens)
-    return 2.0 * graph.num_edges * d * (o.hops + 1)
+    return 2.0 * options.num_edges(n) * d * (options.hops + 1)
 
 
 @register(

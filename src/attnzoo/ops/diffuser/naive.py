@@ -51,3 +51,77 @@ def naive_diffuser_attention(
         out = out + c * (power @ v)
         power = power @ a
     return out if mask is None else out * mask[:, None, :, None].to(out.dtype)
+
+
+def naive_diffuser_fractional_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    *,
+    mask: Tensor | None = None,
+    causal: bool = False,
+    variant: str = "renormfrac",
+    gamma: float = 0.5,
+    terms: int | None = None,
+    alpha: float = 0.1,
+    epsilon: float = 0.8,
+    attention_window: int = 64,
+    num_rand: int = 64,
+    num_glob: int = 64,
+    seed: int = 0,
+    graph: str = "attnzoo",
+    global_tokens: tuple[int, ...] | None = None,
+    batch_rho: bool = False,
+    detach: bool = False,
+    negate_scores: bool = False,
+    scale: float | None = None,
+) -> Tensor:
+    """Dense fractional Diffuser with the signature of :func:`diffuser_fractional_attention` (tests only):
+    ``W = exp(s k q^T) * G`` per sequence (no stabiliser), ``L = diag(W 1) - W``, ``B = rho I - L``,
+    ``L^g = rho^g sum_k (-1)^k binom(g, k) (B / rho)^k`` by repeated dense products, then the variant."""
+    if causal:
+        raise ValueError("diffuser_fractional cannot be causal: its random and global edges point both ways")
+    default_terms = {"unfrac": 6, "limitfrac": 6, "symlimitfrac": 6}
+    terms = default_terms.get(variant, 7) if terms is None else terms
+    b, _, n, d = q.shape
+    edges = resolve_graph(n, graph, attention_window, num_rand, num_glob, seed, global_tokens).to_dense().T  # [j, i]
+    real = torch.ones(b, n, dtype=torch.bool) if mask is None else mask
+    s = d**-0.5 if scale is None else scale
+    scores = (k @ q.transpose(-1, -2)) * s * (-1 if negate_scores else 1)  # [j, i] = <k_j, q_i>
+    allowed = edges[None, None] & real[:, None, :, None] & real[:, None, None, :]
+    w = torch.exp(scores) * allowed
+    if variant == "symlimitfrac":
+        w = (w + w.transpose(-1, -2)) / 2
+    lap = torch.diag_embed(w.sum(-1)) - w
+    rho = w.sum(-1).amax(-1)[..., None, None]  # (B, H, 1, 1)
+    if batch_rho:
+        rho = rho.amax(0, keepdim=True)
+    eye = torch.eye(n, dtype=q.dtype)
+    bmat = rho * eye - lap
+    lg, power, coef = eye.expand_as(w).clone(), eye.expand_as(w).clone(), 1.0
+    for i in range(1, terms + 1):
+        coef *= (i - 1 - gamma) / i
+        power = power @ (bmat / rho)
+        lg = lg + coef * power
+    lg = lg * rho**gamma
+    keep = real[:, None, :, None].to(v.dtype)
+
+    def rownorm1(x: Tensor) -> Tensor:
+        return x / x.abs().sum(-1, keepdim=True).clamp_min(1e-12)
+
+    if variant in ("limitfrac", "symlimitfrac"):
+        diag = lg.diagonal(dim1=-2, dim2=-1) * (True if batch_rho else real[:, None, :])
+        total = diag.sum((0, 2), keepdim=True) if batch_rho else diag.sum(-1, keepdim=True)
+        weights = diag / total
+        if batch_rho:
+            return torch.einsum("bhn,bhnd->hd", weights, v)[None, :, None, :].expand_as(v) * keep
+        return torch.einsum("bhn,bhnd->bhd", weights, v)[:, :, None, :].expand_as(v) * keep
+    if variant == "unfrac":
+        return (v - lg @ v) * keep
+    if variant in ("regfrac", "detached_regfrac"):
+        reg = rownorm1(w - lg * ~edges) @ v
+        return (reg if variant == "regfrac" else (1 - alpha) * reg + alpha * v) * keep
+    frac = rownorm1(torch.diag_embed(lg.diagonal(dim1=-2, dim2=-1)) - lg) @ v
+    if variant == "renormfrac":
+        return ((1 - alpha) * frac + alpha * v) * keep
+    return (epsilon * (rownorm1(w) @ v) + (1 - epsilon) * frac) * keep

@@ -1,0 +1,148 @@
+"""``diffuser_fractional``: fractional graph-Laplacian attention on the Diffuser graph (fractional-attn)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch.nn.functional as F
+from torch import Tensor
+
+from attnzoo.mechanisms.base import AttentionBase
+from attnzoo.mechanisms.diffuser import DiffuserGraphOptions, convert_diffuser
+from attnzoo.official.registry import OfficialEntry, register_official
+from attnzoo.ops.diffuser import VARIANTS, diffuser_fractional_attention, naive_diffuser_fractional_attention
+from attnzoo.ops.diffuser.fractional import OFFICIAL_TERMS
+from attnzoo.options import check_choice, check_float, check_int
+from attnzoo.registry import Capabilities, register
+
+__all__ = ["FractionalAttention", "FractionalOptions", "fractional_flops"]
+
+
+@dataclass(frozen=True)
+class FractionalOptions(DiffuserGraphOptions):
+    """Options of ``diffuser_fractional``: the graph (:class:`DiffuserGraphOptions`) and
+
+    ``variant`` (the official class by short name: renormfrac, regfrac, detached_regfrac, lnl,
+    unfrac, limitfrac, symlimitfrac), ``gamma`` in (0, 1), ``terms`` of the series (None = the
+    official count, 6 or 7), ``alpha`` (teleport), ``epsilon`` (LNL mix). Compatibility with the
+    official code (all off = intended math): ``batch_rho`` (rho and the limit vector over the whole
+    batch, F5), ``detach`` (no gradient through the weights / L^g, F4), ``negate_scores``
+    (``exp(-<k, q>)``, renormfrac at the pinned commit), ``scramble_heads`` (the official raw
+    ``(H, B*N, d) -> (B, N, H, d)`` reshape of the output, F1).
+    """
+
+    variant: str = "renormfrac"
+    gamma: float = 0.5
+    terms: int | None = None
+    alpha: float = 0.1
+    epsilon: float = 0.8
+    batch_rho: bool = False
+    detach: bool = False
+    negate_scores: bool = False
+    scramble_heads: bool = False
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_choice("variant", self.variant, VARIANTS)
+        check_float("gamma", self.gamma, minimum=0.0, maximum=1.0)
+        if not 0.0 < self.gamma < 1.0:
+            raise ValueError(f"option gamma must be in (0, 1), got {self.gamma}")
+        if self.terms is not None:
+            check_int("terms", self.terms, minimum=0)
+        check_float("alpha", self.alpha, minimum=0.0, maximum=1.0)
+        check_float("epsilon", self.epsilon, minimum=0.0, maximum=1.0)
+
+    def core_kwargs(self) -> dict[str, Any]:
+        """Keywords of :func:`diffuser_fractional_attention` (all but ``scramble_heads``)."""
+        return {
+            **self.graph_kwargs(),
+            "variant": self.variant,
+            "gamma": self.gamma,
+            "terms": self.terms,
+            "alpha": self.alpha,
+            "epsilon": self.epsilon,
+            "batch_rho": self.batch_rho,
+            "detach": self.detach,
+            "negate_scores": self.negate_scores,
+        }
+
+
+def fractional_flops(n: int, d: int, options: FractionalOptions, causal: bool) -> float:
+    """Forward FLOPs per (batch, head): T sparse-times-dense powers ``2 T (E + N) N``, the edge scores
+    ``2 E d`` and the final dense product with V ``2 N^2 d`` (T = the series terms)."""
+    terms = OFFICIAL_TERMS[options.variant] if options.terms is None else options.terms
+    edges = options.num_edges(n)
+    return 2.0 * terms * (edges + n) * n + 2.0 * edges * d + 2.0 * n * n * d
+
+
+@register(
+    "diffuser_fractional",
+    options=FractionalOptions,
+    capabilities=Capabilities(
+        causal=False,
+        key_padding_mask=True,
+        cross_attention=False,
+        exact=False,
+        deterministic=True,
+        time="O(T*E*N)",
+        memory="O(T*N^2)",
+        pattern="diffuser_graph",
+        convex=False,
+    ),
+    functional=diffuser_fractional_attention,
+    reference=naive_diffuser_fractional_attention,
+    flops=fractional_flops,
+)
+class FractionalAttention(AttentionBase):
+    """Fractional Diffuser: a truncated series for L^gamma of the attention-graph Laplacian, official variants.
+
+    ``dropout`` drops the per-head output in training (the official classes drop their output).
+    """
+
+    def attend(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
+        o: FractionalOptions = self.options
+        out = diffuser_fractional_attention(q, k, v, mask=mask, **o.core_kwargs())
+        p = self.attention_dropout()
+        return F.dropout(out, p) if p > 0 else out
+
+    def merge(self, out: Tensor) -> Tensor:
+        """Merge heads (``scramble_heads``: the official raw reshape, mixing tokens of the batch)."""
+        if self.options.scramble_heads:
+            b, h, n, d = out.shape
+            out = out.permute(1, 0, 2, 3).reshape(h, b * n, d).reshape(b, n, h, d).transpose(1, 2)
+        return super().merge(out)
+
+
+def _fractional_options(variant: str) -> Any:
+    def options(args: dict[str, Any], causal: bool) -> dict[str, Any]:
+        window = args["attention_window"]
+        return {
+            "attention_window": window[0] if isinstance(window, (list, tuple)) else window,
+            "num_rand": args["num_rand"],
+            "num_glob": args["num_glob"],
+            "graph": "official",
+            "variant": variant,
+            "gamma": args["gamma"],
+            "batch_rho": True,
+            "detach": True,
+            "negate_scores": variant == "renormfrac",
+            "scramble_heads": True,
+        }
+
+    return options
+
+
+for _variant in VARIANTS:
+    register_official(
+        OfficialEntry(
+            source="fractional-attn",
+            name=_variant,
+            mechanism="diffuser_fractional",
+            defaults={"gamma": 0.5, "attention_window": 64, "num_rand": 64, "num_glob": 64},
+            options=_fractional_options(_variant),
+            convert=convert_diffuser,
+            notes=f"{_variant}: official graph, batch rho (F5), detached (F4), scrambled heads (F1)"
+            + (", exp(-<k, q>)" if _variant == "renormfrac" else ""),
+        )
+    )

@@ -1,0 +1,174 @@
+"""Fractional Diffuser: series coefficients, L^gamma against an exact fractional power, every variant
+against the dense reference, and from_official against an emulated fractional-attn class (spec DPBN §2)."""
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+import attnzoo
+from attnzoo.ops.diffuser import (
+    VARIANTS,
+    diffuser_fractional_attention,
+    naive_diffuser_fractional_attention,
+    official_graph,
+    series_coefficients,
+)
+from attnzoo.ops.diffuser.fractional import _fractional_power
+
+
+def test_series_coefficients_are_signed_binomials():
+    gamma = 0.3
+    expected = [(-1) ** k * math.gamma(gamma + 1) / (math.gamma(k + 1) * math.gamma(gamma - k + 1)) for k in range(6)]
+    assert series_coefficients(gamma, 5) == pytest.approx(expected)
+    assert all(c < 0 for c in series_coefficients(gamma, 8)[1:])
+
+
+def exact_power(lap: torch.Tensor, gamma: float) -> torch.Tensor:
+    vals, vecs = torch.linalg.eigh(lap)
+    return vecs @ torch.diag(vals.clamp_min(0) ** gamma) @ vecs.T
+
+
+def test_truncated_series_converges_to_the_exact_fractional_power():
+    torch.manual_seed(0)
+    n = 10
+    rows, cols = torch.triu_indices(n, n, 1)
+    keep = torch.rand(rows.shape[0]) < 0.5
+    rows, cols = rows[keep], cols[keep]
+    rows, cols = torch.cat([rows, cols]), torch.cat([cols, rows])  # symmetric graph
+    half = torch.rand(rows.shape[0] // 2, dtype=torch.float64) + 0.5
+    values = torch.cat([half, half])[None, None]
+    dense = torch.zeros(n, n, dtype=torch.float64).index_put((rows, cols), values[0, 0])
+    exact = exact_power(torch.diag(dense.sum(1)) - dense, 0.5)
+    errors = [
+        (_fractional_power(values, rows, cols, n, 0.5, t, batch_rho=False)[0, 0] - exact).abs().max()
+        for t in (2, 7, 40, 300)
+    ]
+    assert errors[0] > errors[1] > errors[2] > errors[3]
+    assert errors[3] < 0.05 < errors[1]  # slow convergence (L is singular), as the spec measured
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("batch_rho", [False, True])
+def test_variants_match_dense_reference_fp32(variant, batch_rho):
+    torch.manual_seed(1)
+    q, k, v = (torch.randn(2, 2, 24, 8, requires_grad=True) for _ in range(3))
+    mask = torch.arange(24)[None] < torch.tensor([[24], [19]])
+    kw = dict(mask=mask, variant=variant, gamma=0.6, attention_window=8, num_rand=4, num_glob=1, batch_rho=batch_rho)
+    out = diffuser_fractional_attention(q, k, v, **kw)
+    ref = naive_diffuser_fractional_attention(*(t.double() for t in (q, k, v)), **kw)
+    torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=1e-5)
+    grads = torch.autograd.grad(out.square().sum(), (q, k, v))
+    ref_grads = torch.autograd.grad(ref.square().sum(), (q, k, v))
+    for g, r in zip(grads, ref_grads, strict=True):
+        torch.testing.assert_close(g.double(), r.double(), rtol=1e-4, atol=1e-4)
+
+
+def test_intended_math_differs_from_official_where_it_should():
+    torch.manual_seed(2)
+    q, k, v = (torch.randn(2, 1, 24, 8, requires_grad=True) for _ in range(3))
+    kw = dict(variant="renormfrac", attention_window=8, num_rand=4, num_glob=1)
+    alone = diffuser_fractional_attention(q[:1] * 3, k[:1] * 3, v[:1], **kw)
+    batched = diffuser_fractional_attention(q * 3, k * 3, v, **kw)
+    torch.testing.assert_close(batched[:1], alone)  # per-sequence rho: items do not interact
+    limit = dict(kw, variant="limitfrac")
+    official = diffuser_fractional_attention(q * 3, k * 3, v, batch_rho=True, **limit)
+    own = diffuser_fractional_attention(q[:1] * 3, k[:1] * 3, v[:1], **limit)
+    assert (official[:1] - own).abs().max() > 1e-3  # F5: the official limit vector spans the batch
+    detached = diffuser_fractional_attention(q, k, v, detach=True, **kw)
+    (dq,) = torch.autograd.grad(detached.sum(), q, allow_unused=True)
+    assert dq is None or dq.abs().max() == 0  # F4: no gradient to q
+    big = diffuser_fractional_attention(q * 40, k * 40, v, variant="limitfrac", attention_window=8, num_rand=4)
+    assert torch.isfinite(big).all()  # stabilised exponent (official: inf / NaN, F7)
+
+
+def test_bad_options():
+    with pytest.raises(ValueError, match=r"gamma must be in \(0, 1\)"):
+        attnzoo.build("diffuser_fractional", 32, 4, gamma=1.0)
+    with pytest.raises(ValueError, match="variant must be one of"):
+        attnzoo.build("diffuser_fractional", 32, 4, variant="l2")
+    with pytest.raises(ValueError, match="cannot be causal"):
+        attnzoo.build("diffuser_fractional", 32, 4, causal=True)
+    with pytest.raises(TypeError, match="option batch_rho must be bool"):
+        attnzoo.build("diffuser_fractional", 32, 4, batch_rho="yes")
+
+
+class OfficialFractional(nn.Module):
+    """A fractional-attn class at 0f01d1e, emulated densely on the flattened batch (spec DPBN §2.2-2.3)."""
+
+    def __init__(self, dim, heads, variant, gamma):
+        super().__init__()
+        self.h, self.d, self.variant, self.gamma = heads, dim // heads, variant, gamma
+        self.query, self.key, self.value = nn.Linear(dim, dim), nn.Linear(dim, dim), nn.Linear(dim, dim)
+
+    def forward(self, x, g, ext_mask):
+        b, n, dim = x.shape
+        bn = b * n
+
+        def heads(t):  # (H, BN, d)
+            return t.view(bn, self.h, self.d).transpose(0, 1)
+
+        q = heads(self.query(x) / math.sqrt(self.d))
+        k, v = heads(self.key(x)), heads(self.value(x))
+        valid = (ext_mask >= 0).reshape(bn)
+        sign = -1.0 if self.variant == "renormfrac" else 1.0
+        w = torch.exp(sign * k @ q.transpose(-1, -2)) * g * (valid[:, None] & valid[None, :])
+        if self.variant == "symlimitfrac":
+            w = (w + w.transpose(-1, -2)) / 2
+        deg = w.sum(-1)
+        rho = deg.max(-1).values[:, None, None]  # over all B*N nodes, per head
+        lap = torch.diag_embed(deg) - w
+        bmat = rho * torch.eye(bn) - lap
+        terms = {"unfrac": 6, "limitfrac": 6, "symlimitfrac": 6}.get(self.variant, 7)
+        lg, power, coef = torch.eye(bn).repeat(self.h, 1, 1), torch.eye(bn).repeat(self.h, 1, 1), 1.0
+        for i in range(1, terms + 1):
+            coef *= (i - 1 - self.gamma) / (i * rho)
+            power = bmat @ power
+            lg = lg + coef * power
+        lg = lg * rho**self.gamma
+
+        def norm1(t):
+            return t / t.abs().sum(-1, keepdim=True).clamp_min(1e-12)
+
+        frac = norm1(torch.diag_embed(lg.diagonal(dim1=-2, dim2=-1)) - lg)
+        if self.variant == "renormfrac":
+            out = 0.9 * frac @ v + 0.1 * v
+        elif self.variant == "unfrac":
+            out = v - lg @ v
+        elif self.variant in ("regfrac", "detached_regfrac"):
+            out = norm1(w - lg * (1 - g)) @ v
+            out = out if self.variant == "regfrac" else 0.9 * out + 0.1 * v
+        elif self.variant == "lnl":
+            out = 0.8 * norm1(w) @ v + 0.2 * frac @ v
+        else:
+            s = lg.diagonal(dim1=-2, dim2=-1) / lg.diagonal(dim1=-2, dim2=-1).sum(-1, keepdim=True)
+            out = (s[..., None] * v).sum(1, keepdim=True).expand_as(v)
+        return out.reshape(b, n, self.h, self.d).reshape(b, n, dim)  # raw reshape of (H, BN, d), F1
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_from_official_matches_fractional_attn(variant):
+    torch.manual_seed(6)
+    n, dim, heads = 64, 16, 2
+    official = OfficialFractional(dim, heads, variant, 0.4).eval()
+    with torch.no_grad():
+        for p in official.parameters():
+            p.normal_(0, 0.3)
+    ours = attnzoo.from_official(
+        "fractional-attn", variant, dim=dim, num_heads=heads, args={"gamma": 0.4}, state_dict=official.state_dict()
+    ).eval()
+    adj = official_graph(n).to_dense().T.float()  # (row key, column query)
+    g = torch.block_diag(adj, adj)
+    x = torch.randn(2, n, dim)
+    mask = torch.ones(2, n, dtype=torch.bool)
+    mask[1, 50:] = False
+    with torch.no_grad():
+        expected = official(x, g, torch.where(mask, 0.0, -10000.0))
+        got = ours(x, mask)
+    # F1 scrambles tokens and heads: compare the rows whose scrambled sources are all real tokens
+    src_token = torch.arange(2 * n * heads).view(2, n, heads) % (2 * n)  # flat (H, B*N) slot -> node
+    real_src = mask.reshape(-1)[src_token].all(-1)
+    rows = mask & real_src & torch.isfinite(expected).all(-1)  # contract: padded and non-finite rows excluded
+    diff = (got[rows] - expected[rows]).abs().max()
+    assert diff <= 1e-5 * expected[rows].abs().max() + 1e-6, (variant, diff)
