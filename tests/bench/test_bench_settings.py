@@ -3,7 +3,7 @@
 import pytest
 
 import attnzoo
-from attnzoo.bench.settings import BENCH_SETTINGS, PRESETS, Shape, bench_options, parse_shape
+from attnzoo.bench.settings import BENCH_SETTINGS, PRESETS, Shape, bench_options, case_options, parse_shape
 
 
 def test_every_registered_mechanism_has_valid_benchmark_options():
@@ -40,3 +40,12 @@ def test_preset_grid():
     quick = PRESETS["quick"]
     assert quick.mechanisms is not None and set(quick.mechanisms) <= {s.name for s in attnzoo.available()}
     assert PRESETS["default"].mechanisms is None  # every registered mechanism
+
+
+def test_per_length_options_follow_n_unless_given():
+    assert BENCH_SETTINGS["linformer"].per_length == ("max_length",)
+    assert case_options("linformer", {}, 16384) == {"max_length": 16384}
+    assert case_options("linformer", {"max_length": 99}, 16384) == {"max_length": 99}
+    assert case_options("local", {"window_size": 8}, 16384) == {"window_size": 8}
+    assert case_options("not-in-the-table", {"a": 1}, 64) == {"a": 1}
+    attnzoo.build("linformer", 32, 2, **case_options("linformer", {}, 8192))

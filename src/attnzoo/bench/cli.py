@@ -76,25 +76,46 @@ def _tasks(args: argparse.Namespace, preset: Any, mechanisms: list[str], options
     from attnzoo.bench.accuracy import DISTRIBUTIONS
     from attnzoo.bench.isolate import Group
     from attnzoo.bench.peers import PEERS
+    from attnzoo.bench.settings import case_options
 
     groups = [Group([{"kind": "peak", "device": args.device, "dtype": dt}], fresh=False) for dt in preset.dtypes]
     for case in preset.cases(mechanisms):
         lengths = case.pop("lengths")
         common = {**case, "kind": "time", "device": args.device, "options": options[case["mechanism"]]}
         common.update(repeats=preset.repeats, passes=list(preset.passes), memory=not args.no_memory)
-        groups.append(Group([{**common, "compile": args.compile, "seq_len": n} for n in lengths]))
+        common["compile"] = args.compile
+        groups.append(
+            Group(
+                [
+                    {**common, "options": case_options(case["mechanism"], common["options"], n), "seq_len": n}
+                    for n in lengths
+                ]
+            )
+        )
     if not args.no_errors:
         for m in mechanisms:
             error = {"kind": "error", "mechanism": m, "options": options[m]}
-            tasks = [{**error, "seq_len": n, "dist": d} for n in sorted(preset.error_lengths) for d in DISTRIBUTIONS]
+            tasks = [
+                {**error, "options": case_options(m, options[m], n), "seq_len": n, "dist": d}
+                for n in sorted(preset.error_lengths)
+                for d in DISTRIBUTIONS
+            ]
             groups.append(Group(tasks, fresh=False))
     if args.peers:
         shape = preset.shapes[0]
         for peer in (p for p in PEERS if p.mechanism in mechanisms):
             common = {"kind": "peer", "peer": peer.name, **dataclasses.asdict(shape), "dtype": preset.dtypes[0]}
             common.update(causal=False, device=args.device, options=options[peer.mechanism], repeats=preset.repeats)
-            tasks = [{**common, "passes": list(preset.passes), "seq_len": n} for n in sorted(preset.peer_lengths)]
-            groups.append(Group(tasks, python=args.peers_python))
+            common["passes"] = list(preset.passes)
+            groups.append(
+                Group(
+                    [
+                        {**common, "options": case_options(peer.mechanism, common["options"], n), "seq_len": n}
+                        for n in sorted(preset.peer_lengths)
+                    ],
+                    python=args.peers_python,
+                )
+            )
     return groups
 
 

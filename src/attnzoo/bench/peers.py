@@ -122,14 +122,15 @@ def _linformer(q: Tensor, k: Tensor, v: Tensor, opts: Any, causal: bool) -> tupl
 
     b, h, n, d = q.shape
     proj = _opt(opts, ("proj_dim", "linformer_k", "k"), 256)
-    peer = LinformerSelfAttention(dim=h * d, seq_len=n, k=proj, heads=h).to(q.device, q.dtype)
+    share_kv = _opt(opts, ("sharing",), "kv") in ("kv", "headwise-kv")
+    peer = LinformerSelfAttention(dim=h * d, seq_len=n, k=proj, heads=h, share_kv=share_kv).to(q.device, q.dtype)
     peer.to_out = nn.Identity()
 
     def core(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
         peer.to_q, peer.to_k, peer.to_v = _Given(_tokens(q)), _Given(_tokens(k)), _Given(_tokens(v))
         return _heads(peer(q.new_empty(b, n, h * d)), h)
 
-    return core, {"k": proj}
+    return core, {"k": proj, "share_kv": share_kv}
 
 
 def _reformer(q: Tensor, k: Tensor, v: Tensor, opts: Any, causal: bool) -> tuple[Core, dict[str, Any]]:
@@ -246,7 +247,8 @@ PEERS: tuple[Peer, ...] = (
         "linformer",
         _linformer,
         False,
-        "its own random E/F projections (length N x k); outputs differ by the parameters",
+        "one E (and F) shared by all heads, attnzoo's sharing='headwise' (its default 'kv' keeps one per head; "
+        "same FLOPs); its own random parameters, so outputs differ",
     ),
     Peer(
         "reformer-pytorch",

@@ -14,15 +14,26 @@ from typing import Any
 
 import attnzoo
 
-__all__ = ["BENCH_SETTINGS", "PRESETS", "BenchSetting", "Preset", "Shape", "bench_options", "parse_shape"]
+__all__ = [
+    "BENCH_SETTINGS",
+    "PRESETS",
+    "BenchSetting",
+    "Preset",
+    "Shape",
+    "bench_options",
+    "case_options",
+    "parse_shape",
+]
 
 
 @dataclass(frozen=True)
 class BenchSetting:
-    """Benchmark options of one mechanism and the reason they were chosen."""
+    """Benchmark options of one mechanism, the reason they were chosen, and the option names that
+    follow the sequence length (``per_length``: set to N in each case, e.g. a maximum length)."""
 
     options: dict[str, Any]
     why: str
+    per_length: tuple[str, ...] = ()
 
 
 BENCH_SETTINGS: dict[str, BenchSetting] = {
@@ -31,8 +42,17 @@ BENCH_SETTINGS: dict[str, BenchSetting] = {
         {"segment_lengths": (2048, 4096, 8192), "dilation_rates": (1, 2, 4)},
         "issue 2's reference: LongNet's first three (segment, dilation) pairs",
     ),
+    "linformer": BenchSetting({}, "defaults (k = 256); E and F sized to each case's N", per_length=("max_length",)),
 }
 """Benchmark options per mechanism; names not listed run with their defaults."""
+
+
+def case_options(name: str, options: dict[str, Any], seq_len: int) -> dict[str, Any]:
+    """``options`` with the mechanism's ``per_length`` options set to ``seq_len`` (unless given explicitly)."""
+    setting = BENCH_SETTINGS.get(name)
+    if setting is None:
+        return options
+    return {**{key: seq_len for key in setting.per_length}, **options}
 
 
 def bench_options(name: str, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
