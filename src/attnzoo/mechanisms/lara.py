@@ -141,9 +141,9 @@ class LaraAttention(SampledAttention):
         """The proposal landmarks (spec §5 step 2): 1D segment means or 2D pooled cells, then the learned maps."""
         o: LaraOptions = self.options
         if not o.attn_2d:
+            keep = None if mask is None or not o.compat else mask[:, None, :, None].to(q.dtype)
+            q, k = (q, k) if keep is None else (q * keep, k * keep)  # official: zero pads, then map
             if o.proposal_gen == "adaptive-1d":
-                keep = None if mask is None or not o.compat else mask[:, None, :, None].to(q.dtype)
-                q, k = (q, k) if keep is None else (q * keep, k * keep)  # official: zero pads, then map
                 q, k = self._generate(self.q_bar_gen, q), self._generate(self.k_bar_gen, k)
             return lara_landmarks(q, k, mask, o.num_landmarks, o.compat)
         grid = grid_shape(q.shape[-2], o.image_height, o.image_width)

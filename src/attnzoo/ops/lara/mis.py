@@ -33,13 +33,12 @@ def lara_landmarks(q: Tensor, k: Tensor, mask: Tensor | None, num_landmarks: int
     """Segment means of ``q, k: (B, H, N, d)`` as landmarks (spec §5 step 2, 1D).
 
     Default: each row's real tokens are cut into ``min(L, n_real)`` segments (padding changes nothing).
-    ``count_padding`` (official, quirk E4): the whole padded length is cut and zeroed pads count in the means.
+    ``count_padding`` (official, quirk E4): the whole padded length is cut and pad rows count in the means
+    (:func:`lara_attention` zeroes them first, as the official code does).
     """
     b, _, n, _ = q.shape
-    if count_padding:
+    if count_padding:  # pad rows enter as given (the official code zeroes q, k first, then maps them)
         seg = real_token_segments(None, b, n, num_landmarks, q.device)
-        keep = None if mask is None else mask[:, None, :, None].to(q.dtype)
-        q, k = (q, k) if keep is None else (q * keep, k * keep)
         return Landmarks(segment_mean(q, seg), segment_mean(k, seg), seg.nonempty())
     seg = real_token_segments(mask, b, n, num_landmarks, q.device)
     return Landmarks(segment_mean(q, seg, mask), segment_mean(k, seg, mask), seg.nonempty())
