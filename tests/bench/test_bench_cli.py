@@ -95,3 +95,38 @@ def test_docs_without_markers_is_an_error(tmp_path, capsys):
     ]
     assert main(argv) == 2
     assert "has no <!-- attnzoo-bench:begin -->" in capsys.readouterr().err
+
+
+def test_the_printed_command_reruns_the_same_sweep():
+    import dataclasses
+    import shlex
+
+    from attnzoo.bench.cli import _command, _sweep
+    from attnzoo.cli import build_parser
+
+    parser = build_parser()
+    args = parser.parse_args(
+        [
+            "bench",
+            "--quick",
+            "--causal",
+            "both",
+            "--heads",
+            "2",
+            "--option",
+            "local.window_size=8",
+            "--option",
+            "dilated.segment_lengths=64,128",
+            "--option",
+            "dilated.dilation_rates=1,2",
+            "--peers",
+            "--forward-only",
+        ]
+    )
+    preset, mechanisms, options = _sweep(args)
+    again = parser.parse_args(shlex.split(_command(preset, mechanisms, args))[1:])
+    preset_again, mechanisms_again, options_again = _sweep(again)
+    assert (mechanisms_again, options_again) == (mechanisms, options)
+    assert dataclasses.replace(preset_again, mechanisms=None) == dataclasses.replace(preset, mechanisms=None)
+    assert options["local"] == {"window_size": 8} and options["dilated"]["segment_lengths"] == (64, 128)
+    assert preset.causal == (False, True) and preset.passes == ("fwd",) and preset.shapes[0].heads == 2

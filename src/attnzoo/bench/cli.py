@@ -140,6 +140,10 @@ def _command(preset: Any, mechanisms: list[str], args: argparse.Namespace) -> st
         args.device,
         "--error-lengths",
         *map(str, preset.error_lengths),
+        "--time-budget-s",
+        f"{preset.time_budget_s:g}",
+        "--memory-budget-mib",
+        f"{preset.memory_budget_mib:g}",
     ]
     argv += [
         f"--option={m}.{k}={','.join(map(str, v)) if isinstance(v, (list, tuple)) else v}"
