@@ -8,32 +8,47 @@ from torch import Tensor
 __all__ = ["iterative_pinv", "segment_ids", "segment_means"]
 
 
+def _segment_ends(real: Tensor, num_landmarks: int) -> Tensor:
+    """Cumulative real-token count at the end of each segment: ``(B, m)`` (Nystromformer's split)."""
+    n = real.sum(-1, keepdim=True)
+    per = n // num_landmarks
+    short = (per + 1) * num_landmarks - n  # segments of `per` tokens come first
+    j = torch.arange(1, num_landmarks + 1, device=real.device)
+    return j * per + (j - short).clamp_min(0)
+
+
 def segment_ids(real: Tensor, num_landmarks: int) -> Tensor:
     """Landmark index of every token: ``(B, N)`` long, -1 for pads.
 
     The n real tokens of a sequence (in order, wherever they are) are cut into ``m`` contiguous
     segments as Nystromformer does: the first ``(floor(n/m) + 1) m - n`` segments hold ``floor(n/m)``
-    tokens, the rest one more. Sequences with ``n < m`` get ids clamped into range (callers use exact
-    attention for them).
+    tokens, the rest one more (with n < m: m - n empty segments, then n of one token).
 
     Args:
         real: ``(B, N)`` bool, True = real token.
         num_landmarks: m.
     """
-    rank = real.long().cumsum(-1) - 1
-    n = real.sum(-1, keepdim=True)
-    per = (n // num_landmarks).clamp_min(1)
-    short = ((per + 1) * num_landmarks - n).clamp(0, num_landmarks)
-    boundary = short * per
-    ids = torch.where(rank < boundary, rank // per, short + (rank - boundary) // (per + 1))
-    return ids.clamp(0, num_landmarks - 1).masked_fill(~real, -1)
+    rank = real.long().cumsum(-1)  # 1-based rank of each real token
+    ids = torch.searchsorted(_segment_ends(real, num_landmarks), rank, side="left")
+    return ids.masked_fill(~real, -1)
 
 
-def segment_means(x: Tensor, ids: Tensor, num_landmarks: int) -> Tensor:
-    """Mean of ``x: (B, H, N, d)`` over each segment of ``ids: (B, N)``: ``(B, H, m, d)`` (empty segments 0)."""
-    onehot = (ids[:, None, :] == torch.arange(num_landmarks, device=ids.device)[None, :, None]).to(x.dtype)
-    onehot = onehot / onehot.sum(-1, keepdim=True).clamp_min(1.0)  # (B, m, N)
-    return torch.einsum("bmn,bhnd->bhmd", onehot, x)
+def segment_means(x: Tensor, real: Tensor, num_landmarks: int) -> Tensor:
+    """Mean of ``x: (B, H, N, d)`` over the real tokens of each segment (see :func:`segment_ids`): ``(B, H, m, d)``.
+
+    Computed from one prefix sum over the sequence (differences at the segment ends), so it costs
+    O(N d) rather than a (m x N) averaging product; empty segments give 0.
+    """
+    b, h, _, d = x.shape
+    ends = _segment_ends(real, num_landmarks)  # (B, m) cumulative counts
+    csum = torch.cat([x.new_zeros(b, h, 1, d), (x * real[:, None, :, None].to(x.dtype)).cumsum(-2)], dim=-2)
+    # position (in csum, shifted by one) of the last token of each segment; 0 for an empty prefix
+    pos = torch.searchsorted(real.long().cumsum(-1), ends, side="left") + 1
+    pos = torch.where(ends > 0, pos, 0)
+    totals = csum.gather(2, pos[:, None, :, None].expand(b, h, -1, d))
+    sums = totals - torch.cat([totals.new_zeros(b, h, 1, d), totals[:, :, :-1]], dim=2)
+    counts = (ends - torch.cat([ends.new_zeros(b, 1), ends[:, :-1]], dim=1)).clamp_min(1)
+    return sums / counts[:, None, :, None].to(x.dtype)
 
 
 def iterative_pinv(a: Tensor, iterations: int, *, global_init: bool = False) -> Tensor:

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from attnzoo.ops.common import check_padding_mask, check_qkv, zero_masked_rows
-from attnzoo.ops.nystrom.landmarks import iterative_pinv, segment_ids, segment_means
+from attnzoo.ops.nystrom.landmarks import iterative_pinv, segment_means
 from attnzoo.ops.softmax import softmax_attention
 
 __all__ = ["COMPAT", "check_nystrom_args", "conv_skip", "nystrom_attention"]
@@ -107,10 +107,8 @@ def _approximate(q: Tensor, k: Tensor, v: Tensor, real: Tensor, m: int, iteratio
     if lra:  # pads zeroed and averaged into segments of the padded sequence
         keep = real[:, None, :, None].to(q.dtype)
         q, k = q * keep, k * keep
-        ids = segment_ids(torch.ones_like(real), m)
-    else:
-        ids = segment_ids(real, m)
-    q_land, k_land = segment_means(q, ids, m), segment_means(k, ids, m)  # (B, H, m, d)
+    segments = torch.ones_like(real) if lra else real
+    q_land, k_land = segment_means(q, segments, m), segment_means(k, segments, m)  # (B, H, m, d)
     kernel_1 = torch.softmax(q @ k_land.transpose(-1, -2), dim=-1)  # (B, H, N, m)
     kernel_2 = torch.softmax(q_land @ k_land.transpose(-1, -2), dim=-1)  # (B, H, m, m)
     scores_3 = (q_land @ k.transpose(-1, -2)).masked_fill(~real[:, None, None, :], torch.finfo(q.dtype).min)

@@ -8,8 +8,9 @@ import torch
 from torch import Tensor
 
 from attnzoo.ops.common import check_padding_mask, check_qkv
-from attnzoo.ops.linear.kernel import feature_attention
+from attnzoo.ops.linear.kernel import chunk_length, feature_attention
 from attnzoo.ops.performer.features import draw_projection, projection_terms
+from attnzoo.ops.performer.fused import favor_attention_fused
 
 __all__ = ["COMPAT", "KERNELS", "check_performer_args", "performer_attention", "resolve_projection"]
 
@@ -106,6 +107,10 @@ def performer_attention(
         k, v, mask = k * real, v * real, None
     stabilise_pads = compat == "efficient-attention"
 
+    if not causal and kernel == "softmax" and not feature_eps and compat == "none" and q.numel() and k.numel():
+        b, _, n, _ = q.shape
+        chunk = chunk_size or chunk_length(b * h, proj.shape[-2], max(n, k.shape[-2]), causal=False)
+        return favor_attention_fused(q.to(work), k.to(work), v.to(work), proj, mask, s, chunk).to(q.dtype)
     log_root_m = 0.5 * math.log(proj.shape[-2])
 
     def query_features(x: Tensor) -> Tensor:
