@@ -71,7 +71,7 @@ def test_report_shows_failures_errors_and_peers():
     recs = [
         _time("softmax", 1024, 4.0, mem=2.0),
         _time("softmax", 2048, 16.0, mem=4.0),
-        _time("local", 1024, 2.0, mem=1.0),
+        _time("local", 1024, 2.0, mem=1.0, first_ms=900.0, compile_ms=898.0, executor="flex"),
         _time("local", 2048, None, status="timeout", reason="over 5 s"),
         {
             "kind": "error",
@@ -110,6 +110,7 @@ def test_report_shows_failures_errors_and_peers():
     assert "Command: `attnzoo bench --quick`" in text
     assert "| local | 1024 | - | 2.0 | 0.500 | - | 1.0 |" in text
     assert "| local | 2048 | - | timeout |" in text
+    assert "| local | 1024 | fwdbwd | flex | 900.0 | 2.0 | 898.0 |" in text
     assert "| time | local | 2048 | fwdbwd | timeout | over 5 s |" in text
     assert "| local (exact) | 256 | 0.500 / 2.00e-07 |" in text
     assert "| local-attention | local | 1024 | fwd | 4.0 | 1.0 | 0.250 |" in text

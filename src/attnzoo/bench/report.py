@@ -259,6 +259,22 @@ def format_report(records: list[dict[str, Any]], env: dict[str, Any], command: s
     ]
     if any(r.get("kind") == "time" for r in records):
         parts += ["### Crossover with softmax", _crossover_table(records)]
+    compiled = [r for r in _ok(records, "time") if r.get("compile_ms") is not None]
+    if compiled:
+        rows = [
+            [
+                r["mechanism"],
+                str(r["seq_len"]),
+                r["pass"],
+                r.get("executor", "-"),
+                _f(r["first_ms"]),
+                _f(r["ms"]),
+                _f(r["compile_ms"]),
+            ]
+            for r in compiled
+        ]
+        header = ["mechanism", "N", "pass", "executor", "first call ms", "median ms", "compile ms (first - median)"]
+        parts += ["### Compile time of compiled paths (not in the times above)", _table(header, rows)]
     if any(r.get("kind") == "error" for r in records):
         parts += ["### Approximation error (relative, vs fp64 softmax / vs itself in fp64)", _error_table(records)]
     if any(r.get("kind") == "peer" for r in records):
