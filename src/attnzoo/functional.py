@@ -24,6 +24,7 @@ from attnzoo.ops.performer import naive_performer_attention, performer_attention
 from attnzoo.ops.psf import naive_psf_attention, psf_attention
 from attnzoo.ops.ra import naive_ra_attention, ra_attention
 from attnzoo.ops.reformer import naive_reformer_attention, reformer_attention
+from attnzoo.ops.scatterbrain import naive_scatterbrain_attention, scatterbrain_attention
 from attnzoo.ops.softmax import naive_softmax_attention, softmax_attention
 from attnzoo.sparse import sparse_attention
 
@@ -40,6 +41,7 @@ lara = lara_attention
 eva = eva_attention
 causal_eva = causal_eva_attention
 ra = ra_attention
+scatterbrain = scatterbrain_attention
 linear = linear_attention
 linformer = linformer_attention
 nystrom = nystrom_attention
@@ -81,6 +83,7 @@ __all__ = [
     "naive_psf_attention",
     "naive_ra_attention",
     "naive_reformer_attention",
+    "naive_scatterbrain_attention",
     "naive_softmax_attention",
     "none",
     "none_attention",
@@ -94,6 +97,8 @@ __all__ = [
     "ra_attention",
     "reformer",
     "reformer_attention",
+    "scatterbrain",
+    "scatterbrain_attention",
     "softmax",
     "softmax_attention",
     "sparse_attention",

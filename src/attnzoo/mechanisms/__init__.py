@@ -20,6 +20,7 @@ from attnzoo.mechanisms import (  # noqa: F401  (registration side effects)
     psf,
     ra,
     reformer,
+    scatterbrain,
     softmax,
 )
 from attnzoo.mechanisms.base import AttentionBase
