@@ -26,27 +26,49 @@ def chord_offsets(num_factors: int) -> list[int]:
     return [0] + [2 ** (j - 1) for j in range(1, num_factors + 1)]
 
 
+class _Links:
+    """The chord links of one call: rolls when every sequence wraps at N, else gathers on per-sequence
+    maps ``(J, B, 1, N, 1)`` (compacted real tokens wrap at their own length)."""
+
+    def __init__(self, offsets: list[int], maps: tuple[Tensor, Tensor] | None) -> None:
+        self.offsets, self.maps = offsets, maps
+
+    def take(self, x: Tensor, j: int) -> Tensor:
+        """``x[link_j(i)]`` for every row i."""
+        if self.maps is None:
+            return torch.roll(x, -self.offsets[j], dims=2)
+        return x.gather(2, self.maps[0][j].expand_as(x))
+
+    def give(self, x: Tensor, j: int) -> Tensor:
+        """The transpose of :meth:`take` (each link is a bijection of the real rows)."""
+        if self.maps is None:
+            return torch.roll(x, self.offsets[j], dims=2)
+        return x.gather(2, self.maps[1][j].expand_as(x))
+
+
 class _ChordApply(torch.autograd.Function):
     """``y[i] = sum_j w[i, j] * x[link_j(i)]`` with the inverse links for ``dx`` (saves only w and x)."""
 
     @staticmethod
-    def forward(ctx: Any, w: Tensor, x: Tensor, links: Tensor, inverse: Tensor) -> Tensor:  # type: ignore[override]
-        # w: (B, H, N, J); x: (B, H, N, C); links, inverse: (J, B, 1, N, 1) long
-        ctx.save_for_backward(w, x, links, inverse)
+    def forward(ctx: Any, w: Tensor, x: Tensor, links: _Links) -> Tensor:  # type: ignore[override]
+        # w: (B, H, N, J); x: (B, H, N, C)
+        ctx.save_for_backward(w, x)
+        ctx.links = links
         out = torch.zeros_like(x)
         for j in range(w.shape[-1]):
-            out.addcmul_(w[..., j, None], x.gather(2, links[j].expand_as(x)))
+            out.addcmul_(w[..., j, None], links.take(x, j))
         return out
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor):  # type: ignore[override]
-        w, x, links, inverse = ctx.saved_tensors
+        w, x = ctx.saved_tensors
+        links: _Links = ctx.links
         dw = torch.empty_like(w)
         dx = torch.zeros_like(x)
         for j in range(w.shape[-1]):
-            dw[..., j] = (grad * x.gather(2, links[j].expand_as(x))).sum(-1)
-            dx += (grad * w[..., j, None]).gather(2, inverse[j].expand_as(grad))
-        return dw, dx, None, None
+            dw[..., j] = (grad * links.take(x, j)).sum(-1)
+            dx += links.give(grad * w[..., j, None], j)
+        return dw, dx, None
 
 
 def _link_maps(lengths: Tensor, n: int, offsets: list[int]) -> tuple[Tensor, Tensor]:
@@ -128,10 +150,11 @@ def psf_attention(
             factors = factors.gather(3, order[:, None, None, :, None].expand_as(factors))
     else:
         lengths = torch.full((b,), n, dtype=torch.long, device=v.device)
-    links, inverse = _link_maps(lengths, n, chord_offsets(m))
+    offsets = chord_offsets(m)
+    links = _Links(offsets, _link_maps(lengths, n, offsets) if compact else None)
     if factors is None:
         s = q.shape[-1] ** -0.5 if scale is None else scale
-        dots = [(q * k.gather(2, links[j].expand_as(k))).sum(-1) * s for j in range(m + 1)]
+        dots = [(q * links.take(k, j)).sum(-1) * s for j in range(m + 1)]
         shared = torch.stack(dots, -1)
         factor_list = [shared] * m
     else:
@@ -140,7 +163,7 @@ def psf_attention(
     v0 = v
     out = v0
     for w in factor_list:
-        out = _ChordApply.apply(w * real.to(w.dtype), out, links, inverse)
+        out = _ChordApply.apply(w * real.to(w.dtype), out, links)
         if use_residuals:
             out = out + v0
     out = out * real.to(out.dtype)
