@@ -9,6 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from attnzoo.mechanisms.base import AttentionBase, split_heads
+from attnzoo.mechanisms.lra_official import LRA_CONFIG
 from attnzoo.official.registry import OfficialEntry, register_official
 from attnzoo.ops.reformer import naive_reformer_attention, reformer_attention
 from attnzoo.ops.reformer.hashing import auto_num_buckets
@@ -143,6 +144,8 @@ def convert_lra_reformer(state_dict: dict[str, Tensor], args: dict[str, Any]) ->
 
 
 def _reformer_options(args: dict[str, Any], causal: bool) -> dict[str, Any]:
+    if causal:
+        raise ValueError("nystromformer-lra 'reformer' has no causal mode")
     return {
         "num_hashes": args["num_hash"],
         "bucket_size": 64,
@@ -157,7 +160,7 @@ register_official(
         source="nystromformer-lra",
         name="reformer",
         mechanism="reformer",
-        defaults={"num_hash": 2, "max_seq_len": 4096, "attention_dropout": 0.1},
+        defaults={**LRA_CONFIG, "num_hash": 2},
         options=_reformer_options,
         convert=convert_lra_reformer,
         notes="HF LSHSelfAttention (W_q = query_key, W_v = value, ff -> proj); pad_slots on, fresh rotations "
