@@ -20,6 +20,12 @@ def test_forward_and_gradients_match_single_process(ranks, key: str, case: str) 
         assert max(errors) <= 1e-5, (key, rank, errors)
 
 
+def test_bf16_matches_single_process_bf16(ranks) -> None:
+    for result in ranks:
+        out, dq = result["bf16"]
+        assert out <= 2e-2 and dq <= 5e-2, result["bf16"]
+
+
 def test_counted_traffic_matches_the_model(ranks) -> None:
     for case in range(len(TRAFFIC)):
         sent = [result["traffic"][case][0] for result in ranks]

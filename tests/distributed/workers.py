@@ -76,6 +76,25 @@ def parity(group: Any) -> dict[str, tuple[float, ...]]:
     return errors
 
 
+def low_precision() -> tuple[float, float]:
+    """bf16: relative error of this rank's output and dq vs the single-process mechanism in bf16."""
+    world, rank = dist.get_world_size(), dist.get_rank()
+    q, k, v, g, mask = (t.bfloat16() if t.is_floating_point() else t for t in inputs(61, True))
+    kw: dict[str, Any] = dict(causal=True, segment_lengths=(6, 20, 61), dilation_rates=(1, 3, 4))
+    full = q.clone().requires_grad_()
+    ref = dilated_attention(full, k, v, mask=mask, **kw)
+    (ref * g).sum().backward()
+    start, stop = chunk_bounds(61, world)[rank]
+    part = q[:, :, start:stop].clone().requires_grad_()
+    chunk = [t[:, :, start:stop] for t in (k, v)]
+    out = dilated_attention_parallel(part, *chunk, mask=mask[:, start:stop], **kw)
+    (out * g[:, :, start:stop]).sum().backward()
+    assert out.dtype == part.grad.dtype == torch.bfloat16
+    return _rel(out.float(), ref[:, :, start:stop].float()), _rel(
+        part.grad.float(), full.grad[:, :, start:stop].float()
+    )
+
+
 def traffic() -> list[tuple[float, float]]:
     """Per configuration: (bytes this rank sent through all_to_all_single, the model's busiest rank)."""
     world, rank = dist.get_world_size(), dist.get_rank()
@@ -206,6 +225,7 @@ def everything(rank: int, world: int) -> dict[str, Any]:
         "parity4": parity(None),
         "parity2": parity(pairs[rank // 2]),
         "traffic": traffic(),
+        "bf16": low_precision(),
         "training4": training(4),
         "training2": training(2),
         "errors": errors(),
