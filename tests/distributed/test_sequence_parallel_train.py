@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import pytest
+import torch
+
+import attnzoo
+from attnzoo.train.sequence_parallel import make_groups
 
 from .workers import TRAINING
 
@@ -16,3 +20,21 @@ def test_losses_match_single_process_step_for_step(ranks, key: str, model: str) 
         assert reference[0] != reference[-1]  # the run trains
         for step, (want, got) in enumerate(zip(reference, parallel, strict=True)):
             assert abs(got - want) <= 1e-5 * abs(want), (key, model, rank, step, reference, parallel)
+
+
+def test_sequence_parallel_needs_processes() -> None:
+    with pytest.raises(ValueError, match=r"sequence_parallel=2 must divide the number of processes \(1\)"):
+        make_groups(2)
+    with pytest.raises(ValueError, match="sequence_parallel must be a positive int, got 0"):
+        make_groups(0)
+    single = make_groups(1)
+    assert (single.size, single.data_rank, single.data_world) == (1, 0, 1)
+
+
+def test_module_option_needs_a_process_group() -> None:
+    module = attnzoo.build("dilated", 16, 2, sequence_parallel=True, segment_lengths=(4,), dilation_rates=(1,))
+    assert module.options.sequence_parallel is True
+    with pytest.raises(ValueError, match=r"needs an initialised torch\.distributed process group"):
+        module(torch.randn(1, 8, 16))
+    with pytest.raises(TypeError, match="sequence_parallel"):
+        attnzoo.build("dilated", 16, 2, sequence_parallel="yes")

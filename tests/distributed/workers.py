@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import torch
@@ -216,6 +217,30 @@ def errors() -> dict[str, str]:
         except ValueError as err:
             found[name] = str(err)
     return found
+
+
+def trainer_config(out_dir: str, sequence_parallel: int) -> Any:
+    """A 4-step causal-LM run of the harness with dilated attention (N = 42 over 2 ranks: segments cross)."""
+    from attnzoo.train.config import TrainConfig
+
+    model = ModelConfig(
+        attention="dilated", attention_options={"segment_lengths": (8, 16, 42), "dilation_rates": (1, 2, 4)},
+        dim=16, num_heads=2, num_layers=2, mlp_dim=32, dropout=0.0, attention_dropout=0.0, causal=True,
+    )  # fmt: skip
+    return TrainConfig(
+        task="associative-recall", train_size=64, dev_size=16, test_size=16, cache_dir=f"{out_dir}/cache",
+        model=model, batch_size=8, steps=4, lr=1e-2, eval_every=4, log_every=1, device="cpu",
+        out_dir=f"{out_dir}/sp{sequence_parallel}", progress=False, tensorboard=False,
+        sequence_parallel=sequence_parallel,
+    )  # fmt: skip
+
+
+def trainer(rank: int, world: int, out_dir: str) -> None:
+    """``attnzoo.train`` as torchrun starts it (the process group exists already); leaves the group."""
+    from attnzoo.train.loop import train
+
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
+    train(trainer_config(out_dir, 2))
 
 
 def everything(rank: int, world: int) -> dict[str, Any]:
