@@ -43,11 +43,16 @@ def chunk_summaries(
     """
     k_hat, mu = chunk_keys(segment_mean(q, seg, mask), segment_mean(k, seg, mask))
     omega = mu if noise is None else mu + noise
-    b, h, _, d = omega.shape
+    b, h, c, d = omega.shape
     kk, n = seg.ids.shape[1], q.shape[2]
-    index = seg.ids.reshape(b, 1, kk * n, 1).expand(b, h, kk * n, d)
-    omega_j = omega.gather(2, index).view(b, h, kk, n, d)  # the sample of the chunk token j joins
-    logits = scale * ((omega_j * k[:, :, None]).sum(-1) - 0.5 * k.square().sum(-1)[:, :, None])
+    if seg.size is not None and mask is None:  # contiguous equal chunks: (C, r) reshape
+        k_chunks = k.reshape(b, h, c, seg.size, d)
+        logits = (omega[:, :, :, None] @ k_chunks.transpose(-1, -2)).reshape(b, h, 1, n)
+    else:
+        index = seg.ids.reshape(b, 1, kk * n, 1).expand(b, h, kk * n, d)
+        omega_j = omega.gather(2, index).view(b, h, kk, n, d)  # the sample of the chunk token j joins
+        logits = (omega_j * k[:, :, None]).sum(-1)
+    logits = scale * (logits - 0.5 * k.square().sum(-1)[:, :, None])
     return k_hat, segment_softmax(logits, v, seg, mask)
 
 

@@ -34,12 +34,15 @@ class Segments:
         member: ``(B, K, N)`` bool, token n belongs to segment ``ids[b, k, n]``.
         count: C, the number of segments.
         denom: ``(B, C)`` mean denominators, or ``None`` for the number of members (masked mean).
+        size: r when every token belongs to exactly one segment and segment c is tokens ``[c r, c r + r)``
+            (the reductions then run on a ``(C, r)`` reshape instead of scatters), else ``None``.
     """
 
     ids: Tensor
     member: Tensor
     count: int
     denom: Tensor | None = None
+    size: int | None = None
 
     def nonempty(self) -> Tensor:
         """``(B, C)`` bool: the segment has at least one member."""
@@ -83,7 +86,8 @@ def real_token_segments(mask: Tensor | None, batch: int, n: int, num: int, devic
         length = mask.long().sum(-1, keepdim=True)
         member = mask
     ids = nystrom_split(rank.clamp(min=0), length, length.clamp(max=num)).clamp(0, count - 1)
-    return Segments(ids[:, None], member[:, None], count)
+    uniform = n // count if mask is None and n % count == 0 else None
+    return Segments(ids[:, None], member[:, None], count, size=uniform)
 
 
 def strided_segments(
@@ -155,6 +159,9 @@ def segment_mean(x: Tensor, seg: Segments, mask: Tensor | None = None) -> Tensor
     With ``seg.denom`` the sum is divided by it (members outside ``mask`` are then counted as zeros);
     otherwise by the number of real members (empty segments give 0).
     """
+    if seg.size is not None and mask is None:
+        b, h, _, d = x.shape
+        return x.reshape(b, h, seg.count, seg.size, d).mean(3)
     member = seg.member if mask is None else seg.member & mask[:, None]
     weights = member[:, None, :, :, None].to(x.dtype)  # (B, 1, K, N, 1)
     sums = _scatter(x[:, :, None] * weights, seg)
@@ -173,6 +180,9 @@ def segment_softmax(logits: Tensor, v: Tensor, seg: Segments, mask: Tensor | Non
         mask: ``(B, N)`` bool, True = real token; other tokens take no part. Empty segments give 0.
     """
     b, h, k, n = logits.shape
+    if seg.size is not None and mask is None:
+        probs = torch.softmax(logits.reshape(b, h, seg.count, 1, seg.size), dim=-1)
+        return (probs @ v.reshape(b, h, seg.count, seg.size, -1)).squeeze(3)
     member = seg.member if mask is None else seg.member & mask[:, None]
     keep = member[:, None].expand(b, h, k, n)
     index = seg.ids[:, None].expand(b, h, k, n).reshape(b, h, k * n)
