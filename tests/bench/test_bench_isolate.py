@@ -70,7 +70,7 @@ def test_crash_and_hang_are_recorded_and_the_sweep_goes_on(tmp_path):
             fresh=False,
         ),
     ]
-    records = run_groups(groups, timeout=8.0, env=env, on_records=seen.append)
+    records = run_groups(groups, timeout=20.0, env=env, on_records=seen.append)
     got = [(r["mechanism"], r["seq_len"], r.get("pass"), r["status"]) for r in records]
     assert got == [
         ("test-crash", 32, "fwd", "crashed"),
@@ -83,7 +83,7 @@ def test_crash_and_hang_are_recorded_and_the_sweep_goes_on(tmp_path):
     ]
     assert "worker exited with 3" in records[0]["reason"]
     assert "crashed at N=32" in records[2]["reason"]
-    assert "no answer within the 8 s time budget" in records[4]["reason"]
+    assert "no answer within the 20 s time budget" in records[4]["reason"]
     assert records[5]["time_regime"].startswith("glibc mmap threshold fixed at 32 MiB")
     assert len(seen) == 5  # one callback per task
 

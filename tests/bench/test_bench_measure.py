@@ -1,10 +1,12 @@
 """Timing, memory and matmul-peak measurement."""
 
 import time
+from types import SimpleNamespace
 
 import pytest
 import torch
 
+from attnzoo.bench import measure
 from attnzoo.bench.measure import (
     MEMORY_REGIME,
     TIME_REGIME,
@@ -18,19 +20,22 @@ from attnzoo.bench.measure import (
 CPU = torch.device("cpu")
 
 
-def test_measure_time_reports_median_spread_and_first_call():
-    calls = []
+def test_measure_time_reports_median_spread_and_first_call(monkeypatch):
+    clock = [0.0]
+    monkeypatch.setattr(measure, "time", SimpleNamespace(perf_counter=lambda: clock[0], sleep=time.sleep))
+    # call durations in ms: a 20 ms first call (a compilation), a 4 ms warm-up, then 5 blocks of 3 calls
+    durations = iter([20, 4] + [ms for ms in (4, 5, 6, 4, 8) for _ in range(3)])
 
     def fn():
-        calls.append(None)
-        time.sleep(0.02 if len(calls) == 1 else 0.004)  # the first call stands for a compilation
+        clock[0] += next(durations) / 1e3
 
     t = measure_time(fn, CPU, repeats=5, warmup=1, min_block_s=0.01)
-    assert t.repeats == 5 and t.number in (2, 3)  # ceil(10 ms / (4 ms + overhead)) calls per block
-    assert len(calls) == 1 + 1 + 5 * t.number  # no hidden warm-up calls (torch's Timer.timeit adds 2 a block)
-    assert 0.0039 <= t.minimum <= t.median < 0.012
-    assert t.first >= 0.02 > t.median
-    assert 0.0 <= t.iqr < t.median
+    assert t.number == 3  # ceil(10 ms / 4 ms) calls per block
+    assert next(durations, None) is None  # no hidden warm-up calls (torch's Timer.timeit adds 2 a block)
+    assert t.first == pytest.approx(0.020)
+    assert t.median == pytest.approx(0.005) and t.minimum == pytest.approx(0.004)
+    assert t.iqr == pytest.approx(0.002)  # quartiles of 4, 4, 5, 6, 8 ms: 4 and 6
+    assert t.repeats == 5
 
 
 def test_measure_time_rejects_no_repeats():
