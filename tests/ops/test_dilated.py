@@ -93,3 +93,26 @@ def test_errors(kw, match):
     q, k, v = make_qkv(1, 2, 10, 4)
     with pytest.raises(ValueError, match=match):
         dilated_attention(q, k, v, **kw)
+
+
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+@pytest.mark.parametrize("n", [7, 64, 131], ids=lambda n: f"N{n}")
+@pytest.mark.parametrize("kw", BRANCHES, ids=["w8-16-32", "w16-40-paper", "w12r2"])
+def test_flops_count_the_multiplicity_mask(kw, n, causal):
+    """``dilated_flops`` = 4 d x the pairs of every branch, mean over heads when every offset has a head."""
+    from attnzoo.mechanisms.dilated import DilatedOptions
+    from attnzoo.ops.dilated import dilated_flops
+
+    heads = 12  # a multiple of every rate: each offset is used by equally many heads under either rule
+    count = multiplicity(n, heads, kw["segment_lengths"], kw["dilation_rates"], kw.get("offset_rule", "torchscale"))
+    if causal:
+        count = count.tril()
+    expected = 4 * 8 * float(count.sum()) / heads
+    assert dilated_flops(n, 8, DilatedOptions(**kw), causal) == pytest.approx(expected, rel=1e-12)
+
+
+def test_flops_of_the_default_configuration():
+    from attnzoo.mechanisms.dilated import DilatedOptions
+    from attnzoo.ops.dilated import dilated_flops
+
+    assert dilated_flops(16384, 64, DilatedOptions(), False) == 4 * 64 * (2048 + 1024 + 512) * 16384

@@ -137,3 +137,40 @@ def test_wrong_rpe_shape():
     q, k, v = make_qkv(1, 2, 10, 4)
     with pytest.raises(ValueError, match=r"rpe_table must have shape \(2, 9\)"):
         local_attention(q, k, v, window_size=4, rpe_table=torch.zeros(2, 8, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+@pytest.mark.parametrize(
+    ("grid", "kw"),
+    [(None, kw) for kw in CASES_1D] + CASES_2D,
+    ids=["sl5", "sl3-9-2", "bw8", "bw6o", "2d-sl2", "2d-bw4o", "2d-bw3"],
+)
+def test_flops_count_the_reference_mask(grid, kw, causal):
+    """``local_flops`` = 4 d x the allowed pairs of the dense reference's mask (padding-free, any N)."""
+    from attnzoo.mechanisms.local import LocalOptions
+    from attnzoo.ops.local import local_flops
+    from attnzoo.ops.local.naive import _window_mask
+
+    if causal and kw.get("look_ahead"):
+        with pytest.raises(ValueError, match="cannot look ahead"):
+            local_flops(45, 16, LocalOptions(**kw), causal)
+        return
+    n = 45 if grid is None else grid[0] * grid[1]
+    sizes = {} if grid is None else dict(attn_2d=True, image_height=grid[0], image_width=grid[1])
+    options = LocalOptions(**kw, **sizes)
+    window = LocalWindow.resolve(**kw, grid=grid, causal=causal)
+    allowed = _window_mask(window, n, torch.device("cpu"))
+    if causal:
+        allowed = allowed.tril()
+    assert local_flops(n, 16, options, causal) == 4 * 16 * int(allowed.sum())
+
+
+def test_flops_of_the_benchmark_window():
+    """Sliding 256 each side at N = 16384: 513 keys per query less the edge triangles."""
+    from attnzoo.mechanisms.local import LocalOptions
+    from attnzoo.ops.local import local_flops
+
+    n, w = 16384, 256
+    entries = n * (2 * w + 1) - w * (w + 1)
+    assert local_flops(n, 64, LocalOptions(window_size=w), False) == 4 * 64 * entries
+    assert local_flops(n, 64, LocalOptions(window_size=w), True) == 4 * 64 * (n * (w + 1) - w * (w + 1) // 2)

@@ -11,7 +11,7 @@ from torch import Tensor, nn
 
 from attnzoo.mechanisms.base import AttentionBase
 from attnzoo.official import OfficialEntry, register_official
-from attnzoo.ops.dilated import dilated_attention, naive_dilated_attention
+from attnzoo.ops.dilated import dilated_attention, dilated_flops, naive_dilated_attention
 from attnzoo.ops.dilated.offsets import OFFSET_RULES, check_branches
 from attnzoo.ops.dilated.parallel import current_group, dilated_attention_parallel
 from attnzoo.options import check_choice, check_field_types
@@ -66,6 +66,7 @@ class DilatedOptions:
     ),
     functional=dilated_attention,
     reference=naive_dilated_attention,
+    flops=dilated_flops,
 )
 class DilatedAttention(AttentionBase):
     """LongNet dilated attention: segments, dilation, per-head offsets, log-sum-exp mixture."""

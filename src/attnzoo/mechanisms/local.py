@@ -11,7 +11,7 @@ from torch import Tensor, nn
 from attnzoo.mechanisms.base import AttentionBase
 from attnzoo.mechanisms.sampling import EA_COMMON, check_no_dropout, grid_shape, zero_qkv_bias
 from attnzoo.official import OfficialEntry, register_official
-from attnzoo.ops.local import LocalWindow, local_attention, naive_local_attention
+from attnzoo.ops.local import LocalWindow, local_attention, local_flops, naive_local_attention
 from attnzoo.options import check_choice, check_field_types, check_int
 from attnzoo.registry import Capabilities, register
 from attnzoo.sparse import EXECUTOR_NAMES
@@ -88,6 +88,7 @@ class LocalOptions:
     ),
     functional=local_attention,
     reference=naive_local_attention,
+    flops=local_flops,
 )
 class LocalAttention(AttentionBase):
     """Exact softmax inside a local window (sliding or blockwise, 1D or 2D), run block-sparse."""

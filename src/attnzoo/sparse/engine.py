@@ -6,6 +6,11 @@ order. Several patterns (LongNet's branches) form one softmax over the union of 
 the default executor a single fused autograd function whose backward hands every pattern the
 union's output and log-sum-exp; otherwise ``merge_partials``, which combines partial attentions of
 the same queries by their log-sum-exp with autograd through the weights.
+
+Fast paths (same results, less work): patterns that declare a ``band`` (sliding windows) run their
+interior query blocks on shifted views of the keys with one constant mask (:mod:`.band`); short
+sequences whose visited blocks cover most of the matrix run as one dense masked call (:mod:`.dense`).
+Work per pattern is counted by :func:`attnzoo.sparse.dense.visited_share`.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import torch
 from torch import Tensor
 
 from attnzoo.ops.common import check_padding_mask, check_qkv, pad_to_multiple
+from attnzoo.sparse.dense import dense_attention, prefer_dense
 from attnzoo.sparse.executors import EXECUTORS, gather_backward, gather_forward, run_gather_autograd
 from attnzoo.sparse.kernels import Kernel, pick_kernel
 from attnzoo.sparse.layout import SparsePattern
@@ -256,7 +262,9 @@ def sparse_attention(
         scale: default ``d ** -0.5``.
         dropout_p: dropout on attention probabilities (the ``gather`` executor applies it with the ``math``
             kernel, redrawing each chunk's mask from a seed in the backward pass; memory stays O(N d)).
-        executor: ``auto`` (see :func:`pick_executor`), ``gather``, ``gather-autograd``, ``flex``, ``dense``.
+        executor: ``auto`` (see :func:`pick_executor`; on CPU, when the visited blocks cover most of a short
+            sequence's N x N scores, one dense masked kernel call instead: :mod:`attnzoo.sparse.dense`),
+            ``gather``, ``gather-autograd``, ``flex``, ``dense``.
         kernel: ``auto``, ``cpu_flash`` or ``math`` (gather executors).
         score_mod: additive score bias ``score_mod(h, q_pos, kv_pos)`` on token positions (broadcasting
             index tensors), e.g. a learned relative-position bias; gradients flow into its parameters.
@@ -285,6 +293,14 @@ def sparse_attention(
     if dropout_p > 0.0 and kernel == "auto":
         kernel = "math"  # the only kernel that applies dropout
     chosen = pick_kernel(q.device, q.dtype, kernel, equal_widths=v.shape[-1] == d)
+    if (
+        executor == "auto"
+        and chosen.name == "cpu_flash"
+        and score_mod is None
+        and not (detach_weights and len(patterns) > 1)
+        and prefer_dense(patterns, b, mask is not None, q.element_size())
+    ):
+        return dense_attention(q, k, v, patterns, mask, causal, scale, chosen)
     learned_bias = score_mod is not None and torch.is_grad_enabled()
     if name == "gather" and not learned_bias:
         return _FusedUnion.apply(q, k, v, runs, chosen, scale, detach_weights, float(dropout_p))

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from attnzoo.sparse.band import band_backward, band_forward, find_band
 from attnzoo.sparse.kernels import Dropout, Kernel, masked_scores
 from attnzoo.sparse.plan import Chunk, ChunkPlan
 
@@ -106,7 +107,10 @@ def gather_forward(
     b, h, length, _ = q.shape
     out = q.new_empty(b, h, length, v.shape[-1])
     lse = q.new_empty(b, h, length, dtype=torch.promote_types(q.dtype, torch.float32))  # the kernels' lse dtype
-    for start, stop in plan.chunks():
+    band = find_band(plan, kernel, dropout)
+    if band is not None:
+        band_forward(q, k, v, out, lse, plan, band, kernel, scale)
+    for start, stop in plan.chunks() if band is None else band.rest:
         qc = _queries(plan, start, stop, q)
         outs, lses = [], []
         for part, chunk in enumerate(plan.chunk(start, stop, q.dtype)):
@@ -148,7 +152,10 @@ def gather_backward(
     safe_lse = lse.masked_fill(empty, 0.0)  # rows without keys: any finite value (their p is 0)
     if dlse is not None:
         dlse = dlse.masked_fill(empty, 0.0)
-    for start, stop in plan.chunks():
+    band = find_band(plan, kernel, dropout)
+    if band is not None:
+        band_backward((dout, dlse), (q, k, v, out, safe_lse), plan, band, kernel, scale, (dq, dk, dv))
+    for start, stop in plan.chunks() if band is None else band.rest:
         qc = _queries(plan, start, stop, q)
         oc, doc, lc = (_rows(t, plan, start, stop) for t in (out, dout, safe_lse))
         dlc = None if dlse is None else _rows(dlse, plan, start, stop)

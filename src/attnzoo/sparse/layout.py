@@ -90,6 +90,10 @@ class SparsePattern:
         mask_mod: element-level predicate on original positions, or ``None``.
         positions: ``(Hp, L)`` long, original token of each slot (-1 = empty), or ``None`` (identity).
         seq_len: N, the number of real tokens the pattern was built for.
+        band: ``(before, after)`` declares that ``mask_mod`` is exactly the band
+            ``q - before <= kv <= q + after`` (``positions`` None, band layout): the engine may then run
+            query blocks away from the ends on shifted views of the keys (:mod:`attnzoo.sparse.band`).
+            ``None`` (default) for any other pattern.
     """
 
     name: str
@@ -97,6 +101,7 @@ class SparsePattern:
     mask_mod: MaskMod | None
     positions: Tensor | None
     seq_len: int
+    band: tuple[int, int] | None = None
 
     @property
     def num_slots(self) -> int:

@@ -35,10 +35,12 @@ def band_layout(num_blocks: int, lower: Tensor, upper: Tensor, block_size: int) 
     return BlockLayout(block_size, idx.clamp_max(num_blocks - 1)[None], valid[None])
 
 
-def _default_block(seq_len: int, span: int) -> int:
-    """A block size for a band of ``span`` keys: 64, 128 or 256 as the band widens (measured on CPU:
-    wider bands run faster with bigger blocks), never much larger than the sequence."""
-    size = 64 if span <= 96 else 128 if span <= 384 else 256
+def _default_block(seq_len: int, span: int, widest: int = 256) -> int:
+    """A block size for a band of ``span`` keys: 64, 128 or ``widest`` as the band widens (measured on CPU:
+    wider bands run faster with bigger blocks on the gather path), never much larger than the sequence.
+    Sliding windows pass ``widest=128``: their band path has no per-block mask cost, so smaller blocks
+    (fewer computed scores outside the window) win there (docs/engine.md)."""
+    size = 64 if span <= 96 else 128 if span <= 384 else widest
     return max(16, min(size, 1 << max(4, math.ceil(math.log2(max(seq_len, 1))))))
 
 
@@ -50,9 +52,9 @@ def sliding_window(seq_len: int, before: int, after: int, block_size: int | None
         seq_len: N.
         before, after: look-back and look-ahead in tokens (>= 0); ``after = 0`` with the engine's
             causal flag gives causal sliding-window attention.
-        block_size: engine block size (default 64 or 128 by window).
+        block_size: engine block size (default 64 or 128 by window, see ``_default_block``).
     """
-    bs = block_size or _default_block(seq_len, before + after + 1)
+    bs = block_size or _default_block(seq_len, before + after + 1, widest=128)
     nb = max(1, math.ceil(seq_len / bs))
     first = torch.arange(nb) * bs
     lower = (first - before).div(bs, rounding_mode="floor")
@@ -62,7 +64,8 @@ def sliding_window(seq_len: int, before: int, after: int, block_size: int | None
         return (kv >= q - before) & (kv <= q + after)
 
     layout = band_layout(nb, lower, upper, bs)
-    return SparsePattern(f"sliding_window(before={before}, after={after})", layout, mask_mod, None, seq_len)
+    name = f"sliding_window(before={before}, after={after})"
+    return SparsePattern(name, layout, mask_mod, None, seq_len, band=(before, after))
 
 
 @functools.lru_cache(maxsize=64)

@@ -1,0 +1,145 @@
+"""The engine's fast paths (band views, dense fallback) against the dense masked softmax, with gradients."""
+
+import pytest
+import torch
+
+import attnzoo.sparse.engine as engine
+import attnzoo.sparse.executors as executors
+from attnzoo.ops.softmax import naive_softmax_attention
+from attnzoo.sparse import dilated_segments, sliding_window, sparse_attention
+from attnzoo.sparse.band import find_band
+from attnzoo.sparse.dense import DENSE_BYTES, prefer_dense, visited_share
+from attnzoo.sparse.engine import _prepare
+from attnzoo.sparse.kernels import KERNELS
+from attnzoo.testing import assert_close, make_qkv, random_padding_mask
+
+
+@pytest.fixture
+def calls(monkeypatch):
+    """Counts of band-path forward/backward calls and dense-path calls."""
+    seen = {"band_forward": 0, "band_backward": 0, "dense": 0}
+
+    def spy(name, target):
+        def wrapper(*args, **kwargs):
+            seen[name] += 1
+            return target(*args, **kwargs)
+
+        return wrapper
+
+    monkeypatch.setattr(executors, "band_forward", spy("band_forward", executors.band_forward))
+    monkeypatch.setattr(executors, "band_backward", spy("band_backward", executors.band_backward))
+    monkeypatch.setattr(engine, "dense_attention", spy("dense", engine.dense_attention))
+    return seen
+
+
+def reference(q, k, v, patterns, mask, causal):
+    """Dense ``softmax(s QK^T + log M) V`` and its lse from the patterns' N x N masks (independent of the engine)."""
+    n = q.shape[-2]
+    count = sum(p.to_dense(causal=causal).double() for p in patterns)[None]
+    keep = (count > 0) & (torch.ones(n, n, dtype=torch.bool).tril() if causal else True)
+    if mask is not None:
+        keep = keep & mask[:, None, None, :]
+    out = naive_softmax_attention(q, k, v, mask=mask, attn_mask=count > 0, causal=causal, bias=count.log())
+    scores = (q @ k.transpose(-1, -2)) * q.shape[-1] ** -0.5 + count.log()
+    return out, torch.logsumexp(scores.masked_fill(~keep, float("-inf")), -1)
+
+
+def check_against_reference(q, k, v, patterns, mask, causal, **kwargs):
+    out, lse = sparse_attention(q, k, v, patterns, mask=mask, causal=causal, **kwargs)
+    ref, ref_lse = reference(q, k, v, patterns if isinstance(patterns, list) else [patterns], mask, causal)
+    assert_close("out", ref, out, 1e-10)
+    assert torch.equal(torch.isinf(lse), torch.isinf(ref_lse))
+    finite = torch.isfinite(ref_lse)
+    assert_close("lse", ref_lse[finite], lse[finite], 1e-10)
+    g, w = torch.randn_like(out), torch.randn_like(lse).masked_fill(~finite, 0.0)
+    loss = (out * g).sum() + (lse.masked_fill(~finite, 0.0) * w).sum()  # the lse gradient path too
+    ref_loss = (ref * g).sum() + (ref_lse.masked_fill(~finite, 0.0) * w).sum()
+    for name, a, b in zip(
+        "qkv", torch.autograd.grad(ref_loss, (q, k, v)), torch.autograd.grad(loss, (q, k, v)), strict=True
+    ):
+        assert_close(f"d{name}", a, b, 1e-9)
+
+
+@pytest.mark.parametrize(
+    ("n", "before", "after", "bs", "causal", "padded"),
+    [
+        (200, 20, 7, 16, False, False),  # lo = -2, hi = 1, ragged last block
+        (203, 33, 0, 16, True, False),  # causal sliding window
+        (200, 20, 7, 16, True, False),  # causal with a look-ahead: its blocks dropped
+        (250, 5, 50, 8, False, False),  # lopsided
+        (256, 16, 16, 16, False, True),  # padding: only the clean run takes the band path
+    ],
+)
+def test_band_path_matches_dense_with_gradients(calls, n, before, after, bs, causal, padded):
+    q, k, v = make_qkv(2, 3, n, 8, seed=1)
+    mask = None
+    if padded:
+        mask = torch.ones(2, n, dtype=torch.bool)
+        mask[0, 200:] = False  # padding at the end of one row: blocks near it are not clean
+    pattern = sliding_window(n, before, after, bs)
+    check_against_reference(q, k, v, pattern, mask, causal, executor="gather", kernel="cpu_flash")
+    assert calls["band_forward"] == 1 and calls["band_backward"] == 1
+
+
+def test_band_covers_the_longest_clean_run():
+    n, bs = 256, 16
+    q, _, v = make_qkv(2, 2, n, 8, seed=0)
+    mask = torch.ones(2, n, dtype=torch.bool)
+    mask[1, 100:110] = False  # block 6 has padding
+    run = _prepare(q, v, sliding_window(n, 16, 16, bs), mask, False, None)
+    band = find_band(run.plan, KERNELS["cpu_flash"], None)
+    assert band is not None
+    # windows are blocks t-1..t+1: clean t in 1..4 and 8..14; the longer run is 8..14
+    assert (band.start, band.stop, band.lo, band.span) == (8, 15, -1, 48)
+    covered = sorted(b for start, stop in band.rest for b in range(start, stop))
+    assert covered == [b for b in range(16) if not 8 <= b < 15]
+    assert band.allowed.shape == (16, 48) and int(band.allowed.sum()) == sum(min(33, 16 + 16 + 1) for _ in range(16))
+
+
+def test_band_path_not_taken_where_it_does_not_apply():
+    n = 256
+    q, _, v = make_qkv(1, 2, n, 8, seed=0)
+    plan = _prepare(q, v, sliding_window(n, 16, 16, 16), None, False, None).plan
+    assert find_band(plan, KERNELS["math"], None) is None  # the math kernel would materialise the windows
+    assert find_band(plan, KERNELS["cpu_flash"], (0.1, 0)) is None  # dropout
+    dilated = _prepare(q, v, dilated_segments(n, 64, 2, (0, 1)), None, False, None).plan
+    assert find_band(dilated, KERNELS["cpu_flash"], None) is None  # no band declared
+    wide = _prepare(q, v, sliding_window(n, 300, 300, 16), None, False, None).plan
+    assert find_band(wide, KERNELS["cpu_flash"], None) is None  # the window is wider than the sequence
+
+
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+@pytest.mark.parametrize("padded", [False, True], ids=["nomask", "mask"])
+@pytest.mark.parametrize("union", [False, True], ids=["single", "union"])
+def test_dense_fallback_matches_dense_with_gradients(calls, causal, padded, union):
+    n = 64
+    q, k, v = make_qkv(2, 3, n, 8, seed=1)
+    mask = random_padding_mask(2, n, seed=3) if padded else None
+    if padded:
+        mask[1] = False  # a fully padded row: out 0, lse -inf
+    if union:
+        patterns = [dilated_segments(n, w, r, tuple(h % r for h in range(3))) for w, r in ((32, 1), (64, 2), (64, 4))]
+    else:
+        patterns = [sliding_window(n, 20, 7, 16)]
+    check_against_reference(q, k, v, patterns, mask, causal)
+    assert calls["dense"] == 1
+    if padded:
+        out, lse = sparse_attention(q, k, v, patterns, mask=mask, causal=causal)
+        assert torch.equal(out[1], torch.zeros_like(out[1])) and bool(torch.isneginf(lse[1]).all())
+
+
+def test_dense_fallback_only_when_cheaper_and_small(calls):
+    short, long = sliding_window(64, 20, 7, 16), sliding_window(4096, 20, 7, 16)
+    assert visited_share([short]) == pytest.approx((2 + 3 + 4 + 3) * 16**2 / 64**2)  # blocks t-2 .. t+1, clipped
+    assert prefer_dense([short], 1, False, 4)
+    assert not prefer_dense([long], 1, False, 4)  # visits a small share of a long sequence
+    n = int((DENSE_BYTES / 4) ** 0.5) + 16
+    assert not prefer_dense([sliding_window(n, n, n, 16)], 1, False, 4)  # full coverage, but the mask is too big
+    q, k, v = make_qkv(1, 2, 64, 8, seed=0)
+    for kwargs in ({"executor": "gather"}, {"kernel": "math"}, {"dropout_p": 0.1}):
+        sparse_attention(q, k, v, short, **kwargs)
+    union = [dilated_segments(64, 32, 1, (0, 0)), dilated_segments(64, 64, 2, (0, 1))]
+    sparse_attention(q, k, v, union, detach_weights=True)  # torchscale's detached mixture stays sparse
+    assert calls["dense"] == 0
+    sparse_attention(q, k, v, short)
+    assert calls["dense"] == 1
