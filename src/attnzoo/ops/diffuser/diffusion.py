@@ -12,7 +12,7 @@ from attnzoo.ops.common import check_padding_mask, check_qkv
 from attnzoo.ops.diffuser.edges import edge_dots, edge_matmul
 from attnzoo.ops.diffuser.graph import DiffuserGraph, _global_codes, diffuser_graph, official_graph
 
-__all__ = ["GRAPHS", "diffuser_attention", "edge_softmax", "resolve_graph"]
+__all__ = ["GRAPHS", "check_graph_inputs", "diffuser_attention", "edge_scores", "edge_softmax", "resolve_graph"]
 
 GRAPHS = ("attnzoo", "official")
 
@@ -48,6 +48,26 @@ def resolve_graph(
     chosen = torch.tensor(sorted({t for t in global_tokens if t < n}), dtype=torch.long)
     codes = torch.cat([base.dst * n + base.src, _global_codes(n, chosen)])
     return DiffuserGraph.from_codes(n, codes, chosen)
+
+
+def check_graph_inputs(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, causal: bool, name: str) -> Tensor | None:
+    """The input checks of the graph mechanisms; returns the validated padding mask.
+
+    Raises:
+        ValueError: ``causal`` (random and global edges point both ways), bad shapes.
+    """
+    check_qkv(q, k, v, cross=False)
+    mask = check_padding_mask(mask, q.shape[0], q.shape[2], q.device)
+    if causal:
+        raise ValueError(f"{name} cannot be causal: its random and global edges point both ways")
+    return mask
+
+
+def edge_scores(q: Tensor, k: Tensor, graph: DiffuserGraph, scale: float | None) -> tuple[Tensor, Tensor, Tensor]:
+    """``(src, dst, scores)``: the graph's edges on q's device and ``<q_dst, k_src> * scale`` ``(B, H, E)``
+    (default scale ``d ** -0.5``)."""
+    src, dst = graph.src.to(q.device), graph.dst.to(q.device)
+    return src, dst, edge_dots(q, k, src, dst) * (q.shape[-1] ** -0.5 if scale is None else scale)
 
 
 def edge_softmax(scores: Tensor, dst: Tensor, n: int) -> Tensor:
@@ -105,16 +125,12 @@ def diffuser_attention(
 
     Reference: :func:`attnzoo.ops.diffuser.naive_diffuser_attention`.
     """
-    check_qkv(q, k, v, cross=False)
-    b, _, n, d = q.shape
-    mask = check_padding_mask(mask, b, n, q.device)
-    if causal:
-        raise ValueError("diffuser cannot be causal: its random and global edges point both ways")
+    mask = check_graph_inputs(q, k, v, mask, causal, "diffuser")
+    b, _, n, _ = q.shape
     if b == 0 or n == 0:
         return v.clone()
     g = resolve_graph(n, graph, attention_window, num_rand, num_glob, seed, global_tokens)
-    src, dst = g.src.to(q.device), g.dst.to(q.device)
-    scores = edge_dots(q, k, src, dst) * (d**-0.5 if scale is None else scale)
+    src, dst, scores = edge_scores(q, k, g, scale)
     if mask is not None:
         scores = scores.masked_fill(~mask[:, src][:, None, :], float("-inf"))
     weights = edge_softmax(scores, dst, n)

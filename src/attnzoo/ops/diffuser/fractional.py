@@ -20,9 +20,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from attnzoo.ops.common import check_padding_mask, check_qkv
-from attnzoo.ops.diffuser.diffusion import resolve_graph
-from attnzoo.ops.diffuser.edges import edge_dots, edge_matmul
+from attnzoo.ops.diffuser.diffusion import check_graph_inputs, edge_scores, resolve_graph
+from attnzoo.ops.diffuser.edges import edge_matmul
 
 __all__ = ["OFFICIAL_TERMS", "VARIANTS", "diffuser_fractional_attention", "series_coefficients"]
 
@@ -129,13 +128,10 @@ def diffuser_fractional_attention(
     Raises:
         ValueError: ``causal``, an unknown variant, gamma outside (0, 1).
 
-    Reference: :func:`attnzoo.ops.diffuser.naive_fractional_attention`.
+    Reference: :func:`attnzoo.ops.diffuser.naive_diffuser_fractional_attention`.
     """
-    check_qkv(q, k, v, cross=False)
-    b, h, n, d = q.shape
-    mask = check_padding_mask(mask, b, n, q.device)
-    if causal:
-        raise ValueError("diffuser_fractional cannot be causal: its random and global edges point both ways")
+    mask = check_graph_inputs(q, k, v, mask, causal, "diffuser_fractional")
+    b, h, n, _ = q.shape
     if variant not in VARIANTS:
         raise ValueError(f"variant must be one of {', '.join(VARIANTS)}; got {variant!r}")
     if not 0.0 < gamma < 1.0:
@@ -144,8 +140,7 @@ def diffuser_fractional_attention(
         return v.clone()
     terms = OFFICIAL_TERMS[variant] if terms is None else terms
     g = resolve_graph(n, graph, attention_window, num_rand, num_glob, seed, global_tokens)
-    src, dst = g.src.to(q.device), g.dst.to(q.device)
-    scores = edge_dots(q, k, src, dst) * (d**-0.5 if scale is None else scale)  # <k_src, q_dst>
+    src, dst, scores = edge_scores(q, k, g, scale)  # <k_src, q_dst>
     if negate_scores:
         scores = -scores
     if mask is not None:
