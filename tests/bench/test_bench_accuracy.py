@@ -47,3 +47,17 @@ def test_pattern_mechanism_error_is_its_pattern_not_rounding():
     assert rec["err_fp64"] < 1e-5
     full = error_record("local", 256, "unit-variance", {"window_size": 256})
     assert full["err_softmax"] < 1e-5  # the window covers every key: exact softmax
+
+
+def test_core_input_widths_come_from_the_module():
+    import attnzoo
+    from attnzoo.bench.run import core_widths, make_qkv
+
+    assert core_widths(attnzoo.build("softmax", 64, 4), 64) == (16, 16, 16)
+    q, k, v, g = make_qkv((1, 2, 8, 4), torch.float32, torch.device("cpu"), widths=(3, 5, 7))
+    assert (q.shape[-1], k.shape[-1], v.shape[-1], g.shape) == (3, 5, 7, v.shape)
+    assert q.requires_grad and not g.requires_grad
+    if "psf" in {s.name for s in attnzoo.available()}:  # its core reads chord factors, not queries
+        assert core_widths(attnzoo.build("psf", 64, 4), 64) != (16, 16, 16)
+        with pytest.raises(NotImplementedError, match="no softmax to compare with"):
+            error_record("psf", 64, "unit-variance", {})

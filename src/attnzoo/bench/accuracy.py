@@ -92,8 +92,16 @@ def error_record(
         A record: ``kind="error"``, mechanism, seq_len, heads, head_dim, dist, options, ``exact`` (the
         mechanism's capability flag), ``err_softmax``, ``err_fp64`` (see the module docstring).
     """
+    from attnzoo.bench.run import core_widths
+
     q, k, v = make_inputs(dist, (1, heads, seq_len, head_dim))
     module = attnzoo.build(mechanism, heads * head_dim, heads, **options).eval()
+    widths = core_widths(module, heads * head_dim)
+    if widths != (head_dim,) * 3:
+        raise NotImplementedError(
+            f"{mechanism}'s core reads q, k, v of widths {widths}, not queries and keys of width {head_dim}: "
+            "no softmax to compare with"
+        )
     module64 = copy.deepcopy(module).double()
     with torch.no_grad():
         torch.manual_seed(0)

@@ -23,6 +23,7 @@ from attnzoo.sparse import pick_executor
 __all__ = [
     "FWDBWD_FLOP_FACTOR",
     "BenchCase",
+    "core_widths",
     "environment",
     "failure_records",
     "failure_status",
@@ -87,13 +88,32 @@ def environment() -> dict[str, Any]:
     return env
 
 
+def core_widths(module: torch.nn.Module, dim: int) -> tuple[int, int, int]:
+    """Per-head widths of the ``q, k, v`` the module's own ``project`` makes (``d, d, d`` for most; a
+    mechanism whose core reads other inputs, e.g. ``psf``'s chord factors, says so through ``project``)."""
+    with torch.no_grad():
+        q, k, v = module.project(torch.zeros(1, 1, dim))  # type: ignore[operator]
+    return q.shape[-1], k.shape[-1], v.shape[-1]
+
+
 def make_qkv(
-    shape: tuple[int, ...], dtype: torch.dtype, device: torch.device, seed: int = 0
+    shape: tuple[int, int, int, int],
+    dtype: torch.dtype,
+    device: torch.device,
+    seed: int = 0,
+    widths: tuple[int, int, int] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Seeded ``q, k, v`` (requiring grad) and an output gradient, standard normal, of ``shape``."""
+    """Seeded standard-normal ``q, k, v`` (requiring grad) of ``shape = (B, H, N, d)``, or of per-head
+    ``widths`` when given, and an output gradient shaped like ``v``."""
     gen = torch.Generator(device="cpu").manual_seed(seed)
-    q, k, v = (torch.randn(shape, generator=gen).to(device=device, dtype=dtype).requires_grad_() for _ in range(3))
-    return q, k, v, torch.randn(shape, generator=gen).to(device=device, dtype=dtype)
+    b, h, n, d = shape
+
+    def draw(width: int, grad: bool = True) -> torch.Tensor:
+        t = torch.randn(b, h, n, width, generator=gen).to(device=device, dtype=dtype)
+        return t.requires_grad_() if grad else t
+
+    wq, wk, wv = widths or (d, d, d)
+    return draw(wq), draw(wk), draw(wv), draw(wv, grad=False)
 
 
 def failure_status(err: BaseException) -> str:
@@ -179,7 +199,8 @@ def run_case(case: BenchCase) -> list[dict[str, Any]]:
     dtype = getattr(torch, case.dtype)
     module = attnzoo.build(case.mechanism, case.heads * case.head_dim, case.heads, causal=case.causal, **case.options)
     module = module.to(device=device, dtype=dtype)
-    q, k, v, grad = make_qkv((case.batch, case.heads, case.seq_len, case.head_dim), dtype, device)
+    widths = core_widths(module, case.heads * case.head_dim)
+    q, k, v, grad = make_qkv((case.batch, case.heads, case.seq_len, case.head_dim), dtype, device, widths=widths)
     attend = torch.compile(module.attend) if case.compile else module.attend
     fns = pass_fns(lambda: attend(q, k, v, None), (q, k, v), grad)
     executor = "dense-kernel"
