@@ -8,7 +8,16 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from attnzoo.mechanisms.sampling import SampledAttention, check_no_dropout, grid_shape, proposal_net, zero_qkv_bias
+from attnzoo.mechanisms.sampling import (
+    EA_COMMON,
+    SampledAttention,
+    check_grid_options,
+    check_no_dropout,
+    grid_options,
+    grid_shape,
+    proposal_net,
+    zero_qkv_bias,
+)
 from attnzoo.official import OfficialEntry, register_official
 from attnzoo.ops.eva import eva_attention, naive_eva_attention
 from attnzoo.ops.eva.chunks import eva_segments, t5_num_buckets
@@ -57,13 +66,7 @@ class EvaOptions:
             raise ValueError("options use_rpe and use_t5_rpe exclude each other")
         if self.use_t5_rpe and self.attn_2d:
             raise ValueError("option use_t5_rpe is 1D only; use use_rpe with attn_2d")
-        for name in ("image_height", "image_width"):
-            if getattr(self, name) is not None:
-                check_int(name, getattr(self, name), minimum=1)
-                if not self.attn_2d:
-                    raise ValueError(f"option {name} needs attn_2d=True")
-        if (self.image_height is None) != (self.image_width is None):
-            raise ValueError("give both image_height and image_width, or neither (square grid)")
+        check_grid_options(self)
 
     def window(self) -> LocalWindow:
         """The local block geometry (2D grids get their size per input; ``(1, 1)`` stands in)."""
@@ -171,8 +174,8 @@ def _official_options(args: dict[str, Any], causal: bool) -> dict[str, Any]:
     shape = args["seq_shape"]
     if args["attn_2d"] != (shape is not None):
         raise ValueError("attn_2d=True needs seq_shape=(H, W) (the official [B,H,W,C] input), and only then")
-    grid = {} if shape is None else {"image_height": shape[0], "image_width": shape[1]}
-    keys = ("window_size", "num_landmarks", "adaptive_proj", "overlap_window", "attn_2d", "use_rpe", "use_t5_rpe")
+    grid = grid_options(shape)
+    keys = ("window_size", "num_landmarks", "adaptive_proj", "overlap_window", "use_rpe", "use_t5_rpe")
     return {**{key: args[key] for key in keys}, **grid, "compat": True}
 
 
@@ -196,11 +199,8 @@ register_official(
             "attn_2d": False,
             "use_rpe": False,
             "use_t5_rpe": False,
-            "qkv_bias": True,
-            "attn_drop": 0.0,
-            "proj_drop": 0.0,
-            "fp32": False,
             "seq_shape": None,
+            **EA_COMMON,
         },
         options=_official_options,
         convert=_official_convert,

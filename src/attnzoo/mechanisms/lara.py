@@ -9,7 +9,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from attnzoo.mechanisms.sampling import SampledAttention, check_no_dropout, grid_shape, proposal_net, zero_qkv_bias
+from attnzoo.mechanisms.sampling import (
+    EA_COMMON,
+    SampledAttention,
+    check_grid_options,
+    check_no_dropout,
+    grid_options,
+    grid_shape,
+    proposal_net,
+    zero_qkv_bias,
+)
 from attnzoo.official import OfficialEntry, register_official
 from attnzoo.ops.lara import MIS_TYPES, Landmarks, lara_attention, lara_landmarks, naive_lara_attention
 from attnzoo.options import check_choice, check_field_types, check_int
@@ -67,13 +76,7 @@ class LaraOptions:
             raise ValueError("options use_antithetics and use_multisample exclude each other")
         if self.attn_2d and self.proposal_gen == "adaptive-1d":
             raise ValueError("proposal_gen='adaptive-1d' needs 1D input (attn_2d=False)")
-        for name in ("image_height", "image_width"):
-            if getattr(self, name) is not None:
-                check_int(name, getattr(self, name), minimum=1)
-                if not self.attn_2d:
-                    raise ValueError(f"option {name} needs attn_2d=True")
-        if (self.image_height is None) != (self.image_width is None):
-            raise ValueError("give both image_height and image_width, or neither (square grid)")
+        check_grid_options(self)
 
 
 def lara_flops(n: int, d: int, options: LaraOptions, causal: bool) -> float:
@@ -182,8 +185,7 @@ class LaraAttention(SampledAttention):
 
 def _official_options(args: dict[str, Any], causal: bool) -> dict[str, Any]:
     check_no_dropout(args, "proj_drop")
-    shape = args["seq_shape"]
-    grid = {} if shape is None else {"attn_2d": True, "image_height": shape[0], "image_width": shape[1]}
+    grid = grid_options(args["seq_shape"])
     keys = (
         "num_landmarks",
         "proposal_gen",
@@ -225,11 +227,8 @@ register_official(
             "use_antithetics": False,
             "use_multisample": False,
             "alpha_coeff": 1.0,
-            "qkv_bias": True,
-            "attn_drop": 0.0,
-            "proj_drop": 0.0,
-            "fp32": False,
             "seq_shape": None,
+            **EA_COMMON,
         },
         options=_official_options,
         convert=_official_convert,

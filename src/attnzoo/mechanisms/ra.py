@@ -7,7 +7,7 @@ from typing import Any
 
 from torch import Tensor
 
-from attnzoo.mechanisms.sampling import SampledAttention, check_no_dropout, zero_qkv_bias
+from attnzoo.mechanisms.sampling import EA_COMMON, SampledAttention, check_no_dropout, zero_qkv_bias
 from attnzoo.official import OfficialEntry, register_official
 from attnzoo.ops.ra import naive_ra_attention, ra_attention, sample_key_index
 from attnzoo.options import check_field_types, check_int
@@ -83,7 +83,7 @@ register_official(
         source="efficient-attention",
         name="ra",
         mechanism="ra",
-        defaults={"num_samples": 1, "qkv_bias": True, "attn_drop": 0.0, "proj_drop": 0.0, "fp32": False},
+        defaults={"num_samples": 1, **EA_COMMON},
         options=_official_options,
         convert=lambda state_dict, args: zero_qkv_bias(state_dict),
         notes="RandomizedAttention; stochastic in eval (inject draws=[key_index] to compare); compat=True (E9)",

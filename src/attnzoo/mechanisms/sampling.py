@@ -11,7 +11,16 @@ from torch import Tensor, nn
 
 from attnzoo.mechanisms.base import AttentionBase
 
-__all__ = ["EA_COMMON", "SampledAttention", "check_no_dropout", "grid_shape", "proposal_net", "zero_qkv_bias"]
+__all__ = [
+    "EA_COMMON",
+    "SampledAttention",
+    "check_grid_options",
+    "check_no_dropout",
+    "grid_options",
+    "grid_shape",
+    "proposal_net",
+    "zero_qkv_bias",
+]
 
 
 # Constructor arguments every efficient-attention ``MultiheadAttention`` subclass takes (official defaults).
@@ -43,6 +52,30 @@ def grid_shape(n: int, height: int | None, width: int | None) -> tuple[int, int]
     if side * side != n:
         raise ValueError(f"attn_2d with N={n} tokens: N is not square; set image_height and image_width")
     return (side, side)
+
+
+def check_grid_options(opts: Any) -> None:
+    """Validate ``attn_2d`` / ``image_height`` / ``image_width`` of an options dataclass (both sizes or neither).
+
+    Raises:
+        ValueError: a size without ``attn_2d``, only one of the two sizes, a size below 1.
+    """
+    for name in ("image_height", "image_width"):
+        value = getattr(opts, name)
+        if value is not None:
+            if value < 1:
+                raise ValueError(f"option {name} must be >= 1, got {value}")
+            if not opts.attn_2d:
+                raise ValueError(f"option {name} needs attn_2d=True")
+    if (opts.image_height is None) != (opts.image_width is None):
+        raise ValueError("give both image_height and image_width, or neither (square grid)")
+
+
+def grid_options(seq_shape: Any) -> dict[str, Any]:
+    """``from_official`` helper: the official ``[B, H, W, C]`` input shape ``(H, W)`` as build options."""
+    if seq_shape is None:
+        return {}
+    return {"attn_2d": True, "image_height": seq_shape[0], "image_width": seq_shape[1]}
 
 
 def check_no_dropout(args: dict[str, Any], *names: str) -> None:

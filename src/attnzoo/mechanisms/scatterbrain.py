@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from attnzoo.mechanisms.sampling import SampledAttention, check_no_dropout, zero_qkv_bias
+from attnzoo.mechanisms.sampling import EA_COMMON, SampledAttention, check_no_dropout, zero_qkv_bias
 from attnzoo.official import OfficialEntry, register_official
 from attnzoo.ops.local import LocalWindow
 from attnzoo.ops.performer import draw_projection
@@ -148,10 +148,7 @@ register_official(
             "proj_method": "favorp",
             "cos_weighting": False,
             "sample_scheme": "default",
-            "qkv_bias": True,
-            "attn_drop": 0.0,
-            "proj_drop": 0.0,
-            "fp32": False,
+            **EA_COMMON,
         },
         options=_official_options,
         convert=_official_convert,
