@@ -185,6 +185,11 @@ def test_nystromformer_lra_kernels(name, args, emu):
     ours = attnzoo.from_official(
         "nystromformer-lra", name, dim=D, num_heads=H, args=config, state_dict=official.state_dict()
     )
+    if name == "nystrom":  # the Solving-LRA-PathX fork runs the same kernel
+        fork = attnzoo.from_official(
+            "solving-lra-pathx", name, dim=D, num_heads=H, args=config, state_dict=official.state_dict()
+        )
+        _check(fork, official, *_inputs(), _inputs()[1].float())
     x, real = _inputs()
     _check(ours, official, x, real, real.float())
 

@@ -37,8 +37,9 @@ def lra_entry(
     renames: dict[str, str] | None = None,
     transform: Callable[[str, Tensor, dict[str, Any]], Tensor] | None = None,
     notes: str = "",
+    source: str = "nystromformer-lra",
 ) -> OfficialEntry:
-    """Register the ``nystromformer-lra`` entry ``name``.
+    """Register the ``nystromformer-lra`` (or its fork's, ``source``) entry ``name``.
 
     Args:
         extra: the kernel's own config keys with their official values (added to :data:`LRA_CONFIG`).
@@ -57,12 +58,12 @@ def lra_entry(
 
     def checked_options(args: dict[str, Any], causal: bool) -> dict[str, Any]:
         if causal:
-            raise ValueError(f"nystromformer-lra {name!r} has no causal mode")
+            raise ValueError(f"{source} {name!r} has no causal mode")
         return options(args, causal)
 
     return register_official(
         OfficialEntry(
-            source="nystromformer-lra",
+            source=source,
             name=name,
             mechanism=mechanism,
             defaults={**LRA_CONFIG, **extra},

@@ -107,13 +107,16 @@ def _lra_options(args: dict[str, Any], causal: bool) -> dict[str, Any]:
     return {"num_landmarks": args["num_landmarks"], "conv_kernel": conv or 0, "compat": "nystromformer-lra"}
 
 
-lra_entry(
-    "nystrom",
-    "nystrom",
-    {"num_landmarks": 64, "conv_kernel_size": 35, "inv_coeff_init_option": "original"},
-    _lra_options,
-    renames={"attn.conv.weight": "conv.weight"},
-    notes="NystromAttention: conv_kernel_size -> conv_kernel (None = off, N3), 6 pinv iterations; "
-    "inv_coeff_init_option is never read (misspelt key), so the global init always applies; "
-    "compat nystromformer-lra (N1, N2); any N (the official needs N = max_seq_len)",
-)
+# Solving-LRA-PathX's LRA/code fork runs the same kernel (reading max_seq_len instead of seq_len).
+for _source in ("nystromformer-lra", "solving-lra-pathx"):
+    lra_entry(
+        "nystrom",
+        "nystrom",
+        {"num_landmarks": 64, "conv_kernel_size": 35, "inv_coeff_init_option": "original"},
+        _lra_options,
+        renames={"attn.conv.weight": "conv.weight"},
+        notes="NystromAttention: conv_kernel_size -> conv_kernel (None = off, N3), 6 pinv iterations; "
+        "inv_coeff_init_option is never read (misspelt key), so the global init always applies; "
+        "compat nystromformer-lra (N1, N2); any N (the official needs N = max_seq_len)",
+        source=_source,
+    )
