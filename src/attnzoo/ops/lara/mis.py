@@ -66,7 +66,7 @@ def _mixture_logits(
     if mis_type == "mis-biased":
         return scale * mu @ q.transpose(-1, -2) - total[..., None]
     balance = torch.exp(own - total.nan_to_num(0.0, neginf=0.0))  # (B, H, S)
-    t = scale * lm.q @ q.transpose(-1, -2)  # softmax over queries n
+    t = (scale * lm.q) @ q.transpose(-1, -2)  # softmax over queries n
     if query_ok is not None:
         t = t.masked_fill(~query_ok[:, None, None, :], float("-inf"))
     t = torch.softmax(t, dim=-1).nan_to_num(0.0)
@@ -147,14 +147,19 @@ def lara_attention(
     mu = mu.repeat(1, 1, repeats, 1)
     omega = mu if eps is None else mu + eps
     valid = lm.valid.repeat(1, repeats)  # (B, S)
-    key_logits = rf_log(omega, k, scale)  # (B, H, S, N)
+    key_bias = (-0.5 * scale) * k.square().sum(-1)[:, :, None, :]  # (B, H, 1, N)
     if mask is not None:
-        key_logits = key_logits.masked_fill(~mask[:, None, None, :], float("-inf"))
-    key_lse = torch.logsumexp(key_logits, dim=-1).nan_to_num(0.0, neginf=0.0)
-    kappa = torch.exp(key_logits - key_lse[..., None]) @ v  # (B, H, S, dv)
+        key_bias = key_bias.masked_fill(~mask[:, None, None, :], float("-inf"))
+    key_logits = torch.matmul(scale * omega, k.transpose(-1, -2)) + key_bias  # l(w_c, k_m): (B, H, S, N)
+    with torch.no_grad():
+        peak = key_logits.amax(-1, keepdim=True).nan_to_num(0.0, neginf=0.0)
+    key_feat = torch.exp(key_logits - peak)
+    key_sum = key_feat.sum(-1, keepdim=True)
+    kappa = (key_feat @ v) / key_sum.clamp(min=torch.finfo(key_sum.dtype).tiny)  # (B, H, S, dv)
+    key_lse = torch.where(key_sum > 0, torch.log(key_sum.clamp(min=torch.finfo(key_sum.dtype).tiny)) + peak, 0.0)
     query_ok = None if count_padding else mask
     logits = _mixture_logits(omega, mu, q, lm, valid, query_ok, mis_type, alpha_coeff, scale)
-    logits = logits + scale * omega @ q.transpose(-1, -2) + key_lse[..., None]
+    logits = logits + (scale * omega) @ q.transpose(-1, -2) + key_lse
     logits = logits.masked_fill(~valid[:, None, :, None], float("-inf"))
     weights = torch.softmax(logits, dim=2).nan_to_num(0.0)
     out = weights.transpose(-1, -2) @ kappa
