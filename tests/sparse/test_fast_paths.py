@@ -143,3 +143,17 @@ def test_dense_fallback_only_when_cheaper_and_small(calls):
     assert calls["dense"] == 0
     sparse_attention(q, k, v, short)
     assert calls["dense"] == 1
+
+
+def test_dense_fallback_plain_softmax_and_rows_without_keys(calls):
+    """A window over the whole sequence needs no mask (plain softmax); rows no pattern covers give 0 / -inf."""
+    q, k, v = make_qkv(2, 2, 48, 8, seed=6)
+    out, _ = sparse_attention(q, k, v, sliding_window(48, 100, 100, 16))
+    assert_close("out", naive_softmax_attention(q, k, v), out, 1e-12)
+    odd_rows = dilated_segments(48, 48, 2, (0, 1))  # head 0 keeps even tokens, head 1 odd ones
+    twice = [odd_rows, odd_rows]  # visits half the matrix: dense; every kept pair counts twice
+    check_against_reference(q, k, v, twice, None, False)
+    out, lse = sparse_attention(q, k, v, twice)
+    assert torch.equal(out[:, 0, 1::2], torch.zeros_like(out[:, 0, 1::2]))
+    assert bool(torch.isneginf(lse[:, 0, 1::2]).all())
+    assert calls["dense"] == 3

@@ -28,7 +28,7 @@ DENSE_BYTES = 8 * 2**20
 DENSE_SHARE = 0.5
 """``auto`` runs dense when the visited blocks hold at least this share of the N x N scores."""
 
-_CACHE: dict[tuple[int | str, ...], tuple[list[SparsePattern], Tensor]] = {}
+_CACHE: dict[tuple[int | str, ...], tuple[list[SparsePattern], Tensor | None, Tensor]] = {}
 _CACHE_SIZE = 8
 
 
@@ -51,27 +51,33 @@ def prefer_dense(patterns: Sequence[SparsePattern], batch: int, padded: bool, it
     return mask_bytes <= DENSE_BYTES and visited_share(patterns) >= DENSE_SHARE
 
 
-def _multiplicity(patterns: Sequence[SparsePattern], dtype: torch.dtype, device: torch.device) -> Tensor:
-    """``(Hp, N, N)`` ``log`` of how many patterns allow each pair (``-inf`` for none), counted in float64,
-    cached per pattern list, dtype and device."""
+def _multiplicity(
+    patterns: Sequence[SparsePattern], dtype: torch.dtype, device: torch.device
+) -> tuple[Tensor | None, Tensor]:
+    """``(Hp, N, N)`` ``log`` of how many patterns allow each pair (``-inf`` for none; counted in float64), or
+    ``None`` when every pair is allowed exactly once (plain softmax), and ``(Hp, N)`` rows with a key.
+    Cached per pattern list, dtype and device."""
     key = (*(id(p) for p in patterns), str(dtype), str(device))
     hit = _CACHE.get(key)
     if hit is not None:
-        return hit[1]
+        return hit[1], hit[2]
     count = sum(p.to_dense().to(torch.float64) for p in patterns)
     assert isinstance(count, Tensor)
-    bias = count.log().to(device, dtype)
+    rows = (count > 0).any(-1).to(device)
+    bias = None if bool((count == 1).all()) else count.log().to(device, dtype)
     if len(_CACHE) >= _CACHE_SIZE:
         _CACHE.pop(next(iter(_CACHE)))
-    _CACHE[key] = (list(patterns), bias)  # the patterns are kept alive, so their ids stay theirs
-    return bias
+    _CACHE[key] = (list(patterns), bias, rows)  # the patterns are kept alive, so their ids stay theirs
+    return bias, rows
 
 
 class _Dense(torch.autograd.Function):
     """One kernel call with a dense additive mask; rows without keys give 0 and ``lse = -inf``."""
 
     @staticmethod
-    def forward(ctx: Any, q: Tensor, k: Tensor, v: Tensor, bias: Tensor, has_key: Tensor, kernel: Kernel, scale: float):  # type: ignore[override]
+    def forward(  # type: ignore[override]
+        ctx: Any, q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None, has_key: Tensor, kernel: Kernel, scale: float
+    ):
         out, lse = kernel.forward(q, k, v, bias, False, scale, None)
         ctx.kernel, ctx.scale = kernel, scale
         ctx.set_materialize_grads(False)
@@ -106,12 +112,16 @@ def dense_attention(
     Returns:
         ``(out (B, H, N, dv), lse (B, H, N))``, 0 and ``-inf`` on rows without keys.
     """
-    n = q.shape[2]
-    bias = _multiplicity(patterns, q.dtype, q.device)[None]  # (1, Hp, N, N)
-    if causal:
-        bias = bias.masked_fill(torch.ones(n, n, dtype=torch.bool, device=q.device).triu_(1), float("-inf"))
-    if mask is not None:
-        bias = bias.masked_fill(~mask[:, None, None, :], float("-inf"))
-    has_key = torch.isfinite(bias).any(-1).expand(q.shape[0], q.shape[1], n)
+    b, h, n = q.shape[:3]
+    bias, rows = _multiplicity(patterns, q.dtype, q.device)
+    if causal or mask is not None:
+        bias = torch.zeros(n, n, dtype=q.dtype, device=q.device) if bias is None else bias
+        if causal:
+            bias = bias.masked_fill(torch.ones(n, n, dtype=torch.bool, device=q.device).triu_(1), float("-inf"))
+        if mask is not None:
+            bias = bias.masked_fill(~mask[:, None, None, :], float("-inf"))
+        rows = torch.isfinite(bias).any(-1)
+    bias = None if bias is None else bias[(None,) * (4 - bias.dim())]  # (B|1, Hp|1, N, N)
+    has_key = rows.expand(b, h, n)
     q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
     return _Dense.apply(q, k, v, bias, has_key, kernel, scale)
