@@ -25,7 +25,8 @@ def _entry(rank: int, world: int, port: int, fn: Callable[..., Any], args: tuple
     try:
         torch.save(fn(rank, world, *args), os.path.join(out_dir, f"{rank}.pt"))
     finally:
-        dist.destroy_process_group()
+        if dist.is_initialized():  # the training harness leaves the group itself
+            dist.destroy_process_group()
 
 
 def run_ranks(world: int, fn: Callable[..., Any], *args: Any) -> list[Any]:

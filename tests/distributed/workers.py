@@ -5,6 +5,7 @@
 * ``traffic``: bytes handed to ``all_to_all_single`` vs :func:`communication_model`.
 * ``training``: a few optimiser steps of sequence-parallel models vs the same model in one process.
 * ``errors``: the messages of incompatible settings inside a process group.
+* the training harness (``attnzoo.train``) with ``--sequence-parallel 2`` on 4 ranks.
 """
 
 from __future__ import annotations
@@ -235,18 +236,34 @@ def trainer_config(out_dir: str, sequence_parallel: int) -> Any:
     )  # fmt: skip
 
 
-def trainer(rank: int, world: int, out_dir: str) -> None:
-    """``attnzoo.train`` as torchrun starts it (the process group exists already); leaves the group."""
+def trainer(rank: int, world: int, out_dir: str) -> int:
+    """``attnzoo.train`` as torchrun starts it (the process group exists already; it leaves it).
+
+    Returns the number of k/v exchanges (``all_to_all_single`` calls): proof that sequences were split.
+    """
     from attnzoo.train.loop import train
 
+    calls = []
+    original = dist.all_to_all_single
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    dist.all_to_all_single = counting
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
-    train(trainer_config(out_dir, 2))
+    try:
+        train(trainer_config(out_dir, 2))
+    finally:
+        dist.all_to_all_single = original
+    return len(calls)
 
 
-def everything(rank: int, world: int) -> dict[str, Any]:
-    """Run every experiment on this rank (collectives in the same order on every rank)."""
+def everything(rank: int, world: int, out_dir: str) -> dict[str, Any]:
+    """Run every experiment on this rank (collectives in the same order on every rank); the harness run
+    (2 x 2 ranks, written to ``out_dir/sp2``) comes last: it leaves the process group."""
     pairs = [dist.new_group([0, 1]), dist.new_group([2, 3])]
-    return {
+    found = {
         "parity4": parity(None),
         "parity2": parity(pairs[rank // 2]),
         "traffic": traffic(),
@@ -255,3 +272,5 @@ def everything(rank: int, world: int) -> dict[str, Any]:
         "training2": training(2),
         "errors": errors(),
     }
+    found["harness_exchanges"] = trainer(rank, world, out_dir)
+    return found

@@ -54,6 +54,7 @@ class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     batch_size: int = 32  # examples per optimiser step, over all processes and accumulation steps
     accumulate: int = 1  # gradient accumulation steps per optimiser step
+    sequence_parallel: int = 1  # ranks sharing each sequence (dilated attention; docs/sequence-parallel.md)
     steps: int = 1000  # optimiser steps
     lr: float = 1e-3  # peak learning rate
     weight_decay: float = 0.0
@@ -85,7 +86,7 @@ class TrainConfig:
     def validate(self) -> None:
         """Raise ``ValueError`` naming the first invalid field."""
         self.model.validate()
-        positive = ("batch_size", "accumulate", "steps", "eval_every", "log_every", "prefetch")
+        positive = ("batch_size", "accumulate", "sequence_parallel", "steps", "eval_every", "log_every", "prefetch")
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")

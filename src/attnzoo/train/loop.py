@@ -161,7 +161,7 @@ def finish(run: Run, logger: MetricLogger, started: float) -> dict[str, Any]:
     best_path = cfg.run_dir() / "best.pt"
     if best_path.is_file():
         run.raw_model.load_state_dict(load_checkpoint(best_path, info.device)["model"])
-    test = evaluate(run.raw_model, eval_batches(run.splits["test"], run.micro_batch, info), info, cfg.precision)
+    test = evaluate(run.raw_model, eval_batches(run.splits["test"], run.micro_batch, run.data), info, cfg.precision)
     peak, peak_kind = peak_memory(info.device)
     higher = _higher_is_better(run)
     tokens = state.step * cfg.batch_size * spec.seq_len * (2 if spec.paired else 1)
@@ -217,7 +217,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         cfg = run.cfg
         logger = open_logs(run)
         prefetch = Prefetcher(run.stream, info.device, cfg.prefetch)
-        dev_loader = eval_batches(run.splits["dev"], run.micro_batch, info, limit=cfg.eval_batches)
+        dev_loader = eval_batches(run.splits["dev"], run.micro_batch, run.data, limit=cfg.eval_batches)
         desc = f"{cfg.task}/{cfg.model.attention}"
         bar = progress(total=cfg.steps, desc=desc, enabled=cfg.progress and info.is_main, initial=run.state.step)
         window = torch.zeros(4, dtype=torch.float64, device=info.device)  # loss sum, correct, count, steps

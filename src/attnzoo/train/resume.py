@@ -27,6 +27,7 @@ __all__ = ["TRAJECTORY_FIELDS", "TrainState", "check_resume", "differences", "lo
 
 TRAJECTORY_FIELDS = (
     "task",
+    "sequence_parallel",
     "task_options",
     "train_size",
     "dev_size",

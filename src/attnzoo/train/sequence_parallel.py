@@ -33,8 +33,9 @@ from attnzoo.mechanisms.dilated import DilatedAttention
 from attnzoo.models import DualEncoderClassifier, TaskModel
 from attnzoo.ops.dilated.parallel import set_sequence_parallel_group
 from attnzoo.ops.dilated.parallel_plan import chunk_bounds
+from attnzoo.train.distributed import DistInfo
 
-__all__ = ["SequenceParallel", "all_reduce_sum_grad", "attach", "make_groups"]
+__all__ = ["SequenceParallel", "all_reduce_sum_grad", "attach", "data_view", "make_groups"]
 
 
 @dataclass
@@ -71,6 +72,11 @@ def make_groups(size: int) -> SequenceParallel:
         return SequenceParallel(1, None, 0, rank, world)
     groups = [dist.new_group(list(range(first, first + size))) for first in range(0, world, size)]
     return SequenceParallel(size, groups[rank // size], rank % size, rank // size, world // size)
+
+
+def data_view(info: DistInfo, sp: SequenceParallel) -> DistInfo:
+    """``info`` as data loading sees it: this rank's group is data shard ``data_rank`` of ``data_world``."""
+    return dataclasses.replace(info, rank=sp.data_rank, world_size=sp.data_world)
 
 
 class _AllReduceSum(torch.autograd.Function):

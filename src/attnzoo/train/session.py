@@ -27,6 +27,7 @@ from attnzoo.train.data import TrainStream, load_splits
 from attnzoo.train.distributed import DistInfo
 from attnzoo.train.optim import build_optimizer, build_scheduler
 from attnzoo.train.resume import TrainState, check_resume, load_optimizer
+from attnzoo.train.sequence_parallel import attach, data_view, make_groups
 
 __all__ = ["Run", "prepare_model", "save_run", "start_run", "wrap_model"]
 
@@ -37,6 +38,7 @@ class Run:
 
     cfg: TrainConfig
     info: DistInfo
+    data: DistInfo  # where this process reads data: info, or its data-parallel group under --sequence-parallel
     spec: Any  # the task's TaskSpec
     raw_model: TaskModel
     model: nn.Module  # raw_model as trained (wrapped for data parallelism)
@@ -53,7 +55,7 @@ class Run:
     @property
     def micro_batch(self) -> int:
         """Examples per forward pass on this process."""
-        return self.cfg.batch_size // (self.info.world_size * self.cfg.accumulate)
+        return self.cfg.batch_size // (self.data.world_size * self.cfg.accumulate)
 
 
 def prepare_model(cfg: TrainConfig, spec: Any, init: dict[str, Any] | None) -> tuple[TaskModel, ModelConfig, list[str]]:
@@ -124,9 +126,12 @@ def start_run(cfg: TrainConfig, info: DistInfo) -> Run:
     if saved is not None:
         cfg, new_settings = check_resume(saved, cfg, info.world_size, path)  # type: ignore[arg-type]
     init = load_checkpoint(cfg.init_from) if cfg.init_from and saved is None else None
-    micro = _micro_batch(cfg, info)
+    sp = make_groups(cfg.sequence_parallel)
+    data = data_view(info, sp)
+    micro = _micro_batch(cfg, data)
     spec = tasks.get(cfg.task, **cfg.task_options)
     raw_model, model_cfg, resized = prepare_model(cfg, spec, init)
+    attach(raw_model, sp)
     cfg = dataclasses.replace(cfg, model=model_cfg)
     raw_model.to(info.device)
     splits = load_splits(cfg, info)
@@ -149,7 +154,7 @@ def start_run(cfg: TrainConfig, info: DistInfo) -> Run:
         else:
             scheduler.load_state_dict(saved["scheduler"])
         ckpt.restore_rank_rng(saved["rng"], info, cfg.seed * 1000 + info.rank + state.step + 1)
-    stream = TrainStream(splits["train"], micro, info, seed=cfg.seed, num_workers=cfg.num_workers, **position)
+    stream = TrainStream(splits["train"], micro, data, seed=cfg.seed, num_workers=cfg.num_workers, **position)
     meta = {
         "length": raw_model.encoder.embed.length,
         "grid": list(raw_model.encoder.embed.grid or []) or None,
@@ -159,7 +164,21 @@ def start_run(cfg: TrainConfig, info: DistInfo) -> Run:
     }
     model = wrap_model(raw_model, info)
     return Run(
-        cfg, info, spec, raw_model, model, optimizer, scheduler, scaler, splits, stream, state, meta, path, resized
+        cfg,
+        info,
+        data,
+        spec,
+        raw_model,
+        model,
+        optimizer,
+        scheduler,
+        scaler,
+        splits,
+        stream,
+        state,
+        meta,
+        path,
+        resized,
     )
 
 
