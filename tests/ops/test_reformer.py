@@ -90,7 +90,7 @@ def test_bad_options_and_rotations():
         attnzoo.build("reformer", 32, 4, num_buckets=(3,))
     with pytest.raises(ValueError, match="cannot be causal"):
         attnzoo.build("reformer", 32, 4, causal=True)
-    with pytest.raises(TypeError, match="option pad_slots must be bool"):
+    with pytest.raises(TypeError, match=r"option pad_slots must be (a )?bool"):
         attnzoo.build("reformer", 32, 4, pad_slots=1)
     q = torch.randn(1, 2, 40, 8)
     with pytest.raises(ValueError, match=r"rotations must have shape \(H, d, R, nb/2\)"):
