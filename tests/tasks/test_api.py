@@ -31,6 +31,7 @@ NAMES = [
     "copy",
     "selective-copy",
     "associative-recall",
+    "kv-lookup",
 ]
 
 
