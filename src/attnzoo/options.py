@@ -68,6 +68,9 @@ def check_int_tuple(name: str, value: Any, *, minimum: int = 1, nonempty: bool =
         raise ValueError(f"option {name} entries must be >= {minimum}, got {value!r}")
 
 
+_TYPE_WORDS = {bool: "a bool", int: "an int", float: "a number", str: "a string"}
+
+
 def _matches(value: Any, hint: Any) -> bool:
     """Whether ``value`` has the primitive type ``hint`` (bool is not an int, an int is a float)."""
     if hint is bool:
@@ -101,7 +104,7 @@ def check_field_types(opts: Any) -> None:
         if value is None and optional:
             continue
         if not _matches(value, hint):
-            expected = getattr(hint, "__name__", str(hint)) + (" or None" if optional else "")
+            expected = _TYPE_WORDS.get(hint, "a tuple of ints") + (" or None" if optional else "")
             raise TypeError(f"option {field.name} must be {expected}, got {value!r} ({type(value).__name__})")
 
 

@@ -104,9 +104,9 @@ def test_every_option_type_is_checked(name, field, value):
 
 
 def test_bool_strings_do_not_switch_options_on():
-    with pytest.raises(TypeError, match="attn_2d must be bool"):
+    with pytest.raises(TypeError, match="attn_2d must be a bool"):
         attnzoo.build("local", DIM, HEADS, attn_2d="false")
-    with pytest.raises(TypeError, match="use_rpe must be bool"):
+    with pytest.raises(TypeError, match="use_rpe must be a bool"):
         attnzoo.build("local", DIM, HEADS, use_rpe="no")
 
 

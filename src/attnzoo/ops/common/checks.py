@@ -40,8 +40,12 @@ def check_qkv(q: Tensor, k: Tensor, v: Tensor, *, cross: bool = True) -> None:
         raise ValueError(f"this mechanism does self-attention only: q has N={q.shape[2]}, k has S={k.shape[2]}")
 
 
-def check_padding_mask(mask: Tensor | None, batch: int, length: int, device: torch.device) -> Tensor | None:
+def check_padding_mask(
+    mask: Tensor | None, batch: int, length: int, device: torch.device, *, axis: str = "N"
+) -> Tensor | None:
     """Validate a padding mask of shape ``(B, N)``, bool, True = real token; returns it (or ``None``).
+
+    ``axis`` names the masked length in messages (``"S"`` for the keys of cross-attention).
 
     Raises:
         TypeError: not a bool tensor, or on another device.
@@ -54,7 +58,7 @@ def check_padding_mask(mask: Tensor | None, batch: int, length: int, device: tor
     if mask.dtype != torch.bool:
         raise TypeError(f"mask must be a bool tensor (True = real token), got dtype {mask.dtype}")
     if tuple(mask.shape) != (batch, length):
-        raise ValueError(f"mask must have shape (B, N) = ({batch}, {length}), got {tuple(mask.shape)}")
+        raise ValueError(f"mask must have shape (B, {axis}) = ({batch}, {length}), got {tuple(mask.shape)}")
     if mask.device != device:
         raise TypeError(f"mask is on {mask.device} but the inputs are on {device}")
     return mask

@@ -45,7 +45,7 @@ def softmax_attention(
     check_qkv(q, k, v)
     if causal and q.shape[-2] != k.shape[-2]:
         raise ValueError(f"causal attention needs N == S, got N={q.shape[-2]}, S={k.shape[-2]}")
-    mask = check_padding_mask(mask, q.shape[0], k.shape[-2], q.device)
+    mask = check_padding_mask(mask, q.shape[0], k.shape[-2], q.device, axis="S")
     if mask is None:
         return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=causal, scale=scale)
     allowed = padding_attn_mask(mask, q.shape[-2], causal=causal)
