@@ -112,3 +112,10 @@ def test_token_limit_keeps_the_official_distribution() -> None:
         draws_cut.setstate(state)
         listops.generate_tree(draws_cut, 1, 10, 10)  # keep both streams aligned for the next tree
         assert draws_cut.getstate() == draws_full.getstate()
+
+
+def test_invalid_utf8_names_the_file_and_line(tmp_path) -> None:
+    path = tmp_path / "basic_train.tsv"
+    path.write_bytes(b"Source\tTarget\n( [MIN 1 2 ] )\t1\n\xff\xfe\t3\n")
+    with pytest.raises(ValueError, match=r"basic_train\.tsv: not valid UTF-8 \(line 3"):
+        listops.read_tsv(path)

@@ -23,6 +23,7 @@ import numpy as np
 
 from attnzoo.io import atomic_open
 from attnzoo.progress import progress
+from attnzoo.tasks.lra.text import first_bad_utf8_line
 
 __all__ = [
     "VOCAB",
@@ -214,8 +215,16 @@ def read_tsv(path: Path) -> tuple[list[str], np.ndarray]:
         ``(sources, labels)`` with labels (n,) int64 in 0..9.
 
     Raises:
-        ValueError: naming the file and line for a missing header, a wrong column count or a bad label.
+        ValueError: naming the file and line for a missing header, a wrong column count, a bad label
+            or bytes that are not UTF-8.
     """
+    try:
+        return _read_rows(path)
+    except UnicodeDecodeError:  # the decoder reads ahead in blocks: find the line in a second pass
+        raise ValueError(f"{path}: not valid UTF-8 ({first_bad_utf8_line(path)})") from None
+
+
+def _read_rows(path: Path) -> tuple[list[str], np.ndarray]:
     sources: list[str] = []
     labels: list[int] = []
     with open(path, encoding="utf-8") as handle:
