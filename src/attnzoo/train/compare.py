@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 import attnzoo
+from attnzoo.checkpoints import load_run_split
 from attnzoo.io import atomic_write_text
 from attnzoo.train.config import load_config
 from attnzoo.train.log import read_records
@@ -102,18 +103,9 @@ def majority_accuracy(cfg: Any) -> float | None:
     """
     from attnzoo import tasks
 
-    spec = tasks.get(cfg.task, **cfg.task_options)
-    if spec.target not in ("class", "sequence"):
+    if tasks.get(cfg.task, **cfg.task_options).target not in ("class", "sequence"):
         return None
-    dataset = tasks.load_split(
-        cfg.task,
-        "test",
-        data_dir=cfg.data_dir,
-        cache_dir=cfg.cache_dir,
-        size=cfg.test_size,
-        seed=cfg.data_seed,
-        **cfg.task_options,
-    )
+    dataset = load_run_split(cfg.to_dict(), "test")
     counts: Counter[int] = Counter()
     for i in range(len(dataset)):
         labels = np.asarray(dataset[i]["label"]).reshape(-1)
