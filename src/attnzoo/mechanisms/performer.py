@@ -11,7 +11,7 @@ from torch import Tensor
 
 from attnzoo.mechanisms.base import AttentionBase
 from attnzoo.mechanisms.lra_official import lra_entry
-from attnzoo.mechanisms.sampling import check_no_dropout
+from attnzoo.mechanisms.sampling import EA_COMMON, check_no_dropout
 from attnzoo.official import OfficialEntry, register_official
 from attnzoo.ops.linear.kernel import CAUSAL_CHUNK
 from attnzoo.ops.performer import draw_projection, naive_performer_attention, performer_attention
@@ -159,10 +159,7 @@ register_official(
             "proj_method": "favorp",
             "cos_weighting": False,
             "sample_scheme": "default",
-            "qkv_bias": True,
-            "attn_drop": 0.0,
-            "proj_drop": 0.0,
-            "fp32": False,
+            **EA_COMMON,
         },
         options=_efficient_attention_options,
         convert=_efficient_attention_convert,
