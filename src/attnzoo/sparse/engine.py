@@ -295,6 +295,7 @@ def sparse_attention(
     chosen = pick_kernel(q.device, q.dtype, kernel, equal_widths=v.shape[-1] == d)
     if (
         executor == "auto"
+        and dropout_p == 0.0
         and chosen.name == "cpu_flash"
         and score_mod is None
         and not (detach_weights and len(patterns) > 1)
