@@ -139,7 +139,7 @@ def test_gradients_reach_weights_not_the_projection():
         (dict(redraw="always"), ValueError, "redraw must be one of"),
         (dict(feature_eps=-1.0), ValueError, "feature_eps must be >= 0"),
         (dict(compat="lra"), ValueError, "compat must be one of"),
-        (dict(orthogonal="yes"), TypeError, "orthogonal must be bool"),
+        (dict(orthogonal="yes"), TypeError, "orthogonal must be a bool"),
     ],
 )
 def test_bad_options(bad, error, match):
