@@ -34,7 +34,8 @@ def test_random_shapes_match_reference(case):
     out = spec.functional(q, k, v, **kw)
     assert out.shape == (b, h, n, d)
     assert torch.isfinite(out).all()
-    assert torch.allclose(out, spec.reference(q, k, v, **kw), atol=1e-10)
+    live = torch.tensor(lengths) > 0  # sequences with no real token: checked for zeros below, not vs the reference
+    assert torch.allclose(out[live], spec.reference(q, k, v, **kw)[live], atol=1e-10)
     for row, length in enumerate(lengths):
         if length == 0:  # no real key anywhere: zeros, not NaN
             assert out[row].abs().max() == 0
