@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from attnzoo.mechanisms.decoding import DecodeState
 from attnzoo.ops.common import check_padding_mask, zero_masked_rows
 
 __all__ = ["AttentionBase", "split_heads"]
@@ -83,24 +84,80 @@ class AttentionBase(nn.Module, abc.ABC):
         b, _, n, _ = out.shape
         return self.proj(out.transpose(1, 2).reshape(b, n, self.dim))
 
+    def check_input(self, x: Tensor, name: str = "x") -> None:
+        """Raise a clear error unless ``x`` is a floating ``(B, N, dim)`` tensor."""
+        if not isinstance(x, Tensor) or x.dim() != 3:
+            shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+            raise ValueError(f"{name} must have shape (B, N, dim) = (B, N, {self.dim}), got {shape}")
+        if x.shape[-1] != self.dim:
+            raise ValueError(f"{name} has width {x.shape[-1]} but the module was built with dim={self.dim}")
+        if not x.is_floating_point():
+            raise TypeError(f"{name} must be floating point, got {x.dtype}")
+
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
         """Self-attention over ``x: (B, N, dim)`` with padding mask ``mask: (B, N)`` bool, True = real token.
 
         Returns ``(B, N, dim)``; the attention output of padded query rows is zero before ``proj``.
         """
-        if not isinstance(x, Tensor) or x.dim() != 3:
-            shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
-            raise ValueError(f"x must have shape (B, N, dim) = (B, N, {self.dim}), got {shape}")
-        if x.shape[-1] != self.dim:
-            raise ValueError(f"x has width {x.shape[-1]} but the module was built with dim={self.dim}")
-        if not x.is_floating_point():
-            raise TypeError(f"x must be floating point, got {x.dtype}")
+        self.check_input(x)
         mask = check_padding_mask(mask, x.shape[0], x.shape[1], x.device)
         q, k, v = self.project(x)
         if x.shape[0] == 0 or x.shape[1] == 0:  # empty batch or sequence: empty output, no attention
             return self.merge(v * 0)
         out = zero_masked_rows(self.attend(q, k, v, mask), mask)
         return self.merge(out)
+
+    def prefill(self, x: Tensor, mask: Tensor | None = None) -> tuple[Tensor, DecodeState]:
+        """Run a causal module over a prompt and return its output and the state to decode from.
+
+        Args:
+            x: prompt ``(B, T, dim)``.
+            mask: ``(B, T)`` bool, True = real token (e.g. left padding of prompts of unequal length).
+
+        Returns:
+            ``y (B, T, dim)``, equal to ``forward(x, mask)``, and the mechanism's
+            :class:`~attnzoo.mechanisms.decoding.DecodeState` after the prompt.
+        """
+        self.check_decoding()
+        self.check_input(x)
+        mask = check_padding_mask(mask, x.shape[0], x.shape[1], x.device)
+        q, k, v = self.project(x)
+        empty = x.shape[0] == 0 or x.shape[1] == 0
+        out = v * 0 if empty else zero_masked_rows(self.attend(q, k, v, mask), mask)
+        return self.merge(out), self.init_state(q, k, v, mask)
+
+    def step(self, x: Tensor, state: DecodeState) -> tuple[Tensor, DecodeState]:
+        """Decode one real token ``x: (B, 1, dim)`` after ``state``; returns ``(B, 1, dim)`` and the new state.
+
+        Costs O(state), not O(tokens so far), for the mechanisms whose state is bounded.
+        """
+        self.check_decoding()
+        self.check_input(x)
+        if x.shape[1] != 1:
+            raise ValueError(f"step takes one token per sequence, x: (B, 1, {self.dim}); got {tuple(x.shape)}")
+        if not isinstance(state, DecodeState):
+            raise TypeError(f"state must be the DecodeState returned by prefill or step, got {type(state).__name__}")
+        if state.batch_size != x.shape[0]:
+            raise ValueError(f"state holds {state.batch_size} sequences but x has batch {x.shape[0]}")
+        q, k, v = self.project(x)
+        out, state = self.decode(q, k, v, state)
+        return self.merge(out), state
+
+    def check_decoding(self) -> None:
+        """Raise unless this module can decode (it was built with ``causal=True``)."""
+        if not self.causal:
+            raise ValueError(f"{type(self).__name__} decodes only when built with causal=True")
+
+    def init_state(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> DecodeState:
+        """The decoding state after a prompt with ``q, k, v: (B, H, T, d)`` and ``mask: (B, T) | None``.
+
+        Every mechanism registered with ``causal=True`` overrides this and :meth:`decode`.
+        """
+        raise TypeError(f"{type(self).__name__} has no token-by-token decoding")
+
+    def decode(self, q: Tensor, k: Tensor, v: Tensor, state: DecodeState) -> tuple[Tensor, DecodeState]:
+        """One step: ``q, k, v: (B, H, 1, d)`` of a real token -> output ``(B, H, 1, d)`` and the new state."""
+        raise TypeError(f"{type(self).__name__} has no token-by-token decoding")
 
     def attention_dropout(self) -> float:
         """The dropout probability to apply now (0 in eval mode)."""

@@ -5,15 +5,39 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 from torch import Tensor
 
 from attnzoo.mechanisms.base import AttentionBase
+from attnzoo.mechanisms.decoding import DecodeState
 from attnzoo.mechanisms.sampling import EA_COMMON, check_no_dropout, zero_qkv_bias
 from attnzoo.official import OfficialEntry, register_official
 from attnzoo.ops.softmax import naive_softmax_attention, softmax_attention
 from attnzoo.registry import Capabilities, register
 
-__all__ = ["SoftmaxAttention", "SoftmaxOptions"]
+__all__ = ["KVCache", "SoftmaxAttention", "SoftmaxOptions"]
+
+
+@dataclass
+class KVCache(DecodeState):
+    """Every key and value so far: ``k, v: (B, H, L, d)`` and ``real: (B, L)`` (False = prompt padding)."""
+
+    k: Tensor
+    v: Tensor
+    real: Tensor
+
+    def append(self, k: Tensor, v: Tensor) -> KVCache:
+        """The cache with one more real token ``k, v: (B, H, 1, d)`` at the end."""
+        real = torch.ones(self.real.shape[0], 1, dtype=torch.bool, device=self.real.device)
+        return KVCache(
+            self.length + 1, torch.cat([self.k, k], 2), torch.cat([self.v, v], 2), torch.cat([self.real, real], 1)
+        )
+
+
+def kv_cache(k: Tensor, v: Tensor, mask: Tensor | None) -> KVCache:
+    """A :class:`KVCache` holding a prompt's ``k, v: (B, H, T, d)`` with padding ``mask: (B, T) | None``."""
+    real = torch.ones(k.shape[0], k.shape[2], dtype=torch.bool, device=k.device) if mask is None else mask
+    return KVCache(k.shape[2], k, v, real)
 
 
 @dataclass(frozen=True)
@@ -41,6 +65,15 @@ class SoftmaxAttention(AttentionBase):
 
     def attend(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
         return softmax_attention(q, k, v, mask=mask, causal=self.causal, dropout_p=self.attention_dropout())
+
+    def init_state(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> KVCache:
+        return kv_cache(k, v, mask)
+
+    def decode(self, q: Tensor, k: Tensor, v: Tensor, state: DecodeState) -> tuple[Tensor, KVCache]:
+        if not isinstance(state, KVCache):
+            raise TypeError(f"softmax decodes from a KVCache, got {type(state).__name__}")
+        state = state.append(k, v)
+        return softmax_attention(q, state.k, state.v, mask=state.real, dropout_p=self.attention_dropout()), state
 
 
 def _efficient_attention_options(args: dict[str, Any], causal: bool) -> dict[str, Any]:
