@@ -6,10 +6,12 @@ import abc
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from attnzoo.mechanisms.decoding import DecodeState
 from attnzoo.ops.common import check_padding_mask, zero_masked_rows
+from attnzoo.registry import available
 
 __all__ = ["AttentionBase", "split_heads"]
 
@@ -94,18 +96,82 @@ class AttentionBase(nn.Module, abc.ABC):
         if not x.is_floating_point():
             raise TypeError(f"{name} must be floating point, got {x.dtype}")
 
-    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
-        """Self-attention over ``x: (B, N, dim)`` with padding mask ``mask: (B, N)`` bool, True = real token.
+    def forward(
+        self,
+        x: Tensor,
+        mask: Tensor | None = None,
+        *,
+        context: Tensor | None = None,
+        context_mask: Tensor | None = None,
+    ) -> Tensor:
+        """Self-attention over ``x: (B, N, dim)``, or cross-attention from ``x`` to ``context``.
 
-        Returns ``(B, N, dim)``; the attention output of padded query rows is zero before ``proj``.
+        Args:
+            x: ``(B, N, dim)``, the queries (and, without ``context``, the keys and values).
+            mask: ``(B, N)`` bool, True = real token of ``x``.
+            context: ``(B, S, dim)``: keys and values come from it (cross-attention; only the
+                mechanisms whose ``cross_attention`` capability is set, and not with ``causal``).
+            context_mask: ``(B, S)`` bool, True = real key of ``context``.
+
+        Returns:
+            ``(B, N, dim)``; the attention output of padded query rows is zero before ``proj``.
+
+        Raises:
+            ValueError: bad shapes or masks, ``context_mask`` without ``context``, ``context`` for a
+                mechanism without cross-attention or for a causal module.
         """
+        if context is None:
+            if context_mask is not None:
+                raise ValueError("context_mask was given without context")
+            self.check_input(x)
+            mask = check_padding_mask(mask, x.shape[0], x.shape[1], x.device)
+            q, k, v = self.project(x)
+            if x.shape[0] == 0 or x.shape[1] == 0:  # empty batch or sequence: empty output, no attention
+                return self.merge(v * 0)
+            return self.merge(zero_masked_rows(self.attend(q, k, v, mask), mask))
+        k, v, context_mask = self.context_kv(context, context_mask)
+        return self.attend_context(x, k, v, mask, context_mask)
+
+    def check_cross_attention(self) -> None:
+        """Raise unless this module may attend to a context (its ``cross_attention`` flag, not causal)."""
+        spec = next((s for s in available() if s.module is type(self)), None)
+        name = type(self).__name__ if spec is None else repr(spec.name)
+        if spec is None or not spec.capabilities.cross_attention:
+            capable = ", ".join(s.name for s in available() if s.capabilities.cross_attention)
+            raise ValueError(f"attention {name} has no cross-attention (context); mechanisms that do: {capable}")
+        if self.causal:
+            raise ValueError(f"attention {name} was built with causal=True; cross-attention to a context is not causal")
+
+    def context_kv(self, context: Tensor, context_mask: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor | None]:
+        """Keys and values of a context: ``context (B, S, dim) -> k, v: (B, H, S, d)`` and the checked mask.
+
+        Uses the k and v rows of the fused ``qkv`` projection, so self- and cross-attention modules
+        share one parameter layout. A decoder computes this once per source and reuses it every step.
+        """
+        self.check_cross_attention()
+        self.check_input(context, "context")
+        context_mask = check_padding_mask(context_mask, context.shape[0], context.shape[1], context.device, axis="S")
+        k, v = F.linear(context, self.qkv.weight[self.dim :], self.qkv.bias[self.dim :]).chunk(2, dim=-1)
+        return split_heads(k, self.num_heads), split_heads(v, self.num_heads), context_mask
+
+    def attend_context(
+        self, x: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None, context_mask: Tensor | None = None
+    ) -> Tensor:
+        """Cross-attention from ``x: (B, N, dim)`` to keys/values ``k, v: (B, H, S, d)`` of :meth:`context_kv`.
+
+        ``mask: (B, N)`` marks the real queries, ``context_mask: (B, S)`` the real keys. Returns
+        ``(B, N, dim)``; query rows that are padding or see no real key give zero before ``proj``.
+        """
+        self.check_cross_attention()
         self.check_input(x)
+        if k.shape[0] != x.shape[0]:
+            raise ValueError(f"context has batch {k.shape[0]} but x has batch {x.shape[0]}")
         mask = check_padding_mask(mask, x.shape[0], x.shape[1], x.device)
-        q, k, v = self.project(x)
-        if x.shape[0] == 0 or x.shape[1] == 0:  # empty batch or sequence: empty output, no attention
-            return self.merge(v * 0)
-        out = zero_masked_rows(self.attend(q, k, v, mask), mask)
-        return self.merge(out)
+        context_mask = check_padding_mask(context_mask, k.shape[0], k.shape[2], k.device, axis="S")
+        q = split_heads(F.linear(x, self.qkv.weight[: self.dim], self.qkv.bias[: self.dim]), self.num_heads)
+        if 0 in (x.shape[0], x.shape[1], k.shape[2]):  # empty batch, queries or context: nothing to attend to
+            return self.merge(q * 0)
+        return self.merge(zero_masked_rows(self.attend(q, k, v, context_mask), mask))
 
     def prefill(self, x: Tensor, mask: Tensor | None = None) -> tuple[Tensor, DecodeState]:
         """Run a causal module over a prompt and return its output and the state to decode from.

@@ -108,11 +108,19 @@ class SampledAttention(AttentionBase):
         self.generator = torch.Generator().manual_seed(seed)
         self._draws: list[Tensor] | None = None
 
-    def forward(self, x: Tensor, mask: Tensor | None = None, *, draws: list[Tensor] | None = None) -> Tensor:
+    def forward(
+        self,
+        x: Tensor,
+        mask: Tensor | None = None,
+        *,
+        context: Tensor | None = None,
+        context_mask: Tensor | None = None,
+        draws: list[Tensor] | None = None,
+    ) -> Tensor:
         """As :meth:`AttentionBase.forward`; ``draws`` replaces the module's random draws for this call, in order."""
         self._draws = None if draws is None else list(draws)
         try:
-            return super().forward(x, mask)
+            return super().forward(x, mask, context=context, context_mask=context_mask)
         finally:
             self._draws = None
 
