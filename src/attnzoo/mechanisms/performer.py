@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -10,12 +11,14 @@ import torch
 from torch import Tensor
 
 from attnzoo.mechanisms.base import AttentionBase
+from attnzoo.mechanisms.decoding import DecodeState
 from attnzoo.mechanisms.lra_official import lra_entry
+from attnzoo.mechanisms.recurrent import FeatureState, feature_state, feature_step
 from attnzoo.mechanisms.sampling import EA_COMMON, check_no_dropout
 from attnzoo.official import OfficialEntry, register_official
-from attnzoo.ops.linear.kernel import CAUSAL_CHUNK
+from attnzoo.ops.linear.kernel import CAUSAL_CHUNK, FeatureFn
 from attnzoo.ops.performer import draw_projection, naive_performer_attention, performer_attention
-from attnzoo.ops.performer.favor import COMPAT, KERNELS
+from attnzoo.ops.performer.favor import COMPAT, KERNELS, favor_feature_maps
 from attnzoo.options import check_choice, check_field_types, check_float, check_int
 from attnzoo.registry import Capabilities, register
 
@@ -122,6 +125,23 @@ class PerformerAttention(AttentionBase):
             feature_eps=o.feature_eps,
             compat=o.compat,
         )
+
+    def _feature_maps(self, dtype: torch.dtype) -> tuple[Callable[[Tensor], Tensor], FeatureFn]:
+        """The causal forward's feature maps on the fixed ``projection`` (decoding happens in eval)."""
+        o: PerformerOptions = self.options
+        if self.training and o.redraw == "step":
+            raise ValueError("performer with redraw='step' draws new features every training forward; decode in eval()")
+        work = torch.promote_types(dtype, torch.float32)
+        return favor_feature_maps(self.projection.to(work), scale=self.head_dim**-0.5, kernel=o.kernel)
+
+    def init_state(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> FeatureState:
+        """Running sums of the key features over the prompt, in the forward's chunks and stabiliser frames."""
+        o: PerformerOptions = self.options
+        key_features = self._feature_maps(k.dtype)[1]
+        return feature_state(k, v, mask, key_features, o.num_features, scaled=o.kernel == "softmax")
+
+    def decode(self, q: Tensor, k: Tensor, v: Tensor, state: DecodeState) -> tuple[Tensor, FeatureState]:
+        return feature_step(q, k, v, state, *self._feature_maps(q.dtype))
 
 
 def _efficient_attention_options(args: dict[str, Any], causal: bool) -> dict[str, Any]:

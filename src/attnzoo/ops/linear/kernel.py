@@ -18,6 +18,10 @@ frame (the max over chunks, per (batch, head) or over the whole batch), so expon
 and the result does not depend on the stabiliser -- except through ``eps``, a constant added to every
 real key feature after stabilisation (the official Performer codes' ``+1e-4``), which is therefore
 refused with ``causal`` (it would make row i depend on later keys through the stabiliser).
+
+Decoding: :func:`causal_feature_sums` absorbs a prompt into the running sums (same chunks and frames as
+the causal forward) and :func:`causal_feature_step` runs the causal forward's arithmetic on a chunk of
+one new token, O(m dv) per (batch, head) and token, whatever the context length.
 """
 
 from __future__ import annotations
@@ -27,10 +31,23 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-__all__ = ["FeatureFn", "chunk_length", "feature_attention"]
+__all__ = [
+    "FeatureFn",
+    "FeatureSums",
+    "causal_feature_step",
+    "causal_feature_sums",
+    "chunk_length",
+    "empty_sums",
+    "feature_attention",
+]
 
 # (x chunk (B, H, C, d), mask chunk (B, C) | None) -> (features (B, H, C, m), log scale (B, H, 1, 1) | None)
 FeatureFn = Callable[[Tensor, "Tensor | None"], "tuple[Tensor, Tensor | None]"]
+
+# Causal running sums: (sum phi(k) v^T (B, H, m, dv), sum phi(k) (B, H, m), log frame (B, H, 1, 1) | None).
+# The true sums are the stored ones times exp(frame); frame is -inf until a real key arrives and None for
+# feature maps without a log scale.
+FeatureSums = tuple[Tensor, Tensor, "Tensor | None"]
 
 _CHUNK_BYTES = 16 * 2**20  # keep every (B, H, C, m) temporary well under glibc's 32 MiB mmap threshold
 CAUSAL_CHUNK = 128  # tokens per causal chunk: the (C x C) intra-chunk term costs O(N*C*(m + dv))
@@ -102,7 +119,7 @@ def feature_attention(
         return ((q @ k.transpose(-1, -2)) @ v).to(out_dtype)
     chunk = chunk_size or chunk_length(b * h, max(v.shape[-1], q.shape[-1]), max(n, k.shape[-2]), causal=causal)
     if causal:
-        out = _causal(q, k, v, query_features, key_features, mask, normalize, min_denominator, chunk)
+        out, _ = _causal(q, k, v, query_features, key_features, mask, normalize, min_denominator, chunk)
     else:
         out = _parallel(
             q, k, v, query_features, key_features, mask, normalize, eps, global_frame, min_denominator, chunk
@@ -137,31 +154,97 @@ def _parallel(q, k, v, query_features, key_features, mask, normalize, eps, globa
     return torch.cat(outs, dim=-2)
 
 
-def _causal(q, k, v, query_features, key_features, mask, normalize, min_den, chunk):
-    n = q.shape[-2]
-    state = norm = raw_frame = frame = tril = None
-    outs = []
+def empty_sums(
+    b: int, h: int, width: int, dv: int, *, scaled: bool, dtype: torch.dtype, device: torch.device
+) -> FeatureSums:
+    """Causal sums before any key: zeros, and frame ``-inf`` (``scaled``: the key map has a log scale) or None."""
+    frame = torch.full((b, h, 1, 1), float("-inf"), dtype=dtype, device=device) if scaled else None
+    return (
+        torch.zeros(b, h, width, dv, dtype=dtype, device=device),
+        torch.zeros(b, h, width, dtype=dtype, device=device),
+        frame,
+    )
+
+
+def _rescale(sums: FeatureSums | None, fk: Tensor, log_scale: Tensor | None, dv: int) -> tuple[FeatureSums, Tensor]:
+    """The running sums and a chunk's key features ``fk`` in the common frame ``max(frame, log_scale)``."""
+    if sums is None:
+        b, h, _, m = fk.shape
+        sums = empty_sums(b, h, m, dv, scaled=log_scale is not None, dtype=fk.dtype, device=fk.device)
+    kv, z, frame = sums
+    if log_scale is None:
+        return sums, fk
+    raw = torch.maximum(frame, log_scale)
+    new = raw.masked_fill(raw == float("-inf"), 0.0)  # no real key yet: the sums are 0 in any frame
+    decay = torch.exp(frame - new)
+    return (kv * decay, z * decay[..., 0], raw), fk * torch.exp(log_scale - new)
+
+
+def _add(sums: FeatureSums, fk: Tensor, v: Tensor) -> FeatureSums:
+    """The sums with keys ``fk: (B, H, C, m)`` (already in the sums' frame) and values ``v: (B, H, C, dv)`` added."""
+    kv, z, frame = sums
+    return kv + fk.transpose(-1, -2) @ v, z + fk.sum(-2), frame
+
+
+def _causal(q, k, v, query_features, key_features, mask, normalize, min_den, chunk, sums=None):
+    """Chunked causal prefix sums from ``sums`` (None: no earlier key); returns the output and the final sums."""
+    n, tril, outs = q.shape[-2], None, []
     for start in range(0, n, chunk):
         stop = min(start + chunk, n)
         fq = query_features(q[:, :, start:stop])
         fk, log_scale = key_features(k[:, :, start:stop], None if mask is None else mask[:, start:stop])
         vc = v[:, :, start:stop]
-        if log_scale is not None:  # move everything to the running frame max(log scales so far)
-            raw_frame = log_scale if raw_frame is None else torch.maximum(raw_frame, log_scale)
-            new_frame = raw_frame.masked_fill(raw_frame == float("-inf"), 0.0)
-            fk = fk * torch.exp(log_scale - new_frame)
-            if state is not None:
-                decay = torch.exp(frame - new_frame)
-                state, norm = state * decay, norm * decay[..., 0]
-            frame = new_frame
+        sums, fk = _rescale(sums, fk, log_scale, v.shape[-1])
         if tril is None or tril.shape[0] != stop - start:
             tril = torch.ones(stop - start, stop - start, dtype=torch.bool, device=q.device).tril_()
         scores = (fq @ fk.transpose(-1, -2)).masked_fill(~tril, 0.0)  # (B, H, C, C)
-        num, den = scores @ vc, scores.sum(-1)
-        if state is None:
-            state, norm = fk.transpose(-1, -2) @ vc, fk.sum(-2)
-        else:
-            num, den = num + fq @ state, den + (fq @ norm[..., None])[..., 0]
-            state, norm = state + fk.transpose(-1, -2) @ vc, norm + fk.sum(-2)
+        kv, z, _ = sums
+        num, den = scores @ vc + fq @ kv, scores.sum(-1) + (fq @ z[..., None])[..., 0]
+        sums = _add(sums, fk, vc)
         outs.append(_divide(num, den, normalize, min_den))
-    return torch.cat(outs, dim=-2)
+    return torch.cat(outs, dim=-2), sums
+
+
+def causal_feature_sums(
+    k: Tensor, v: Tensor, *, key_features: FeatureFn, mask: Tensor | None, sums: FeatureSums
+) -> FeatureSums:
+    """The causal sums after keys ``k: (B, H, T, d)`` and values ``v: (B, H, T, dv)`` (a prompt) on top of ``sums``.
+
+    Chunked as the causal forward (:data:`CAUSAL_CHUNK` tokens, same stabiliser frames); ``mask: (B, T)``
+    bool, True = real key. Computed in the sums' dtype (fp32 at least).
+    """
+    work = sums[0].dtype
+    k, v = k.to(work), v.to(work)
+    chunk = chunk_length(1, 1, k.shape[-2], causal=True)
+    for start in range(0, k.shape[-2], chunk):
+        stop = start + chunk
+        fk, log_scale = key_features(k[:, :, start:stop], None if mask is None else mask[:, start:stop])
+        sums, fk = _rescale(sums, fk, log_scale, v.shape[-1])
+        sums = _add(sums, fk, v[:, :, start:stop])
+    return sums
+
+
+def causal_feature_step(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    *,
+    query_features: Callable[[Tensor], Tensor],
+    key_features: FeatureFn,
+    sums: FeatureSums,
+    normalize: bool = True,
+) -> tuple[Tensor, FeatureSums]:
+    """One decoding step of causal :func:`feature_attention`: the new real token attends itself and ``sums``.
+
+    Args:
+        q, k: ``(B, H, 1, d)``; v: ``(B, H, 1, dv)`` of the new token.
+        sums: the causal sums of every earlier token (:func:`causal_feature_sums`, :func:`empty_sums`).
+        normalize: as :func:`feature_attention`.
+
+    Returns:
+        ``(B, H, 1, dv)`` in q's dtype (computed in the sums' dtype) and the sums including the token.
+        O(m dv) per (batch, head): the same arithmetic as one causal chunk of one token.
+    """
+    work = sums[0].dtype
+    out, sums = _causal(q.to(work), k.to(work), v.to(work), query_features, key_features, None, normalize, 0.0, 1, sums)
+    return out.to(q.dtype), sums

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch.nn.functional as F
 from torch import Tensor
 
 from attnzoo.ops.common import check_padding_mask, check_qkv
-from attnzoo.ops.linear.kernel import feature_attention
+from attnzoo.ops.linear.kernel import FeatureFn, feature_attention
 
-__all__ = ["COMPAT", "check_linear_args", "linear_attention"]
+__all__ = ["COMPAT", "check_linear_args", "elu_feature_maps", "linear_attention"]
 
 COMPAT = ("none", "nystromformer-lra")
 
@@ -21,6 +23,20 @@ def check_linear_args(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, caus
     check_padding_mask(mask, q.shape[0], k.shape[-2], q.device)
     if compat not in COMPAT:
         raise ValueError(f"compat must be one of {', '.join(map(repr, COMPAT))}; got {compat!r}")
+
+
+def elu_feature_maps(q_div: float = 1.0, k_div: float = 1.0) -> tuple[Callable[[Tensor], Tensor], FeatureFn]:
+    """``phi = elu + 1`` for queries ``(B, H, C, d) -> (B, H, C, d)`` and keys ``(chunk, real) -> (features, None)``
+    (0 at masked keys), divided by ``q_div`` / ``k_div`` (the LRA form's fourth roots of the lengths)."""
+
+    def query_features(x: Tensor) -> Tensor:
+        return F.elu(x) + 1.0 if q_div == 1.0 else (F.elu(x) + 1.0) / q_div
+
+    def key_features(x: Tensor, real: Tensor | None) -> tuple[Tensor, None]:
+        feats = F.elu(x) + 1.0 if k_div == 1.0 else (F.elu(x) + 1.0) / k_div
+        return (feats if real is None else feats * real[:, None, :, None].to(feats.dtype)), None
+
+    return query_features, key_features
 
 
 def linear_attention(
@@ -60,13 +76,7 @@ def linear_attention(
     q_div = q.shape[-2] ** 0.25 if lra else 1.0
     k_div = k.shape[-2] ** 0.25 if lra else 1.0
 
-    def query_features(x: Tensor) -> Tensor:
-        return F.elu(x) + 1.0 if q_div == 1.0 else (F.elu(x) + 1.0) / q_div
-
-    def key_features(x: Tensor, real: Tensor | None) -> tuple[Tensor, None]:
-        feats = F.elu(x) + 1.0 if k_div == 1.0 else (F.elu(x) + 1.0) / k_div
-        return (feats if real is None else feats * real[:, None, :, None].to(feats.dtype)), None
-
+    query_features, key_features = elu_feature_maps(q_div, k_div)
     return feature_attention(
         q,
         k,

@@ -3,16 +3,24 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
 
 from attnzoo.ops.common import check_padding_mask, check_qkv
-from attnzoo.ops.linear.kernel import chunk_length, feature_attention
+from attnzoo.ops.linear.kernel import FeatureFn, chunk_length, feature_attention
 from attnzoo.ops.performer.features import draw_projection, projection_terms
 from attnzoo.ops.performer.fused import favor_attention_fused
 
-__all__ = ["COMPAT", "KERNELS", "check_performer_args", "performer_attention", "resolve_projection"]
+__all__ = [
+    "COMPAT",
+    "KERNELS",
+    "check_performer_args",
+    "favor_feature_maps",
+    "performer_attention",
+    "resolve_projection",
+]
 
 KERNELS = ("softmax", "relu")
 COMPAT = ("none", "efficient-attention", "nystromformer-lra")
@@ -44,6 +52,51 @@ def resolve_projection(
     if projection.dim() != 3 or projection.shape[0] != heads or projection.shape[-1] != dim:
         raise ValueError(f"projection must have shape (H, m, d) = ({heads}, m, {dim}), got {tuple(projection.shape)}")
     return projection
+
+
+def favor_feature_maps(
+    projection: Tensor, *, scale: float, kernel: str = "softmax", feature_eps: float = 0.0, stabilise_pads: bool = False
+) -> tuple[Callable[[Tensor], Tensor], FeatureFn]:
+    """The query and key feature maps of :func:`performer_attention` for the engine ``feature_attention``.
+
+    Queries ``(B, H, C, d) -> (B, H, C, m)``, stabilised by their row max (cancels in the ratio). Keys
+    ``(chunk, real) -> (features, log scale (B, H, 1, 1))``, stabilised by the max over features and real
+    keys of the chunk (``stabilise_pads``: over pads too, quirk E1), 0 at masked keys; ReLU features
+    have no log scale.
+
+    Args:
+        projection: ``W``, ``(H, m, d)`` in the working dtype; scale: s; kernel: ``"softmax"`` or ``"relu"``;
+        feature_eps: constant added to every query feature (the engine adds it to real keys).
+    """
+    root_m = math.sqrt(projection.shape[-2])
+    log_root_m = 0.5 * math.log(projection.shape[-2])
+
+    def query_features(x: Tensor) -> Tensor:
+        proj_term, norm_term = projection_terms(x, projection, scale)
+        if kernel == "relu":
+            feats = torch.relu(proj_term) / root_m
+        else:  # one fused shift per row: |x|^2 term, stabiliser and 1/sqrt(m)
+            shift = norm_term + proj_term.detach().amax(-1, keepdim=True) + log_root_m
+            feats = proj_term.sub_(shift).exp_()  # in place: the (C x m) product is a fresh temporary
+        return feats + feature_eps if feature_eps else feats
+
+    def key_features(x: Tensor, real: Tensor | None) -> tuple[Tensor, Tensor | None]:
+        proj_term, norm_term = projection_terms(x, projection, scale)
+        keep = None if real is None else real[:, None, :, None]
+        if kernel == "relu":
+            feats = torch.relu(proj_term) / root_m
+            return (feats if keep is None else feats * keep.to(feats.dtype)), None
+        candidates = proj_term.detach()
+        if keep is not None and not stabilise_pads:
+            candidates = candidates.masked_fill(~keep, -math.inf)
+        log_scale = candidates.amax(dim=(-2, -1), keepdim=True)  # (B, H, 1, 1)
+        shift = norm_term + log_scale.masked_fill(log_scale == -math.inf, 0.0) + log_root_m
+        exponent = proj_term.sub_(shift)
+        if keep is not None:
+            exponent = exponent.masked_fill_(~keep, -math.inf)
+        return exponent.exp_(), log_scale
+
+    return query_features, key_features
 
 
 def performer_attention(
@@ -101,7 +154,6 @@ def performer_attention(
     work = torch.promote_types(q.dtype, torch.float32)
     proj = resolve_projection(projection, h, num_features, d, seed, q).to(work)
     s = (1.0 / d if compat == "nystromformer-lra" else d**-0.5) if scale is None else scale
-    root_m = math.sqrt(proj.shape[-2])
     if compat == "nystromformer-lra" and mask is not None:
         real = mask[:, None, :, None].to(k.dtype)
         k, v, mask = k * real, v * real, None
@@ -111,33 +163,9 @@ def performer_attention(
         b, _, n, _ = q.shape
         chunk = chunk_size or chunk_length(b * h, proj.shape[-2], max(n, k.shape[-2]), causal=False)
         return favor_attention_fused(q.to(work), k.to(work), v.to(work), proj, mask, s, chunk).to(q.dtype)
-    log_root_m = 0.5 * math.log(proj.shape[-2])
-
-    def query_features(x: Tensor) -> Tensor:
-        proj_term, norm_term = projection_terms(x, proj, s)
-        if kernel == "relu":
-            feats = torch.relu(proj_term) / root_m
-        else:  # one fused shift per row: |x|^2 term, stabiliser and 1/sqrt(m)
-            shift = norm_term + proj_term.detach().amax(-1, keepdim=True) + log_root_m
-            feats = proj_term.sub_(shift).exp_()  # in place: the (C x m) product is a fresh temporary
-        return feats + feature_eps if feature_eps else feats
-
-    def key_features(x: Tensor, real: Tensor | None) -> tuple[Tensor, Tensor | None]:
-        proj_term, norm_term = projection_terms(x, proj, s)
-        keep = None if real is None else real[:, None, :, None]
-        if kernel == "relu":
-            feats = torch.relu(proj_term) / root_m
-            return (feats if keep is None else feats * keep.to(feats.dtype)), None
-        candidates = proj_term.detach()
-        if keep is not None and not stabilise_pads:
-            candidates = candidates.masked_fill(~keep, -math.inf)
-        log_scale = candidates.amax(dim=(-2, -1), keepdim=True)  # (B, H, 1, 1)
-        shift = norm_term + log_scale.masked_fill(log_scale == -math.inf, 0.0) + log_root_m
-        exponent = proj_term.sub_(shift)
-        if keep is not None:
-            exponent = exponent.masked_fill_(~keep, -math.inf)
-        return exponent.exp_(), log_scale
-
+    query_features, key_features = favor_feature_maps(
+        proj, scale=s, kernel=kernel, feature_eps=feature_eps, stabilise_pads=stabilise_pads
+    )
     return feature_attention(
         q.to(work),
         k.to(work),
