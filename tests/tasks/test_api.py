@@ -32,6 +32,7 @@ NAMES = [
     "selective-copy",
     "associative-recall",
     "kv-lookup",
+    "bytes-lm",
 ]
 
 

@@ -16,7 +16,7 @@ from attnzoo.models.heads import (
     count_parameters,
 )
 from attnzoo.models.positions import POSITION_KINDS, resize_table
-from attnzoo.models.transformer import Block, Encoder, InputEmbedding, ModelConfig
+from attnzoo.models.transformer import Block, Encoder, InputEmbedding, ModelConfig, StackState
 
 __all__ = [
     "POSITION_KINDS",
@@ -29,6 +29,7 @@ __all__ = [
     "InputEmbedding",
     "ModelConfig",
     "SequenceClassifier",
+    "StackState",
     "TaskModel",
     "build_model",
     "count_parameters",

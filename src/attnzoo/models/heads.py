@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from attnzoo.models.transformer import Encoder, ModelConfig
+from attnzoo.models.transformer import Encoder, ModelConfig, StackState
 
 __all__ = [
     "REGRESSION_TOLERANCE",
@@ -130,9 +130,29 @@ class CausalLM(TaskModel):
         h, _ = self.encoder(batch["input_ids"], batch["mask"])
         return self.lm_head(h)
 
+    def prefill(self, input_ids: Tensor, mask: Tensor | None = None) -> tuple[Tensor, StackState]:
+        """Logits ``(B, T, C)`` of a prompt ``input_ids: (B, T)`` (``mask: (B, T)``, True = real) and the state.
+
+        Equal to :meth:`forward` on the prompt; needs ``model.causal``. See :meth:`Encoder.prefill`.
+        """
+        h, state = self.encoder.prefill(input_ids, mask)
+        return self.lm_head(h), state
+
+    def step(self, token_ids: Tensor, state: StackState) -> tuple[Tensor, StackState]:
+        """Logits ``(B, 1, C)`` of one more token ``token_ids: (B, 1)`` after ``state``, and the new state.
+
+        Prefill plus steps equal :meth:`forward` over the whole sequence; see :meth:`Encoder.step`.
+        """
+        h, state = self.encoder.step(token_ids, state)
+        return self.lm_head(h), state
+
 
 def build_model(task: Any, cfg: ModelConfig) -> TaskModel:
-    """The model for ``task`` (a ``TaskSpec``): per-token, dual encoder, image or sequence classifier."""
+    """The model for ``task`` (a ``TaskSpec``): seq2seq, per-token, dual encoder, image or sequence classifier."""
+    if task.target == "seq2seq":
+        from attnzoo.models.seq2seq import Seq2Seq  # seq2seq builds on TaskModel (defined here)
+
+        return Seq2Seq(task, cfg)
     if task.target == "sequence":
         return CausalLM(task, cfg)
     if task.paired:

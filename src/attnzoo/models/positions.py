@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["POSITION_KINDS", "LearnedPositions", "SinusoidalPositions", "make_positions", "resize_table"]
+__all__ = ["POSITION_KINDS", "LearnedPositions", "NoPositions", "SinusoidalPositions", "make_positions", "resize_table"]
 
 POSITION_KINDS = ("learned", "sinusoidal", "learned2d", "sinusoidal2d", "none")
 
@@ -38,6 +38,14 @@ def sinusoidal_table_2d(height: int, width: int, dim: int) -> Tensor:
     return torch.cat([rows, cols], dim=-1).reshape(height * width, dim)
 
 
+def check_span(start: int, n: int, length: int) -> None:
+    """Raise ``ValueError`` unless positions ``start .. start + n - 1`` fit a table of ``length`` rows."""
+    if start + n > length:
+        if start:
+            raise ValueError(f"positions {start}..{start + n - 1} are past the end of the position table ({length})")
+        raise ValueError(f"sequence of {n} tokens is longer than the position table ({length})")
+
+
 class SinusoidalPositions(nn.Module):
     """Adds a fixed (not trained) 1D or 2D sinusoidal table: ``(B, N, dim) -> (B, N, dim)``."""
 
@@ -46,8 +54,10 @@ class SinusoidalPositions(nn.Module):
         table = sinusoidal_table_2d(*grid, dim) if grid else sinusoidal_table(length, dim)
         self.register_buffer("table", table, persistent=False)
 
-    def forward(self, x: Tensor) -> Tensor:
-        return x + self.table[: x.shape[1]].to(x.dtype)
+    def forward(self, x: Tensor, start: int = 0) -> Tensor:
+        """``x + table[start : start + N]`` (``start`` > 0 when decoding token by token)."""
+        check_span(start, x.shape[1], self.table.shape[0])
+        return x + self.table[start : start + x.shape[1]].to(x.dtype)
 
 
 class LearnedPositions(nn.Module):
@@ -59,12 +69,17 @@ class LearnedPositions(nn.Module):
         self.weight = nn.Parameter(torch.empty(length, dim))
         nn.init.normal_(self.weight, std=0.02)
 
-    def forward(self, x: Tensor) -> Tensor:
-        if x.shape[1] > self.weight.shape[0]:
-            raise ValueError(
-                f"sequence of {x.shape[1]} tokens is longer than the position table ({self.weight.shape[0]})"
-            )
-        return x + self.weight[: x.shape[1]].to(x.dtype)
+    def forward(self, x: Tensor, start: int = 0) -> Tensor:
+        """``x + weight[start : start + N]`` (``start`` > 0 when decoding token by token)."""
+        check_span(start, x.shape[1], self.weight.shape[0])
+        return x + self.weight[start : start + x.shape[1]].to(x.dtype)
+
+
+class NoPositions(nn.Module):
+    """``positions: none``: returns ``x`` unchanged (no table, so no length limit)."""
+
+    def forward(self, x: Tensor, start: int = 0) -> Tensor:
+        return x
 
 
 def make_positions(kind: str, length: int, dim: int, grid: tuple[int, int] | None = None) -> nn.Module:
@@ -75,7 +90,7 @@ def make_positions(kind: str, length: int, dim: int, grid: tuple[int, int] | Non
     if kind not in POSITION_KINDS:
         raise ValueError(f"positions must be one of {', '.join(POSITION_KINDS)}; got {kind!r}")
     if kind == "none":
-        return nn.Identity()
+        return NoPositions()
     if kind.endswith("2d"):
         if grid is None or grid[0] * grid[1] != length:
             raise ValueError(f"{kind} positions need an image grid (H, W) with H*W = {length}; got {grid}")

@@ -12,6 +12,7 @@ patches, plus one for a CLS token), F continuous features, p patch side.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,9 +20,10 @@ import torch
 from torch import Tensor, nn
 
 import attnzoo
+from attnzoo.mechanisms.decoding import DecodeState
 from attnzoo.models.positions import POSITION_KINDS, make_positions
 
-__all__ = ["Block", "Encoder", "InputEmbedding", "ModelConfig"]
+__all__ = ["Block", "Encoder", "InputEmbedding", "ModelConfig", "StackState"]
 
 
 @dataclass
@@ -43,6 +45,13 @@ class ModelConfig:
     positions: str = "learned"  # one of POSITION_KINDS
     patch_size: int = 1  # images: side of square patches (1 = one token per pixel)
     causal: bool = False  # causal attention (language-model style tasks)
+    # encoder-decoder (seq2seq tasks, attnzoo.models.seq2seq): the decoder's causal self-attention, its
+    # cross-attention to the encoder output (a cross_attention-capable mechanism), decoder depth (0 = num_layers)
+    decoder_attention: str = "softmax"
+    decoder_attention_options: dict[str, Any] = field(default_factory=dict)
+    cross_attention: str = "softmax"
+    cross_attention_options: dict[str, Any] = field(default_factory=dict)
+    decoder_layers: int = 0
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the field for any invalid value."""
@@ -164,6 +173,40 @@ class Block(nn.Module):
         x = self.norm1(x + self.drop(self.attn(x, mask)))
         return self.norm2(x + self.mlp(x))
 
+    def prefill(self, x: Tensor, mask: Tensor | None) -> tuple[Tensor, DecodeState]:
+        """:meth:`forward` over a prompt ``x: (B, T, D)`` (causal attention), plus the attention's decoding state."""
+        return self._layer(x, lambda h: self.attn.prefill(h, mask))
+
+    def step(self, x: Tensor, state: DecodeState) -> tuple[Tensor, DecodeState]:
+        """:meth:`forward` of one new token ``x: (B, 1, D)`` after ``state``: ``(B, 1, D)`` and the new state."""
+        return self._layer(x, lambda h: self.attn.step(h, state))
+
+    def _layer(self, x: Tensor, attend: Callable[[Tensor], tuple[Tensor, DecodeState]]) -> tuple[Tensor, DecodeState]:
+        """The layer with attention ``attend(h) -> (out, state)`` (the residual wiring of :meth:`forward`)."""
+        if self.pre_norm:
+            out, state = attend(self.norm1(x))
+            x = x + self.drop(out)
+            return x + self.mlp(self.norm2(x)), state
+        out, state = attend(x)
+        x = self.norm1(x + self.drop(out))
+        return self.norm2(x + self.mlp(x)), state
+
+
+@dataclass
+class StackState:
+    """Decoding state of an :class:`Encoder` stack: the next token's position and one state per layer."""
+
+    length: int  # tokens consumed so far (prompt incl. padding, plus decoded ones) = the next position
+    layers: list[DecodeState]
+
+    def select(self, index: Tensor) -> StackState:
+        """A new state keeping batch rows ``index`` (``(B',)`` long, repeats allowed), in that order."""
+        return StackState(self.length, [layer.select(index) for layer in self.layers])
+
+    def memory_bytes(self) -> int:
+        """Bytes held by every layer's state."""
+        return sum(layer.memory_bytes() for layer in self.layers)
+
 
 class Encoder(nn.Module):
     """Embedding, positions, optional CLS token, ``num_layers`` blocks, final LN (pre-LN) and ``* mask``.
@@ -182,10 +225,13 @@ class Encoder(nn.Module):
         self.blocks = nn.ModuleList(Block(cfg, *cfg.layer_spec(i)) for i in range(cfg.num_layers))
         self.norm = nn.LayerNorm(cfg.dim) if cfg.norm == "pre" else nn.Identity()
 
-    def embed_inputs(self, inputs: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
-        """Embedded, position-encoded tokens ``(B, T, D)`` (CLS first when pooling is "cls") and their mask."""
+    def embed_inputs(self, inputs: Tensor, mask: Tensor, start: int = 0) -> tuple[Tensor, Tensor]:
+        """Embedded, position-encoded tokens ``(B, T, D)`` (CLS first when pooling is "cls") and their mask.
+
+        ``start``: position of the first token (> 0 for tokens decoded after a prompt).
+        """
         x, mask = self.embed(inputs, mask)
-        x = self.positions(x)
+        x = self.positions(x, start)
         if self.cls is not None:
             x = torch.cat([self.cls.expand(x.shape[0], -1, -1).to(x.dtype), x], dim=1)
             mask = torch.cat([mask.new_ones(mask.shape[0], 1), mask], dim=1)
@@ -196,6 +242,50 @@ class Encoder(nn.Module):
         for block in self.blocks:
             x = block(x, mask)
         return self.norm(x) * mask[..., None].to(x.dtype), mask
+
+    @property
+    def max_length(self) -> int | None:
+        """Most tokens one sequence can hold (the position table's length); None without positions."""
+        return None if self.cfg.positions == "none" else self.embed.length
+
+    def prefill(self, inputs: Tensor, mask: Tensor | None = None) -> tuple[Tensor, StackState]:
+        """A causal stack over a prompt ``inputs: (B, T)`` ids with ``mask: (B, T)`` (True = real; None = all real).
+
+        Returns ``h (B, T, D)``, equal to :meth:`forward`, and the :class:`StackState` to :meth:`step` from.
+        Left-padded prompts of unequal length keep their padding positions (as the forward does).
+        """
+        self._check_decoding()
+        x, _ = self.embed_inputs(inputs, mask)  # type: ignore[arg-type]
+        states = []
+        for block in self.blocks:
+            x, state = block.prefill(x, mask)
+            states.append(state)
+        h = self.norm(x)
+        return (h if mask is None else h * mask[..., None].to(h.dtype)), StackState(inputs.shape[1], states)
+
+    def step(self, inputs: Tensor, state: StackState) -> tuple[Tensor, StackState]:
+        """One new real token per sequence, ``inputs: (B, 1)`` ids at position ``state.length``.
+
+        Returns ``h (B, 1, D)``, equal to row ``state.length`` of :meth:`forward` over the whole sequence
+        (the prompt's mask extended with True), and the new state.
+        """
+        self._check_decoding()
+        if not isinstance(state, StackState):
+            raise TypeError(f"state must be the StackState returned by prefill or step, got {type(state).__name__}")
+        if inputs.dim() != 2 or inputs.shape[1] != 1:
+            raise ValueError(f"step takes one token per sequence, inputs: (B, 1); got {tuple(inputs.shape)}")
+        x, _ = self.embed_inputs(inputs, None, start=state.length)  # type: ignore[arg-type]
+        layers = []
+        for block, layer in zip(self.blocks, state.layers, strict=True):
+            x, layer = block.step(x, layer)
+            layers.append(layer)
+        return self.norm(x), StackState(state.length + 1, layers)
+
+    def _check_decoding(self) -> None:
+        if not self.cfg.causal:
+            raise ValueError("token-by-token decoding needs a causal model (model.causal: true)")
+        if self.cls is not None or self.embed.patch != 1:
+            raise ValueError("token-by-token decoding needs one token per input (no CLS token, model.patch_size 1)")
 
     @torch.no_grad()
     def attention_maps(self, inputs: Tensor, mask: Tensor) -> list[Tensor]:

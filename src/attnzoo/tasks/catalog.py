@@ -16,7 +16,7 @@ from attnzoo.tasks.dataset import pad_sequences
 from attnzoo.tasks.lra import cifar, listops, pathfinder, text
 from attnzoo.tasks.lra.pathfinder_params import FOLDERS, lra_params
 from attnzoo.tasks.spec import SPLITS, SplitArrays, Task, TaskSpec, register
-from attnzoo.tasks.synthetic import copying, lookup, psf
+from attnzoo.tasks.synthetic import bytes_lm, copying, lookup, psf
 
 __all__: list[str] = []
 
@@ -318,5 +318,25 @@ register(
         ),
         {"train": 20_000, "dev": 1_000, "test": 1_000},
         lambda o, s, n, seed: lookup.kv_lookup(o, n, _rng("kv-lookup", seed, s)),
+    )
+)
+register(
+    Task(
+        "bytes-lm",
+        bytes_lm.BytesLMOptions,
+        lambda o: _spec(
+            "bytes-lm",
+            o.seq_len,
+            "bytes",
+            257,
+            256,
+            "byte-level causal LM: next UTF-8 byte of generated English-like sentences (or data_dir/*.txt)",
+            target="sequence",
+        ),
+        {"train": 20_000, "dev": 500, "test": 500},
+        lambda o, s, n, seed: bytes_lm.generate_split(o, n, _rng("bytes-lm", seed, s)),
+        lambda o, d, s: bytes_lm.text_files(d),
+        bytes_lm.read_text_split,
+        files_hint="data_dir = a folder of UTF-8 *.txt files (split 90/5/5 % into train/dev/test)",
     )
 )
