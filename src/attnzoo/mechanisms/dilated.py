@@ -10,8 +10,10 @@ import torch
 from torch import Tensor, nn
 
 from attnzoo.mechanisms.base import AttentionBase
+from attnzoo.mechanisms.decoding import DecodeState
 from attnzoo.official import OfficialEntry, register_official
 from attnzoo.ops.dilated import dilated_attention, dilated_flops, naive_dilated_attention
+from attnzoo.ops.dilated.decode import SegmentCache, segment_cache, segment_step
 from attnzoo.ops.dilated.offsets import OFFSET_RULES, check_branches
 from attnzoo.ops.dilated.parallel import current_group, dilated_attention_parallel
 from attnzoo.options import check_choice, check_field_types
@@ -90,6 +92,33 @@ class DilatedAttention(AttentionBase):
         if o.sequence_parallel:
             return dilated_attention_parallel(q, k, v, group=current_group(), **kwargs)
         return dilated_attention(q, k, v, **kwargs)
+
+    def check_decoding(self) -> None:
+        """Causal modules decode with per-branch segment caches; sequence-parallel ones refuse."""
+        super().check_decoding()
+        if self.options.sequence_parallel:
+            raise ValueError("dilated with sequence_parallel=True has no token-by-token decoding; build it without")
+
+    def branches(self) -> dict[str, Any]:
+        """The branch geometry the decoding helpers take."""
+        o: DilatedOptions = self.options
+        return dict(segment_lengths=o.segment_lengths, dilation_rates=o.dilation_rates, offset_rule=o.offset_rule)
+
+    def init_state(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> SegmentCache:
+        return segment_cache(k, v, mask, **self.branches())
+
+    def decode(self, q: Tensor, k: Tensor, v: Tensor, state: DecodeState) -> tuple[Tensor, SegmentCache]:
+        if not isinstance(state, SegmentCache):
+            raise TypeError(f"dilated decodes from a SegmentCache, got {type(state).__name__}")
+        return segment_step(
+            q,
+            k,
+            v,
+            state,
+            detach_mixing=self.options.detach_mixing,
+            dropout_p=self.attention_dropout(),
+            **self.branches(),
+        )
 
     def merge(self, out: Tensor) -> Tensor:
         """Merge heads, apply the optional sub-LayerNorm, then the output projection."""

@@ -9,14 +9,17 @@ import torch
 from torch import Tensor, nn
 
 from attnzoo.mechanisms.base import AttentionBase
+from attnzoo.mechanisms.decoding import DecodeState
 from attnzoo.mechanisms.sampling import EA_COMMON, check_no_dropout, grid_shape, zero_qkv_bias
 from attnzoo.official import OfficialEntry, register_official
 from attnzoo.ops.local import LocalWindow, local_attention, local_flops, naive_local_attention
+from attnzoo.ops.local.decode import WindowCache, window_cache, window_step
 from attnzoo.options import check_choice, check_field_types, check_int
 from attnzoo.registry import Capabilities, register
 from attnzoo.sparse import EXECUTOR_NAMES
 
 __all__ = ["LocalAttention", "LocalOptions"]
+
 
 @dataclass(frozen=True)
 class LocalOptions:
@@ -124,6 +127,23 @@ class LocalAttention(AttentionBase):
             executor=o.executor,
             block_size=o.block_size,
         )
+
+    def check_decoding(self) -> None:
+        """Causal 1D windows decode (a rolling cache); 2D windows refuse (the grid is fixed by the whole input)."""
+        super().check_decoding()
+        if self.options.attn_2d:
+            raise ValueError(
+                "local with attn_2d=True has no token-by-token decoding: its 2D grid is fixed by the whole "
+                "input (image_height x image_width); decode with a 1D window"
+            )
+
+    def init_state(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> WindowCache:
+        return window_cache(self.window, k, v, mask)
+
+    def decode(self, q: Tensor, k: Tensor, v: Tensor, state: DecodeState) -> tuple[Tensor, WindowCache]:
+        if not isinstance(state, WindowCache):
+            raise TypeError(f"local decodes from a WindowCache, got {type(state).__name__}")
+        return window_step(self.window, q, k, v, state, rpe_table=self.rpe_table, dropout_p=self.attention_dropout())
 
     @staticmethod
     def convert_official(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
