@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+import attnzoo
 from attnzoo.ops.none import none_attention
 from attnzoo.ops.softmax import naive_softmax_attention, softmax_attention
 from attnzoo.testing import assert_close, make_qkv, random_padding_mask
@@ -18,7 +19,9 @@ def test_matches_naive(n, causal, masked):
     ref = naive_softmax_attention(q, k, v, mask=mask, causal=causal)
     assert_close("out", ref, out, 1e-10)
     for name, a, b in zip(
-        "qkv", torch.autograd.grad(ref.pow(2).sum(), (q, k, v)), torch.autograd.grad(out.pow(2).sum(), (q, k, v)),
+        "qkv",
+        torch.autograd.grad(ref.pow(2).sum(), (q, k, v)),
+        torch.autograd.grad(out.pow(2).sum(), (q, k, v)),
         strict=True,
     ):
         assert_close(f"d{name}", a, b, 1e-10)
@@ -65,3 +68,11 @@ def test_bad_dtype_and_mask():
         softmax_attention(q.long(), q.long(), q.long())
     with pytest.raises(ValueError, match=r"mask must have shape \(B, S\)"):
         softmax_attention(q, q, q, mask=torch.ones(1, 5, dtype=torch.bool))
+
+
+def test_softmax_flops_count_both_matmuls():
+    from attnzoo.mechanisms.softmax import SoftmaxOptions, softmax_flops
+
+    assert softmax_flops(8, 4, SoftmaxOptions(), False) == 4 * 4 * 64  # q k^T and P v, 2 FLOPs per MAC
+    assert softmax_flops(8, 4, SoftmaxOptions(), True) == 4 * 4 * 36  # 8 * 9 / 2 entries
+    assert attnzoo.get_spec("softmax").flops is softmax_flops

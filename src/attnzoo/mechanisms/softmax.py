@@ -45,6 +45,13 @@ class SoftmaxOptions:
     """Exact attention has no options of its own."""
 
 
+def softmax_flops(n: int, d: int, options: SoftmaxOptions, causal: bool) -> float:
+    """Forward matmul FLOPs of exact attention per (batch, head): ``4 * d * entries``, where entries =
+    ``N^2`` (``q k^T`` and ``P v``, 2 FLOPs per multiply-add each), or ``N (N + 1) / 2`` when causal."""
+    entries = n * (n + 1) / 2 if causal else n * n
+    return 4.0 * d * entries
+
+
 @register(
     "softmax",
     options=SoftmaxOptions,
@@ -59,6 +66,7 @@ class SoftmaxOptions:
     ),
     functional=softmax_attention,
     reference=naive_softmax_attention,
+    flops=softmax_flops,
 )
 class SoftmaxAttention(AttentionBase):
     """Exact softmax attention through PyTorch's fused SDPA kernels."""
