@@ -11,6 +11,8 @@ from .test_registry import DIM, build
 
 CAUSAL = [spec.name for spec in attnzoo.available() if spec.capabilities.causal]
 NON_CAUSAL = [spec.name for spec in attnzoo.available() if spec.capabilities.bidirectional][:1]
+# butterfly at stage > 0 takes its stride from the length: decoding fixes it with max_seq_len
+DECODE_OPTIONS = {"butterfly": dict(max_seq_len=64)}
 
 
 def decode_all(module, x, prompt_len, mask=None):
@@ -26,7 +28,7 @@ def decode_all(module, x, prompt_len, mask=None):
 @pytest.mark.parametrize("name", CAUSAL)
 @pytest.mark.parametrize("prompt_len", [0, 1, 13])
 def test_prefill_and_steps_equal_the_causal_forward(name, prompt_len):
-    module = build(name, causal=True).float()
+    module = build(name, causal=True, **DECODE_OPTIONS.get(name, {})).float()
     x = torch.randn(2, 40, DIM, generator=torch.Generator().manual_seed(1))
     full = module(x)
     with torch.no_grad():
@@ -38,7 +40,7 @@ def test_prefill_and_steps_equal_the_causal_forward(name, prompt_len):
 @pytest.mark.parametrize("name", CAUSAL)
 def test_left_padded_prompt(name):
     """Prompts of unequal length, left-padded: decoding equals the forward with the extended mask."""
-    module = build(name, causal=True)
+    module = build(name, causal=True, **DECODE_OPTIONS.get(name, {}))
     x = torch.randn(2, 30, DIM, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
     mask = torch.ones(2, 30, dtype=torch.bool)
     mask[1, :5] = False
@@ -50,7 +52,7 @@ def test_left_padded_prompt(name):
 
 @pytest.mark.parametrize("name", CAUSAL)
 def test_state_selects_and_reorders_batch_rows(name):
-    module = build(name, causal=True)
+    module = build(name, causal=True, **DECODE_OPTIONS.get(name, {}))
     x = torch.randn(3, 20, DIM, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
         _, state = module.prefill(x[:, :12])

@@ -14,7 +14,7 @@ CAUSAL = [spec.name for spec in attnzoo.available() if spec.capabilities.causal]
 SMALL_OPTIONS = {  # mechanism options that make the sparse patterns non-trivial at N = 40
     "local": {"window_size": 4},
     "dilated": {"segment_lengths": (8, 16), "dilation_rates": (1, 2)},
-    "butterfly": {"block_size": 4},
+    "butterfly": {"block_size": 4, "max_seq_len": 40},  # layer 1 has stage 1: decoding needs the fixed length
 }
 N = 40
 

@@ -9,8 +9,10 @@ import torch
 from torch import Tensor
 
 from attnzoo.mechanisms.base import AttentionBase
+from attnzoo.mechanisms.decoding import DecodeState
 from attnzoo.official.registry import OfficialEntry, register_official
 from attnzoo.ops.butterfly import butterfly_attention, naive_butterfly_attention
+from attnzoo.ops.butterfly.decode import GroupCache, group_cache, group_step
 from attnzoo.options import check_choice, check_field_types, check_int
 from attnzoo.registry import Capabilities, register
 from attnzoo.sparse import EXECUTOR_NAMES
@@ -26,12 +28,16 @@ class ButterflyOptions:
     ``block_size`` b [``butterfly_radix``]: tokens per group. ``stage`` [``layer_index``]: selects
     the stride ``b ** (stage mod n_stage)``; ``attnzoo.models`` gives layer l ``stage=l`` so strides
     cycle with depth as in the official model. ``float_stage_count``: the official float
-    ``n_stage`` (quirk B1; off by default).
+    ``n_stage`` (quirk B1; off by default). ``max_seq_len``: the official fixed input length: strides
+    are those of ``max_seq_len`` tokens for every input (N <= max_seq_len, as if right-padded to it);
+    None (default) takes them from each input's own N. Causal decoding with ``stage > 0`` needs it:
+    otherwise a prompt's groups would differ from the whole sequence's.
     """
 
     block_size: int = 64
     stage: int = 0
     float_stage_count: bool = False
+    max_seq_len: int | None = None
     executor: str = "auto"
 
     layer_index_option = "stage"  # attnzoo.models sets this field to the layer index
@@ -40,14 +46,18 @@ class ButterflyOptions:
         check_field_types(self)
         check_int("block_size", self.block_size, minimum=2)
         check_int("stage", self.stage, minimum=0)
+        if self.max_seq_len is not None:
+            check_int("max_seq_len", self.max_seq_len, minimum=1)
         check_choice("executor", self.executor, EXECUTOR_NAMES)
 
 
 def butterfly_flops(n: int, d: int, options: ButterflyOptions, causal: bool) -> float:
     """Forward matmul FLOPs per (batch, head): ``QK^T`` and ``PV`` over the padded groups,
-    ``4 * L * b * d`` (L = padded length), halved (plus the diagonal) when causal."""
+    ``4 * L * b * d`` (L = padded length of ``max_seq_len`` if set, else of N), halved (plus the
+    diagonal) when causal."""
     b = options.block_size
-    _, length = butterfly_geometry(n, b, options.stage)
+    geometry = n if options.max_seq_len is None else options.max_seq_len
+    _, length = butterfly_geometry(geometry, b, options.stage, float_stage_count=options.float_stage_count)
     pairs = length * b * ((b + 1) / (2 * b) if causal else 1.0)
     return 4.0 * pairs * d
 
@@ -83,9 +93,43 @@ class ButterflyAttention(AttentionBase):
             block_size=o.block_size,
             stage=o.stage,
             float_stage_count=o.float_stage_count,
+            max_seq_len=o.max_seq_len,
             dropout_p=self.attention_dropout(),
             executor=o.executor,
         )
+
+    def geometry(self) -> tuple[int, int]:
+        """``(stride s, span b s)`` of a decoded sequence (s = 1 at stage 0, else that of ``max_seq_len``)."""
+        o: ButterflyOptions = self.options
+        stride = (
+            1
+            if o.max_seq_len is None
+            else butterfly_geometry(o.max_seq_len, o.block_size, o.stage, float_stage_count=o.float_stage_count)[0]
+        )
+        return stride, o.block_size * stride
+
+    def check_decoding(self) -> None:
+        """Decoding needs groups that do not depend on the final length: stage 0, or ``max_seq_len`` set."""
+        super().check_decoding()
+        o: ButterflyOptions = self.options
+        if o.stage > 0 and o.max_seq_len is None:
+            raise ValueError(
+                f"butterfly stage={o.stage} takes its stride from the sequence length (b ** (stage mod "
+                "ceil(log_b N)), capped), so a prompt's groups differ from the whole sequence's; set "
+                "max_seq_len (the longest sequence to decode) to fix the stride and decode"
+            )
+
+    def init_state(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> GroupCache:
+        return group_cache(k, v, mask, self.geometry()[1])
+
+    def decode(self, q: Tensor, k: Tensor, v: Tensor, state: DecodeState) -> tuple[Tensor, GroupCache]:
+        if not isinstance(state, GroupCache):
+            raise TypeError(f"butterfly decodes from a GroupCache, got {type(state).__name__}")
+        limit = self.options.max_seq_len
+        if limit is not None and state.length >= limit:
+            raise ValueError(f"butterfly with max_seq_len={limit} decodes at most {limit} tokens")
+        stride, span = self.geometry()
+        return group_step(q, k, v, state, stride=stride, span=span, dropout_p=self.attention_dropout())
 
 
 def convert_lra_attention(state_dict: dict[str, Tensor], args: dict[str, Any]) -> dict[str, Tensor]:

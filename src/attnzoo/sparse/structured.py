@@ -51,14 +51,18 @@ def butterfly_geometry(
 
 
 @functools.lru_cache(maxsize=64)
-def butterfly_groups(seq_len: int, block_size: int, stage: int, float_stage_count: bool = False) -> SparsePattern:
+def butterfly_groups(
+    seq_len: int, block_size: int, stage: int, float_stage_count: bool = False, geometry_len: int | None = None
+) -> SparsePattern:
     """Butterfly stage: token i attends token j iff ``i // (b s) == j // (b s)`` and ``i = j (mod s)``.
 
     Group (g, r) holds tokens ``g*b*s + r + j*s`` (j = 0 .. b-1), in that order, as one engine block
-    of b slots (slots past N are empty). See :func:`butterfly_geometry` for s.
+    of b slots (slots past N are empty). See :func:`butterfly_geometry` for s, taken for
+    ``geometry_len`` tokens when given (the official fixed ``max_seq_len``, >= N), else for N.
     """
     b = block_size
-    stride, length = butterfly_geometry(seq_len, b, stage, float_stage_count=float_stage_count)
+    geometry = seq_len if geometry_len is None else geometry_len
+    stride, length = butterfly_geometry(geometry, b, stage, float_stage_count=float_stage_count)
     slot = torch.arange(length)
     group, j = slot // b, slot % b
     pos = (group // stride) * (b * stride) + group % stride + j * stride
