@@ -8,12 +8,14 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from attnzoo.mechanisms.decoding import DecodeState
 from attnzoo.mechanisms.eva import T5_KEY
 from attnzoo.mechanisms.sampling import SampledAttention, check_no_dropout, proposal_net
 from attnzoo.official import OfficialEntry, register_official
 from attnzoo.ops.eva import causal_eva_attention, naive_causal_eva_attention
 from attnzoo.ops.eva.causal import causal_eva_chunk_size, causal_eva_segments
 from attnzoo.ops.eva.chunks import t5_num_buckets
+from attnzoo.ops.eva.decode import ChunkState, EvaDecoding, chunk_state, chunk_step
 from attnzoo.options import check_choice, check_field_types, check_int
 from attnzoo.registry import Capabilities, register
 from attnzoo.sparse import EXECUTOR_NAMES
@@ -91,7 +93,9 @@ class CausalEvaAttention(SampledAttention):
     """Causal EVA: exact local blocks plus randomized summaries of earlier chunks, one softmax.
 
     Deterministic in eval; training draws one ``(B, H, C, d)`` Gaussian (``draws=[noise]``) and applies
-    ``dropout`` to the joint attention probabilities, as the official module does.
+    ``dropout`` to the joint attention probabilities, as the official module does. Decodes token by
+    token in eval (:mod:`attnzoo.ops.eva.decode`), equal to the training forward (the official
+    incremental path is broken, E12); not with ``num_chunks`` (r would follow the total length).
     """
 
     def __init__(self, dim: int, num_heads: int, *, causal: bool = False, dropout: float = 0.0, options: Any) -> None:
@@ -132,6 +136,31 @@ class CausalEvaAttention(SampledAttention):
             compat=o.compat,
             executor=o.executor,
         )
+
+    def _decoding(self, q: Tensor) -> EvaDecoding:
+        o: CausalEvaOptions = self.options
+        if self.training:
+            raise ValueError("causal_eva decodes in eval() only (training draws chunk samples and drops probabilities)")
+        if o.chunk_size is None and o.num_chunks is not None:
+            raise ValueError("causal_eva with num_chunks cannot decode: the chunk size follows the total length (E11)")
+        return EvaDecoding(
+            window=o.window_size,
+            extension=o.window_size if o.overlap_window else 0,
+            chunk=causal_eva_chunk_size(0, o.window_size, o.chunk_size, None),
+            compat=o.compat,
+            scale=q.shape[-1] ** -0.5,
+            t5_table=None if self.rel_pos_bias is None else self.rel_pos_bias.weight,
+            chunk_keys=self.chunk_keys,
+        )
+
+    def init_state(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> ChunkState:
+        """The prompt's local keys the next query sees, its completed chunks' summaries, the open chunk's queries."""
+        return chunk_state(q, k, v, mask, self._decoding(q))
+
+    def decode(self, q: Tensor, k: Tensor, v: Tensor, state: DecodeState) -> tuple[Tensor, ChunkState]:
+        if not isinstance(state, ChunkState):
+            raise TypeError(f"causal_eva decodes from a ChunkState, got {type(state).__name__}")
+        return chunk_step(q, k, v, state, self._decoding(q))
 
 
 def _official_options(args: dict[str, Any], causal: bool) -> dict[str, Any]:

@@ -14,7 +14,14 @@ from attnzoo.options import check_int
 from attnzoo.sparse import SparsePattern, blockwise_window, merge_partials, sparse_attention
 from attnzoo.sparse.plan import ScoreMod
 
-__all__ = ["causal_chunk_keys", "causal_eva_attention", "causal_eva_chunk_size", "causal_eva_segments"]
+__all__ = [
+    "causal_chunk_keys",
+    "causal_eva_attention",
+    "causal_eva_chunk_size",
+    "causal_eva_segments",
+    "causal_t5_bias",
+    "real_chunks",
+]
 
 
 def causal_chunk_keys(q_bar: Tensor, k_bar: Tensor) -> tuple[Tensor, Tensor]:
@@ -42,6 +49,11 @@ def causal_eva_segments(mask: Tensor | None, b: int, n: int, w: int, r: int, com
     )
 
 
+def real_chunks(seg: Segments, mask: Tensor | None) -> Tensor:
+    """``(B, C)`` bool: the chunk holds a real token (chunks without one are never attended, unless compat)."""
+    return (seg if mask is None else Segments(seg.ids, seg.member & mask[:, None], seg.count)).nonempty()
+
+
 def _local_pattern(n: int, w: int, e: int, causal: bool) -> SparsePattern:
     """Query block ``[tw, tw + w)`` sees keys ``[tw - e, tw + w)`` (the engine adds ``kv <= q`` when causal)."""
     base = blockwise_window(n, w, e)
@@ -55,7 +67,8 @@ def _local_pattern(n: int, w: int, e: int, causal: bool) -> SparsePattern:
     return SparsePattern(f"causal_eva_window(w={w}, e={e})", base.layout, left_only, None, n)
 
 
-def _t5(table: Tensor, w: int, e: int, scale: float, shift: int) -> ScoreMod:
+def causal_t5_bias(table: Tensor, w: int, e: int, scale: float, shift: int) -> ScoreMod:
+    """T5 bias ``s * table[bucket(kv - q + shift), 0]`` (causal buckets, one column shared by all heads)."""
     num = table.shape[0]
 
     def t5(h: Tensor, q: Tensor, kv: Tensor) -> Tensor:
@@ -131,7 +144,7 @@ def causal_eva_attention(
     e = max(1, w) if overlap_window else 0
     if t5_table is not None and tuple(t5_table.shape) != (t5_num_buckets(w, e), 1):
         raise ValueError(f"t5_table must have shape {(t5_num_buckets(w, e), 1)}, got {tuple(t5_table.shape)}")
-    score_mod = None if t5_table is None else _t5(t5_table, w, e, scale, e if compat else 0)
+    score_mod = None if t5_table is None else causal_t5_bias(t5_table, w, e, scale, e if compat else 0)
     local_out, local_lse = sparse_attention(
         q,
         k,
@@ -161,8 +174,7 @@ def causal_eva_attention(
         hidden = (ends[None] - r >= (start - e)[:, None]) & (ends[None] <= (start + w)[:, None])
     hidden = hidden.to(q.device)[None]
     if not compat:
-        real = seg if mask is None else Segments(seg.ids, seg.member & mask[:, None], seg.count)
-        hidden = hidden | ~real.nonempty()[:, None, :]
+        hidden = hidden | ~real_chunks(seg, mask)[:, None, :]
     logits = (scale * q @ k_hat.transpose(-1, -2)).masked_fill(hidden[:, None], float("-inf"))
     global_lse = torch.logsumexp(logits, dim=-1)
     probs = torch.exp(logits - global_lse.nan_to_num(0.0, neginf=0.0)[..., None])
