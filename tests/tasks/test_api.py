@@ -33,6 +33,8 @@ NAMES = [
     "associative-recall",
     "kv-lookup",
     "bytes-lm",
+    "reverse",
+    "sort",
 ]
 
 

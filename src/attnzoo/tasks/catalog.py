@@ -16,7 +16,7 @@ from attnzoo.tasks.dataset import pad_sequences
 from attnzoo.tasks.lra import cifar, listops, pathfinder, text
 from attnzoo.tasks.lra.pathfinder_params import FOLDERS, lra_params
 from attnzoo.tasks.spec import SPLITS, SplitArrays, Task, TaskSpec, register
-from attnzoo.tasks.synthetic import bytes_lm, copying, lookup, psf
+from attnzoo.tasks.synthetic import bytes_lm, copying, lookup, psf, seq2seq
 
 __all__: list[str] = []
 
@@ -340,3 +340,21 @@ register(
         files_hint="data_dir = a folder of UTF-8 *.txt files (split 90/5/5 % into train/dev/test)",
     )
 )
+
+
+def _seq2seq_task(operation: str, desc: str) -> Task:
+    def describe(o: seq2seq.Seq2SeqOptions) -> TaskSpec:
+        vocab = o.vocab_size
+        return _spec(operation, o.seq_len, "tokens", vocab, vocab, desc, target="seq2seq", paired=True)
+
+    return Task(
+        operation,
+        seq2seq.Seq2SeqOptions,
+        describe,
+        {"train": 20_000, "dev": 1_000, "test": 1_000},
+        lambda o, s, n, seed: seq2seq.generate(o, operation, n, _rng(operation, seed, s)),
+    )
+
+
+register(_seq2seq_task("reverse", "encoder-decoder: reverse a digit string (default 4-16 digits); exact sequences"))
+register(_seq2seq_task("sort", "encoder-decoder: sort a digit string (default 4-16 digits); exact sequences"))

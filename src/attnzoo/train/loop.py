@@ -52,20 +52,38 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
 
 @torch.no_grad()
 def evaluate(model: TaskModel, loader: Any, info: DistInfo, precision: str) -> dict[str, float]:
-    """Loss and accuracy of ``model`` over ``loader`` (this process's shard), summed over all processes."""
+    """Loss and accuracy of ``model`` over ``loader`` (this process's shard), summed over all processes.
+
+    A model with ``generation_metrics`` (the encoder-decoder) is also scored on greedy decoding:
+    ``exact_match`` (whole target sequences right) and ``token_accuracy`` (target tokens right).
+    """
     was_training = model.training
     model.eval()
-    sums = torch.zeros(3, dtype=torch.float64, device=info.device)  # loss * count, correct, count
+    generation = getattr(model, "generation_metrics", None)
+    sums = torch.zeros(7, dtype=torch.float64, device=info.device)  # loss * count, correct, count, generation
     for batch in loader:
         batch = {k: v.to(info.device, non_blocking=True) for k, v in batch.items()}
         with autocast(info.device, precision):
             outputs = model(batch)
+            counts = generation(batch) if generation is not None else {}
         loss, correct, count = model.loss(outputs, batch)
-        sums += torch.stack([loss.double() * count, correct.double(), count.double()])
+        sums[:3] += torch.stack([loss.double() * count, correct.double(), count.double()])
+        if counts:
+            keys = ("exact_match", "sequences", "token_accuracy", "tokens")
+            sums[3:] += torch.stack([counts[key].double() for key in keys])
     all_reduce_sum(sums, info)
     model.train(was_training)
     count = max(sums[2].item(), 1.0)
-    return {"loss": sums[0].item() / count, "accuracy": sums[1].item() / count, "examples": sums[2].item()}
+    result = {"loss": sums[0].item() / count, "accuracy": sums[1].item() / count, "examples": sums[2].item()}
+    if generation is not None:
+        result["exact_match"] = sums[3].item() / max(sums[4].item(), 1.0)
+        result["token_accuracy"] = sums[5].item() / max(sums[6].item(), 1.0)
+    return result
+
+
+def generation_fields(result: dict[str, float]) -> dict[str, float]:
+    """The greedy-decoding scores of an :func:`evaluate` result (empty for models without them)."""
+    return {key: result[key] for key in ("exact_match", "token_accuracy") if key in result}
 
 
 def train_step(run: Run, batches: Iterator[Batch], window: torch.Tensor) -> None:
@@ -132,7 +150,7 @@ def evaluate_and_checkpoint(run: Run, dev_loader: Any, logger: MetricLogger) -> 
         save_run(run, "best.pt")
     save_run(run, "last.pt")
     record = {"step": state.step, "split": "dev", "loss": dev["loss"], "accuracy": dev["accuracy"]}
-    logger.log({**record, "train_time_s": state.train_time})
+    logger.log({**record, **generation_fields(dev), "train_time_s": state.train_time})
     state.clock_in()
 
 
@@ -171,6 +189,7 @@ def finish(run: Run, logger: MetricLogger, started: float) -> dict[str, Any]:
         "seed": cfg.seed,
         "metric": spec.metric,
         "accuracy": test["accuracy"],
+        **generation_fields(test),
         "loss": test["loss"],
         "test_examples": test["examples"],
         "dev_accuracy": state.best if higher else None,
@@ -194,7 +213,7 @@ def finish(run: Run, logger: MetricLogger, started: float) -> dict[str, Any]:
     }
     if info.is_main:
         record = {"step": state.step, "split": "test", "loss": test["loss"], "accuracy": test["accuracy"]}
-        logger.log({**record, "train_time_s": state.train_time})
+        logger.log({**record, **generation_fields(test), "train_time_s": state.train_time})
         atomic_write_json(cfg.run_dir() / "results.json", results)
     return results
 
