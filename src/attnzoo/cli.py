@@ -1,4 +1,4 @@
-"""The ``attnzoo`` command line: ``attnzoo list | bench | data ... | train | compare | attention-map | pattern``.
+"""The ``attnzoo`` command line: ``list | bench | data ... | train | compare | attention-map | generate | pattern``.
 
 Each subpackage contributes its sub-commands through a ``register_commands(subparsers)`` function;
 this module only assembles them, so nothing in the library imports the CLI.
@@ -19,11 +19,13 @@ def build_parser() -> argparse.ArgumentParser:
     from attnzoo.mechanisms.cli import register_commands as mechanism_commands
     from attnzoo.tasks.cli import register_commands as task_commands
     from attnzoo.train.cli import register_commands as train_commands
+    from attnzoo.train.generate import register_commands as generate_commands
     from attnzoo.viz.pattern import register_commands as pattern_commands
 
     parser = argparse.ArgumentParser(prog="attnzoo", description=__doc__.splitlines()[0])
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for register in (mechanism_commands, bench_commands, task_commands, train_commands, pattern_commands):
+    commands = (mechanism_commands, bench_commands, task_commands, train_commands, generate_commands, pattern_commands)
+    for register in commands:
         register(subparsers)
     return parser
 
