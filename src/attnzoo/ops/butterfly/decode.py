@@ -50,13 +50,13 @@ def group_step(
     """
     position = state.length
     residue = position % stride  # the cache starts at a multiple of the stride
+    ones = state.real.new_ones(q.shape[0], 1)
     keys = torch.cat([state.k[:, :, residue::stride], k], 2)
     values = torch.cat([state.v[:, :, residue::stride], v], 2)
-    real = torch.cat([state.real[:, residue::stride], state.real.new_ones(q.shape[0], 1)], 1)
+    real = torch.cat([state.real[:, residue::stride], ones], 1)
     out, _ = step_attention(q, keys, values, real[:, None, None, :], dropout_p=dropout_p)
     if (position + 1) % span == 0:  # the span is complete: no later query sees any of it
-        return out, GroupCache(position + 1, state.k[:, :, :0].clone(), state.v[:, :, :0].clone(), real[:, :0].clone())
-    ones = state.real.new_ones(q.shape[0], 1)
+        return out, GroupCache(position + 1, k[:, :, :0].clone(), v[:, :, :0].clone(), ones[:, :0].clone())
     cache = GroupCache(
         position + 1, torch.cat([state.k, k], 2), torch.cat([state.v, v], 2), torch.cat([state.real, ones], 1)
     )
