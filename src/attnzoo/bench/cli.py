@@ -258,7 +258,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def register_commands(subparsers: Any) -> None:
-    """Add ``attnzoo bench`` to the CLI."""
+    """Add ``attnzoo bench`` and ``attnzoo bench-decode`` to the CLI."""
     from attnzoo.bench.settings import PRESETS
 
     p = subparsers.add_parser("bench", help="time, memory, FLOP floor, approximation error and peers vs length")
@@ -300,3 +300,7 @@ def register_commands(subparsers: Any) -> None:
     p.add_argument("--against", metavar="NEW.jsonl", help="with --compare: compare two files, run nothing")
     p.add_argument("--threshold", type=float, default=0.10, help="time tolerance for --compare (default 0.10)")
     p.set_defaults(func=_run)
+
+    from attnzoo.bench.decode import register_decode_command
+
+    register_decode_command(subparsers)
