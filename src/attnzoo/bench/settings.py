@@ -43,6 +43,13 @@ BENCH_SETTINGS: dict[str, BenchSetting] = {
         "issue 2's reference: LongNet's first three (segment, dilation) pairs",
     ),
     "linformer": BenchSetting({}, "defaults (k = 256); E and F sized to each case's N", per_length=("max_length",)),
+    "eva": BenchSetting(
+        {"window_size": 256, "num_landmarks": 64},
+        "issue 8's reference: the official EVA timed at window 256 with 64 landmarks (defaults are LRA-image sizes)",
+    ),
+    "causal_eva": BenchSetting({"window_size": 256}, "the same local window as eva's benchmark"),
+    "lara": BenchSetting({"num_landmarks": 64}, "issue 8's reference: the official LARA timed with 64 landmarks"),
+    "scatterbrain": BenchSetting({"window_size": 256}, "the same local window as eva's benchmark"),
 }
 """Benchmark options per mechanism; names not listed run with their defaults."""
 
