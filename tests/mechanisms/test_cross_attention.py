@@ -11,16 +11,24 @@ from .test_registry import DIM, HEADS, build
 CROSS = [spec.name for spec in attnzoo.available() if spec.capabilities.cross_attention]
 NON_CROSS = [spec.name for spec in attnzoo.available() if not spec.capabilities.cross_attention]
 
-# How each cross-capable module calls its registered dense reference (its parameters and options).
+# How each cross-capable module calls its registered dense reference (its parameters, options, query mask).
 REFERENCE_ARGS = {
-    "softmax": lambda m: {},
-    "performer": lambda m: dict(
+    "softmax": lambda m, mask: {},
+    "performer": lambda m, mask: dict(
         projection=m.projection, kernel=m.options.kernel, feature_eps=m.options.feature_eps, compat=m.options.compat
     ),
-    "linear": lambda m: dict(compat=m.options.compat),
-    "linformer": lambda m: dict(e_proj=m.e_proj, f_proj=m.f_proj),
-    "nystrom": lambda m: dict(num_landmarks=m.options.num_landmarks, pinv_iterations=m.options.pinv_iterations),
+    "linear": lambda m, mask: dict(compat=m.options.compat),
+    "linformer": lambda m, mask: dict(e_proj=m.e_proj, f_proj=m.f_proj),
+    "nystrom": lambda m, mask: dict(
+        num_landmarks=m.options.num_landmarks, pinv_iterations=m.options.pinv_iterations, query_mask=mask
+    ),
 }
+# Options that make the approximation act at these lengths (nystrom is exact with <= m queries or keys).
+CROSS_OPTIONS = {"nystrom": dict(num_landmarks=3)}
+
+
+def build_cross(name):
+    return build(name, **CROSS_OPTIONS.get(name, {}))
 
 
 def inputs(n=9, s=21, seed=0):
@@ -44,15 +52,15 @@ def dense_cross(module, name, x, context, mask, context_mask):
     q = heads(x @ w[:DIM].T + b[:DIM])
     k = heads(context @ w[DIM : 2 * DIM].T + b[DIM : 2 * DIM])
     v = heads(context @ w[2 * DIM :].T + b[2 * DIM :])
-    out = attnzoo.get_spec(name).reference(q, k, v, mask=context_mask, **REFERENCE_ARGS[name](module))
+    out = attnzoo.get_spec(name).reference(q, k, v, mask=context_mask, **REFERENCE_ARGS[name](module, mask))
     out = out * mask[:, None, :, None]
     return module.proj(out.transpose(1, 2).reshape(x.shape[0], x.shape[1], DIM))
 
 
 @pytest.mark.parametrize("name", CROSS)
-@pytest.mark.parametrize("n, s", [(9, 21), (21, 9), (1, 1)])
+@pytest.mark.parametrize("n, s", [(9, 21), (21, 9), (1, 1), (2, 21)])
 def test_cross_attention_equals_dense_reference(name, n, s):
-    module = build(name)
+    module = build_cross(name)
     x, context, mask, context_mask = inputs(n, s)
     mask[1, min(6, n - 1) :] = False
     out = module(x, mask, context=context, context_mask=context_mask[:, :s])
@@ -68,14 +76,14 @@ def test_cross_attention_equals_dense_reference(name, n, s):
 
 @pytest.mark.parametrize("name", CROSS)
 def test_context_of_x_itself_is_self_attention(name):
-    module = build(name)
+    module = build_cross(name)
     x, _, mask, _ = inputs(n=12)
     assert_close(f"{name} context=x", module(x, mask), module(x, mask, context=x, context_mask=mask), 1e-12)
 
 
 @pytest.mark.parametrize("name", CROSS)
 def test_pad_keys_change_nothing_and_empty_context_gives_zero(name):
-    module = build(name)
+    module = build_cross(name)
     x, context, mask, context_mask = inputs()
     padded = torch.cat([context, 10 * torch.randn(2, 5, DIM, dtype=torch.float64)], 1)
     padded_mask = torch.cat([torch.ones(2, 21, dtype=torch.bool), torch.zeros(2, 5, dtype=torch.bool)], 1)
@@ -97,7 +105,7 @@ def test_pad_keys_change_nothing_and_empty_context_gives_zero(name):
 
 @pytest.mark.parametrize("name", CROSS)
 def test_cached_context_kv_equals_forward(name):
-    module = build(name)
+    module = build_cross(name)
     x, context, mask, context_mask = inputs()
     k, v, checked = module.context_kv(context, context_mask)
     assert k.shape == v.shape == (2, HEADS, 21, DIM // HEADS) and checked is context_mask
@@ -130,9 +138,11 @@ def test_cross_attention_errors_name_the_problem():
         module(x, context=context[:1])
     with pytest.raises(ValueError, match=r"context must have shape \(B, N, dim\)"):
         module(x, context=context[0])
+    with pytest.raises(ValueError, match="'nystrom' with conv_kernel > 0 has no cross-attention"):
+        build("nystrom", conv_kernel=3)(x, context=context)
 
 
 def test_flags_match_expectations():
-    assert {"softmax", "performer", "linear", "linformer"} <= set(CROSS)
+    assert {"softmax", "performer", "linear", "linformer", "nystrom"} <= set(CROSS)
     assert {"local", "dilated", "eva", "none", "psf", "reformer"} <= set(NON_CROSS)
     assert set(REFERENCE_ARGS) >= set(CROSS)

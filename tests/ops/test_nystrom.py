@@ -35,7 +35,7 @@ def test_landmarks_equal_to_length_give_softmax():
     assert_close("m = N", exact, nystrom_attention(q, k, v, mask=mask, num_landmarks=32), 1e-12)
     # the Nystrom product itself with one token per landmark converges to softmax as pinv converges
     real = torch.ones(2, 32, dtype=torch.bool)
-    approx = _approximate(q * 8**-0.25, k * 8**-0.25, v, real, 32, 60, False)
+    approx = _approximate(q * 8**-0.25, k * 8**-0.25, v, real, real, 32, 60, False)
     assert_close("F pinv(A) B V", attnzoo.functional.softmax(q, k, v), approx, 1e-8)
 
 
@@ -69,6 +69,48 @@ def test_short_sequences_in_a_batch_get_exact_attention():
     out = nystrom_attention(q, k, v, mask=mask, num_landmarks=16)
     exact = attnzoo.functional.softmax(q[1:, :, :10], k[1:, :, :10], v[1:, :, :10])
     assert_close("short item", exact, out[1:, :, :10], 1e-12)
+
+
+@pytest.mark.parametrize("compat", ["none", "nystromformer-lra"])
+def test_cross_attention_matches_naive_with_query_and_key_masks(compat):
+    """N queries, S keys: landmarks of q over the real queries, of k over the real keys, separately."""
+    q, _, _ = make_qkv(4, 2, 30, 8, seed=6)
+    _, k, v = make_qkv(4, 2, 45, 8, seed=7)
+    query_mask = torch.arange(30)[None] < torch.tensor([[30], [20], [4], [30]])  # row 2: <= m real queries
+    mask = torch.arange(45)[None] < torch.tensor([[45], [33], [45], [5]])  # row 3: <= m real keys
+    query_mask[0, 7] = mask[1, 2] = False  # pads inside the sequences
+    kw = dict(mask=mask, query_mask=query_mask, num_landmarks=6, compat=compat)
+    out, ref = nystrom_attention(q, k, v, **kw), naive_nystrom_attention(q, k, v, **kw)
+    assert_close("cross out", ref, out, 1e-12)
+    grads = torch.autograd.grad(out.square().sum(), (q, k, v))
+    for g, g_ref in zip(grads, torch.autograd.grad(ref.square().sum(), (q, k, v)), strict=True):
+        assert_close("cross grad", g_ref, g, 1e-9)
+    if compat == "none":  # rows with few real queries or keys are exact softmax over the real keys
+        exact = attnzoo.functional.softmax(q, k, v, mask=mask) * query_mask[:, None, :, None]
+        assert_close("few rows", exact[2:], out[2:], 1e-12)
+        assert not torch.allclose(exact[:2], out[:2], atol=1e-3)  # the others are approximated
+        # the query landmarks follow the query mask: changing a padded query changes nothing
+        q2 = q.detach().clone()
+        q2[1, :, 25] = 50.0
+        assert_close("pad query", out, nystrom_attention(q2, k, v, **kw), 1e-12)
+
+
+def test_cross_attention_defaults_and_errors():
+    q, k, v = make_qkv(1, 2, 12, 8, seed=8, requires_grad=False)
+    mask = torch.arange(12)[None] < 9
+    # self-attention: the query mask defaults to the key mask; with N != S every query is real
+    assert_close(
+        "default",
+        nystrom_attention(q, k, v, mask=mask, query_mask=mask, num_landmarks=2),
+        nystrom_attention(q, k, v, mask=mask, num_landmarks=2),
+        1e-12,
+    )
+    with pytest.raises(ValueError, match=r"conv skip adds V to the query rows, so it needs N == S; got N=5, S=12"):
+        nystrom_attention(q[:, :, :5], k, v, conv_weight=torch.zeros(2, 1, 3, 1, dtype=F64))
+    with pytest.raises(ValueError, match=r"mask must have shape \(B, N\) = \(1, 5\)"):
+        nystrom_attention(q[:, :, :5], k, v, query_mask=mask)
+    with pytest.raises(ValueError, match=r"mask must have shape \(B, S\) = \(1, 12\)"):
+        nystrom_attention(q, k, v, mask=mask[:, :5])
 
 
 def test_lra_pinv_init_couples_the_batch_and_default_does_not():

@@ -171,7 +171,14 @@ class AttentionBase(nn.Module, abc.ABC):
         q = split_heads(F.linear(x, self.qkv.weight[: self.dim], self.qkv.bias[: self.dim]), self.num_heads)
         if 0 in (x.shape[0], x.shape[1], k.shape[2]):  # empty batch, queries or context: nothing to attend to
             return self.merge(q * 0)
-        return self.merge(zero_masked_rows(self.attend(q, k, v, context_mask), mask))
+        return self.merge(zero_masked_rows(self.attend_cross(q, k, v, mask, context_mask), mask))
+
+    def attend_cross(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, context_mask: Tensor | None) -> Tensor:
+        """Cross-attention core: ``q (B, H, N, d)``, ``k, v (B, H, S, d)``, ``mask (B, N)`` of the queries and
+        ``context_mask (B, S)`` of the keys -> ``(B, H, N, d)``. By default :meth:`attend` with the key
+        mask (rows are independent of each other); a mechanism whose rows depend on which queries are
+        real (Nystrom's query landmarks) overrides this."""
+        return self.attend(q, k, v, context_mask)
 
     def prefill(self, x: Tensor, mask: Tensor | None = None) -> tuple[Tensor, DecodeState]:
         """Run a causal module over a prompt and return its output and the state to decode from.

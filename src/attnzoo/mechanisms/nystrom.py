@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
 from attnzoo.mechanisms.base import AttentionBase
@@ -61,7 +62,7 @@ def nystrom_flops(n: int, d: int, options: NystromOptions, causal: bool) -> floa
     capabilities=Capabilities(
         causal=False,
         key_padding_mask=True,
-        cross_attention=False,
+        cross_attention=True,
         exact=False,
         deterministic=True,
         time="O(N*m*d + m^3)",
@@ -77,6 +78,9 @@ class NystromAttention(AttentionBase):
 
     ``conv`` (``conv_kernel > 0``): depthwise ``Conv2d(H, H, (K, 1), groups=H, bias=False)`` over the
     sequence, added to the output (the LRA code's skip). ``dropout`` is not applied (none in the official code).
+    Cross-attention (``context=``): query landmarks over the real queries, key landmarks over the real
+    context keys (the Nystrom factors are defined for any N and S); not with the conv skip, which adds
+    V to the query rows.
     """
 
     def __init__(self, dim: int, num_heads: int, *, causal: bool = False, dropout: float = 0.0, options: Any) -> None:
@@ -89,12 +93,25 @@ class NystromAttention(AttentionBase):
         )
 
     def attend(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
+        return self._nystrom(q, k, v, mask, mask)
+
+    def attend_cross(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, context_mask: Tensor | None) -> Tensor:
+        if self.conv is not None:
+            raise ValueError(
+                "attention 'nystrom' with conv_kernel > 0 has no cross-attention (its skip adds V to the queries)"
+            )
+        if mask is None:  # every query real, said explicitly: the core reads None as `mask` when N == S
+            mask = torch.ones(q.shape[0], q.shape[2], dtype=torch.bool, device=q.device)
+        return self._nystrom(q, k, v, context_mask, mask)
+
+    def _nystrom(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, query_mask: Tensor | None) -> Tensor:
         o: NystromOptions = self.options
         return nystrom_attention(
             q,
             k,
             v,
             mask=mask,
+            query_mask=query_mask,
             num_landmarks=o.num_landmarks,
             pinv_iterations=o.pinv_iterations,
             conv_weight=None if self.conv is None else self.conv.weight,

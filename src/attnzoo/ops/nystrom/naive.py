@@ -31,49 +31,51 @@ def naive_nystrom_attention(
     v: Tensor,
     *,
     mask: Tensor | None = None,
+    query_mask: Tensor | None = None,
     causal: bool = False,
     num_landmarks: int = 64,
     pinv_iterations: int = 6,
     conv_weight: Tensor | None = None,
     compat: str = "none",
 ) -> Tensor:
-    """Nystromformer per sequence: gather the real tokens, landmarks as slice means, explicit softmaxes.
+    """Nystromformer per sequence: gather the real queries and keys, landmarks as slice means, explicit softmaxes.
 
     Args: as :func:`attnzoo.ops.nystrom.nystrom_attention`.
 
     Returns:
         ``(B, H, N, dv)``.
     """
-    check_nystrom_args(q, k, v, mask, causal, conv_weight, compat)
+    query_mask = check_nystrom_args(q, k, v, mask, causal, conv_weight, compat, query_mask)
     b, h, n, d = q.shape
-    m, lra = num_landmarks, compat == "nystromformer-lra"
-    real = torch.ones(b, n, dtype=torch.bool) if mask is None else mask.cpu()
+    s_len, m, lra = k.shape[-2], num_landmarks, compat == "nystromformer-lra"
+    q_real = torch.ones(b, n, dtype=torch.bool) if query_mask is None else query_mask.cpu()
+    k_real = torch.ones(b, s_len, dtype=torch.bool) if mask is None else mask.cpu()
     out = torch.zeros(b, h, n, v.shape[-1], dtype=q.dtype)
     pending = []
     for i in range(b):
-        idx = torch.arange(n) if lra else real[i].nonzero()[:, 0]
-        keep = real[i, idx].to(q.dtype)[None, :, None]
-        qi, ki = q[i][:, idx] * d**-0.25 * keep, k[i][:, idx] * d**-0.25 * keep  # (H, n_i, d)
-        key_bias = torch.zeros(len(idx), dtype=q.dtype).masked_fill(keep[0, :, 0] == 0, float("-inf"))
-        if len(idx) <= m:
+        iq = torch.arange(n) if lra else q_real[i].nonzero()[:, 0]
+        ik = torch.arange(s_len) if lra else k_real[i].nonzero()[:, 0]
+        keep_q, keep_k = q_real[i, iq].to(q.dtype)[None, :, None], k_real[i, ik].to(q.dtype)[None, :, None]
+        qi, ki = q[i][:, iq] * d**-0.25 * keep_q, k[i][:, ik] * d**-0.25 * keep_k  # (H, n_i, d), (H, s_i, d)
+        key_bias = torch.zeros(len(ik), dtype=q.dtype).masked_fill(keep_k[0, :, 0] == 0, float("-inf"))
+        if min(len(iq), len(ik)) <= m:
             probs = torch.softmax(qi @ ki.transpose(-1, -2) + key_bias, dim=-1).nan_to_num(0.0)
-            out[i][:, idx] = probs @ v[i][:, idx]
+            out[i][:, iq] = probs @ v[i][:, ik]
             continue
-        segs = _segments(len(idx), m)
-        q_land = torch.stack([qi[:, s:e].mean(1) for s, e in segs], dim=1)
-        k_land = torch.stack([ki[:, s:e].mean(1) for s, e in segs], dim=1)
+        q_land = torch.stack([qi[:, s:e].mean(1) for s, e in _segments(len(iq), m)], dim=1)
+        k_land = torch.stack([ki[:, s:e].mean(1) for s, e in _segments(len(ik), m)], dim=1)
         f = torch.softmax(qi @ k_land.transpose(-1, -2), dim=-1)
         a = torch.softmax(q_land @ k_land.transpose(-1, -2), dim=-1)
         bk = torch.softmax(q_land @ ki.transpose(-1, -2) + key_bias, dim=-1)
-        pending.append((i, idx, f, a, bk))
+        pending.append((i, iq, ik, f, a, bk))
     if pending:
-        col_max = torch.stack([a.sum(-2).amax(-1) for _, _, _, a, _ in pending])  # (items, H)
-        for j, (i, idx, f, a, bk) in enumerate(pending):
+        col_max = torch.stack([a.sum(-2).amax(-1) for *_, a, _ in pending])  # (items, H)
+        for j, (i, iq, ik, f, a, bk) in enumerate(pending):
             norm = col_max.amax() if lra else col_max[j][:, None, None]
-            out[i][:, idx] = f @ _pinv(a, pinv_iterations, norm) @ (bk @ v[i][:, idx])
+            out[i][:, iq] = f @ _pinv(a, pinv_iterations, norm) @ (bk @ v[i][:, ik])
     if conv_weight is not None:
         width = conv_weight.shape[2]
-        v_real = torch.nn.functional.pad(v * real[:, None, :, None].to(v.dtype), (0, 0, width // 2, width // 2))
+        v_real = torch.nn.functional.pad(v * k_real[:, None, :, None].to(v.dtype), (0, 0, width // 2, width // 2))
         taps = conv_weight[:, 0, :, 0].to(v.dtype)  # (H, K)
         out = out + sum(taps[None, :, t, None, None] * v_real[:, :, t : t + n] for t in range(width))
-    return out * real[:, None, :, None].to(out.dtype)
+    return out * q_real[:, None, :, None].to(out.dtype)

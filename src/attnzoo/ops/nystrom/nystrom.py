@@ -16,13 +16,27 @@ COMPAT = ("none", "nystromformer-lra")
 
 
 def check_nystrom_args(
-    q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, causal: bool, conv_weight: Tensor | None, compat: str
-) -> None:
-    """Shape, mask and flag checks shared by the fast path and the reference."""
-    check_qkv(q, k, v, cross=False)
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    mask: Tensor | None,
+    causal: bool,
+    conv_weight: Tensor | None,
+    compat: str,
+    query_mask: Tensor | None = None,
+) -> Tensor | None:
+    """Shape, mask and flag checks shared by the fast path and the reference; returns the query mask.
+
+    The query mask is ``query_mask``, or ``mask`` for self-attention (N == S) when it is None.
+    """
+    check_qkv(q, k, v)
     if causal:
         raise ValueError("nystrom cannot be causal: its landmarks average over the whole sequence")
-    check_padding_mask(mask, q.shape[0], q.shape[-2], q.device)
+    n, s_len = q.shape[-2], k.shape[-2]
+    check_padding_mask(mask, q.shape[0], s_len, q.device, axis="S")
+    check_padding_mask(query_mask, q.shape[0], n, q.device)
+    if conv_weight is not None and n != s_len:
+        raise ValueError(f"nystrom's conv skip adds V to the query rows, so it needs N == S; got N={n}, S={s_len}")
     if conv_weight is not None and (
         conv_weight.dim() != 4
         or conv_weight.shape[:2] != (q.shape[1], 1)
@@ -32,6 +46,7 @@ def check_nystrom_args(
         raise ValueError(f"conv_weight must have shape (H, 1, K, 1) with odd K, got {tuple(conv_weight.shape)}")
     if compat not in COMPAT:
         raise ValueError(f"compat must be one of {', '.join(map(repr, COMPAT))}; got {compat!r}")
+    return mask if query_mask is None and n == s_len else query_mask
 
 
 def conv_skip(v: Tensor, weight: Tensor, mask: Tensor | None) -> Tensor:
@@ -47,6 +62,7 @@ def nystrom_attention(
     v: Tensor,
     *,
     mask: Tensor | None = None,
+    query_mask: Tensor | None = None,
     causal: bool = False,
     num_landmarks: int = 64,
     pinv_iterations: int = 6,
@@ -55,71 +71,97 @@ def nystrom_attention(
 ) -> Tensor:
     """Nystrom approximation ``softmax(Q K~^T) pinv(softmax(Q~ K~^T)) softmax(Q~ K^T) V`` (scores scaled by d^-1/2).
 
-    Landmarks ``Q~, K~`` are means of m contiguous segments of the *real* tokens (Nystromformer's split
-    when m does not divide n); pad keys are excluded from ``softmax(Q~ K^T)``. A sequence with n <= m real
-    tokens gets exact softmax attention (as the official code does for m = N). ``pinv`` is the iterative
-    one with a per-(batch, head) initialisation. O(N*m*d + m^3). Paper: Xiong et al., "Nystromformer"
-    (AAAI 2021); spec: ``diffuser-psf-butterfly-nystrom.md`` §5.3.
+    Landmarks ``Q~, K~`` are means of m contiguous segments of the *real* queries and of the *real* keys
+    (Nystromformer's split when m does not divide their number); pad keys are excluded from
+    ``softmax(Q~ K^T)``. The three factors are defined for any N and S, so cross-attention (queries
+    from one sequence, keys and values from another) is the same product with Q~ taken over the N
+    queries and K~ over the S keys. A sequence with at most m real queries or at most m real keys gets
+    exact softmax attention (O(m S d) or O(N m d); for self-attention: n <= m real tokens, as the official
+    code does for m = N). ``pinv`` is the iterative one with a per-(batch, head) initialisation.
+    O((N + S) m d + m^3). Paper: Xiong et al., "Nystromformer" (AAAI 2021); spec:
+    ``diffuser-psf-butterfly-nystrom.md`` §5.3.
 
     Args:
-        q, k: ``(B, H, N, d)``; v: ``(B, H, N, dv)`` (self-attention only).
-        mask: ``(B, N)`` bool padding mask, True = real token. Default: None.
+        q: ``(B, H, N, d)``; k: ``(B, H, S, d)``; v: ``(B, H, S, dv)``.
+        mask: ``(B, S)`` bool padding mask of the keys, True = real. Default: None.
+        query_mask: ``(B, N)`` bool, True = real query (its landmarks average only those). Default: ``mask``
+            when N == S (self-attention), else every query is real.
         causal: must be False (raises otherwise).
         num_landmarks: m. Default 64.
         pinv_iterations: iterations of the pseudo-inverse. Default 6.
         conv_weight: ``(H, 1, K, 1)`` depthwise kernel of the skip convolution on ``V * mask`` (odd K;
-            35 in the LRA code), added to the output; None = no skip.
-        compat: ``"nystromformer-lra"`` reproduces mlpen/Nystromformer: segments over the padded length
+            35 in the LRA code), added to the output; None = no skip. Needs N == S.
+        compat: ``"nystromformer-lra"`` reproduces mlpen/Nystromformer: segments over the padded lengths
             with zeroed pads averaged in (N2), one pinv initialisation over the whole batch (N1), exact
-            softmax only when m equals the padded length.
+            softmax only when m reaches a padded length.
 
     Returns:
-        ``(B, H, N, dv)``; with every token padded the attention part is 0.
+        ``(B, H, N, dv)``; padded query rows and rows without a real key give 0 (plus the conv skip).
 
     Raises:
-        ValueError: ``causal=True``, N != S, bad shapes, mask or options.
+        ValueError: ``causal=True``, bad shapes, masks or options, a conv skip with N != S.
 
     Reference: :func:`attnzoo.ops.nystrom.naive_nystrom_attention`.
     """
-    check_nystrom_args(q, k, v, mask, causal, conv_weight, compat)
+    query_mask = check_nystrom_args(q, k, v, mask, causal, conv_weight, compat, query_mask)
     out_dtype = q.dtype
     work = torch.promote_types(q.dtype, torch.float32)
     q, k, v = q.to(work), k.to(work), v.to(work)
     b, _, n, d = q.shape
-    lra = compat == "nystromformer-lra"
-    if n <= num_landmarks:
+    s_len, m, lra = k.shape[-2], num_landmarks, compat == "nystromformer-lra"
+    if min(n, s_len) <= m:
         out = softmax_attention(q, k, v, mask=mask)
     else:
-        real = torch.ones(b, n, dtype=torch.bool, device=q.device) if mask is None else mask
-        out = _approximate(q * d**-0.25, k * d**-0.25, v, real, num_landmarks, pinv_iterations, lra)
-        if mask is not None and not lra:
-            counts = mask.sum(-1)
-            small = counts <= num_landmarks
-            if bool(small.any()):  # one host sync, only with a padding mask
-                out = torch.where(small[:, None, None, None], _exact_few(q, k, v, mask, num_landmarks), out)
+        q_real = torch.ones(b, n, dtype=torch.bool, device=q.device) if query_mask is None else query_mask
+        k_real = torch.ones(b, s_len, dtype=torch.bool, device=q.device) if mask is None else mask
+        out = _approximate(q * d**-0.25, k * d**-0.25, v, q_real, k_real, m, pinv_iterations, lra)
+        if not lra and (mask is not None or query_mask is not None):
+            few_keys = k_real.sum(-1) <= m
+            few_queries = (q_real.sum(-1) <= m) & ~few_keys
+            any_keys, any_queries = torch.stack([few_keys.any(), few_queries.any()]).tolist()  # one host sync
+            if any_keys:
+                out = torch.where(few_keys[:, None, None, None], _exact_few_keys(q, k, v, k_real, m), out)
+            if any_queries:
+                out = torch.where(few_queries[:, None, None, None], _exact_few_queries(q, k, v, q_real, mask, m), out)
     if conv_weight is not None:
         out = out + conv_skip(v, conv_weight, mask)
-    return zero_masked_rows(out, mask).to(out_dtype)
+    return zero_masked_rows(out, query_mask).to(out_dtype)
 
 
-def _approximate(q: Tensor, k: Tensor, v: Tensor, real: Tensor, m: int, iterations: int, lra: bool) -> Tensor:
-    """The Nystrom product on pre-scaled q, k (``real``: (B, N) bool)."""
-    if lra:  # pads zeroed and averaged into segments of the padded sequence
-        keep = real[:, None, :, None].to(q.dtype)
-        q, k = q * keep, k * keep
-    segments = torch.ones_like(real) if lra else real
-    q_land, k_land = segment_means(q, segments, m), segment_means(k, segments, m)  # (B, H, m, d)
+def _approximate(
+    q: Tensor, k: Tensor, v: Tensor, q_real: Tensor, k_real: Tensor, m: int, iterations: int, lra: bool
+) -> Tensor:
+    """The Nystrom product on pre-scaled q, k (``q_real``: (B, N), ``k_real``: (B, S) bool)."""
+    q_segments, k_segments = q_real, k_real
+    if lra:  # pads zeroed and averaged into segments of the padded sequences
+        q, k = q * q_real[:, None, :, None].to(q.dtype), k * k_real[:, None, :, None].to(k.dtype)
+        q_segments, k_segments = torch.ones_like(q_real), torch.ones_like(k_real)
+    q_land, k_land = segment_means(q, q_segments, m), segment_means(k, k_segments, m)  # (B, H, m, d)
     kernel_1 = torch.softmax(q @ k_land.transpose(-1, -2), dim=-1)  # (B, H, N, m)
     kernel_2 = torch.softmax(q_land @ k_land.transpose(-1, -2), dim=-1)  # (B, H, m, m)
-    scores_3 = (q_land @ k.transpose(-1, -2)).masked_fill(~real[:, None, None, :], torch.finfo(q.dtype).min)
-    kernel_3 = torch.softmax(scores_3, dim=-1)  # (B, H, m, N)
+    scores_3 = (q_land @ k.transpose(-1, -2)).masked_fill(~k_real[:, None, None, :], torch.finfo(q.dtype).min)
+    kernel_3 = torch.softmax(scores_3, dim=-1)  # (B, H, m, S)
     return kernel_1 @ (iterative_pinv(kernel_2, iterations, global_init=lra) @ (kernel_3 @ v))
 
 
-def _exact_few(q: Tensor, k: Tensor, v: Tensor, mask: Tensor, m: int) -> Tensor:
-    """Exact attention for sequences with at most m real tokens: their real keys compacted into m slots."""
-    order = torch.argsort((~mask).to(torch.int8), dim=-1, stable=True)[:, :m]  # real positions first
+def _first_real(real: Tensor, m: int) -> Tensor:
+    """Positions ``(B, m)`` of each row's real tokens first (in order), then its pads."""
+    return torch.argsort((~real).to(torch.int8), dim=-1, stable=True)[:, :m]
+
+
+def _exact_few_keys(q: Tensor, k: Tensor, v: Tensor, mask: Tensor, m: int) -> Tensor:
+    """Exact attention for sequences with at most m real keys: those keys compacted into m slots."""
+    order = _first_real(mask, m)
     take = order[:, None, :, None]
     k_few = k.gather(2, take.expand(-1, k.shape[1], -1, k.shape[-1]))
     v_few = v.gather(2, take.expand(-1, v.shape[1], -1, v.shape[-1]))
     return softmax_attention(q, k_few, v_few, mask=mask.gather(1, order))
+
+
+def _exact_few_queries(q: Tensor, k: Tensor, v: Tensor, q_real: Tensor, mask: Tensor | None, m: int) -> Tensor:
+    """Exact attention for sequences with at most m real queries: those queries compacted into m slots."""
+    take = _first_real(q_real, m)[:, None, :, None]
+    q_few = q.gather(2, take.expand(-1, q.shape[1], -1, q.shape[-1]))
+    out_few = softmax_attention(q_few, k, v, mask=mask)  # (B, H, m, dv)
+    out = out_few.new_zeros(*q.shape[:3], v.shape[-1])
+    return out.scatter(2, take.expand(-1, v.shape[1], -1, v.shape[-1]), out_few)
