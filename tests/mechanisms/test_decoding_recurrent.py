@@ -130,3 +130,16 @@ def test_decoding_refusals_name_the_reason():
     _, chunk_state = build("causal_eva").prefill(x)
     with pytest.raises(TypeError, match="this mechanism decodes from a FeatureState, got ChunkState"):
         build("performer").step(x[:, :1], chunk_state)
+
+
+@pytest.mark.parametrize("name", ["performer", "linear", "causal_eva"])
+def test_a_step_leaves_the_given_state_unchanged(name):
+    module = build(name, **({"window_size": 4, "chunk_size": 2} if name == "causal_eva" else {}))
+    x = inputs(8, 11)
+    with torch.no_grad():
+        _, state = module.prefill(x[:, :5])  # the step completes chunk 2 of causal_eva
+        before = {key: value.clone() for key, value in state.tensors().items()}
+        first, _ = module.step(x[:, 5:6], state)
+        again, _ = module.step(x[:, 5:6], state)
+    assert state.length == 5 and all(torch.equal(before[key], value) for key, value in state.tensors().items())
+    assert torch.equal(first, again)

@@ -5,7 +5,8 @@ gradients) prefills L random tokens, takes ``WARMUP`` untimed steps, then ``step
 timed alone (``time.perf_counter``, CUDA synchronised); reported: the median and minimum ms per token
 (the whole ``module.step``: qkv projection, attention, output projection) and the state's bytes after
 the last step. Mechanisms with a bounded state (performer, linear, local, dilated) should be flat in
-L; softmax's KV cache, and the per-token time with it, grows linearly.
+L; softmax's KV cache, and the per-token time with it, grows linearly; causal EVA's state grows by
+one chunk summary every r tokens (O(w + L / r)).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import torch
 
 __all__ = ["DEFAULT_CONTEXTS", "DEFAULT_MECHANISMS", "format_table", "register_decode_command", "time_decoding"]
 
-DEFAULT_MECHANISMS = ("softmax", "performer", "linear", "local", "dilated")
+DEFAULT_MECHANISMS = ("softmax", "performer", "linear", "local", "dilated", "causal_eva")
 DEFAULT_CONTEXTS = (256, 1024, 4096, 16384)
 WARMUP = 2
 
