@@ -146,3 +146,13 @@ def test_flags_match_expectations():
     assert {"softmax", "performer", "linear", "linformer", "nystrom"} <= set(CROSS)
     assert {"local", "dilated", "eva", "none", "psf", "reformer"} <= set(NON_CROSS)
     assert set(REFERENCE_ARGS) >= set(CROSS)
+
+
+def test_linformer_projects_the_context_keys_and_bounds_their_length():
+    """E, F act on the key axis: any number of queries, at most max_length keys (E's first S columns)."""
+    module = attnzoo.build("linformer", DIM, HEADS, proj_dim=4, max_length=16).double()
+    x = torch.randn(2, 40, DIM, dtype=torch.float64)
+    context = torch.randn(2, 17, DIM, dtype=torch.float64)
+    assert module(x, context=context[:, :16]).shape == (2, 40, DIM)
+    with pytest.raises(ValueError, match="linformer sequence length 17 exceeds its maximum length 16"):
+        module(x, context=context)

@@ -68,6 +68,8 @@ class LinformerAttention(AttentionBase):
 
     Parameters ``e_proj`` (and ``f_proj`` unless shared) ``(H or 1, k, max_length)``, N(0, 0.02^2) as the
     LRA code; padded keys are zeroed before the projection. ``dropout`` acts on the (N x k) probabilities.
+    Cross-attention (``context=``): E and F project the S context keys (S <= ``max_length``, E's first S
+    columns, as for a shorter sequence); the queries may have any length.
     """
 
     def __init__(self, dim: int, num_heads: int, *, causal: bool = False, dropout: float = 0.0, options: Any) -> None:
