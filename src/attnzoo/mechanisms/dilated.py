@@ -110,15 +110,7 @@ class DilatedAttention(AttentionBase):
     def decode(self, q: Tensor, k: Tensor, v: Tensor, state: DecodeState) -> tuple[Tensor, SegmentCache]:
         if not isinstance(state, SegmentCache):
             raise TypeError(f"dilated decodes from a SegmentCache, got {type(state).__name__}")
-        return segment_step(
-            q,
-            k,
-            v,
-            state,
-            detach_mixing=self.options.detach_mixing,
-            dropout_p=self.attention_dropout(),
-            **self.branches(),
-        )
+        return segment_step(q, k, v, state, dropout_p=self.attention_dropout(), **self.branches())
 
     def merge(self, out: Tensor) -> Tensor:
         """Merge heads, apply the optional sub-LayerNorm, then the output projection."""

@@ -3,16 +3,20 @@
 Branch i (segment w_i, dilation r_i) lets the token at position n, ``within = n mod w_i``, take
 part for head h iff ``within mod r_i`` is the head's offset; it then sees the kept tokens of its
 segment up to itself. So the next query only needs, per branch and head, the kept tokens of the
-current segment: at most ``ceil(w_i / r_i)`` of them, in slot ``within // r_i``. Branches are
-mixed by their log-sum-exp exactly as :func:`attnzoo.ops.dilated.dilated_attention` mixes them.
-Clipping w_i to the sequence length (torchscale) changes nothing for a causal row: a segment
-longer than the sequence is the whole sequence either way.
+current segment: at most ``ceil(w_i / r_i)`` of them, in slot ``within // r_i``. Clipping w_i to the
+sequence length (torchscale) changes nothing for a causal row: a segment longer than the sequence is
+the whole sequence either way.
+
+The forward mixes branches by their log-sum-exp, ``out = sum_i exp(lse_i) out_i / sum_i exp(lse_i)``,
+which is one softmax over the branches' keys side by side (a key two branches share counts twice,
+spec §10.2). A step computes that one softmax over all slots at once: the same value in a handful of
+tensor ops whatever the number of branches.
 """
 
 from __future__ import annotations
 
+import functools
 import math
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -20,7 +24,6 @@ from torch import Tensor
 
 from attnzoo.mechanisms.decoding import DecodeState
 from attnzoo.ops.dilated.offsets import head_offsets
-from attnzoo.sparse import merge_partials
 from attnzoo.sparse.step import step_attention
 
 __all__ = ["SegmentCache", "segment_cache", "segment_step"]
@@ -42,27 +45,32 @@ class SegmentCache(DecodeState):
 
 
 @dataclass(frozen=True)
-class _Branch:
-    segment: int
-    dilation: int
-    offsets: Tensor  # (H,) long: the residue each head keeps
-    slots: slice
+class _Slots:
+    """Per slot of a :class:`SegmentCache`: its branch's ``segment`` w and ``dilation`` r and its ``index``
+    u in the branch, all ``(S,)`` long; ``offset (H, S)``: the residue each head keeps in that branch."""
+
+    segment: Tensor
+    dilation: Tensor
+    index: Tensor
+    offset: Tensor
 
 
-def _branches(
+@functools.lru_cache(maxsize=16)
+def _slots(
     heads: int,
     segment_lengths: tuple[int, ...],
     dilation_rates: tuple[int, ...],
     offset_rule: str,
     device: torch.device,
-) -> Iterator[_Branch]:
-    """The branches with each head's kept residue and their slot ranges in a :class:`SegmentCache`."""
-    start = 0
-    for segment, dilation in zip(segment_lengths, dilation_rates, strict=True):
-        size = math.ceil(segment / dilation)
-        offsets = torch.tensor(head_offsets(heads, dilation, offset_rule), device=device)
-        yield _Branch(segment, dilation, offsets, slice(start, start + size))
-        start += size
+) -> _Slots:
+    segment, dilation, index, offset = [], [], [], []
+    for w, r in zip(segment_lengths, dilation_rates, strict=True):
+        size = math.ceil(w / r)
+        segment.append(torch.full((size,), w))
+        dilation.append(torch.full((size,), r))
+        index.append(torch.arange(size))
+        offset.append(torch.tensor(head_offsets(heads, r, offset_rule))[:, None].expand(heads, size))
+    return _Slots(*(torch.cat(part, -1).to(device) for part in (segment, dilation, index, offset)))
 
 
 def segment_cache(
@@ -75,24 +83,18 @@ def segment_cache(
     offset_rule: str = "torchscale",
 ) -> SegmentCache:
     """The :class:`SegmentCache` after a prompt ``k, v: (B, H, T, d)`` with padding ``mask: (B, T) | None``."""
-    batch, heads, length, width = k.shape
-    branches = list(_branches(heads, segment_lengths, dilation_rates, offset_rule, k.device))
-    total = branches[-1].slots.stop
-    keys, values = k.new_zeros(batch, heads, total, width), v.new_zeros(batch, heads, total, v.shape[-1])
-    valid = torch.zeros(batch, heads, total, dtype=torch.bool, device=k.device)
+    batch, heads, length, _ = k.shape
+    slots = _slots(heads, tuple(segment_lengths), tuple(dilation_rates), offset_rule, k.device)
+    within = slots.offset + slots.index * slots.dilation  # (H, S): where each slot's token sits in its segment
+    pos = length - length % slots.segment + within
+    kept = (within < slots.segment) & (pos < length)
     if length == 0:
-        return SegmentCache(0, keys, values, valid)
+        shape = (batch, heads, kept.shape[-1])
+        return SegmentCache(0, k.new_zeros(*shape, k.shape[-1]), v.new_zeros(*shape, v.shape[-1]), kept.expand(shape))
     real = torch.ones(batch, length, dtype=torch.bool, device=k.device) if mask is None else mask
-    for branch in branches:
-        u = torch.arange(branch.slots.stop - branch.slots.start, device=k.device)
-        within = branch.offsets[:, None] + u * branch.dilation  # (H, slots)
-        pos = length - length % branch.segment + within
-        kept = (within < branch.segment) & (pos < length)
-        pos = pos.clamp(max=length - 1)
-        keys[:, :, branch.slots] = k.gather(2, pos[None, :, :, None].expand(batch, -1, -1, width))
-        values[:, :, branch.slots] = v.gather(2, pos[None, :, :, None].expand(batch, -1, -1, v.shape[-1]))
-        valid[:, :, branch.slots] = kept & real[:, pos]
-    return SegmentCache(length, keys, values, valid)
+    pos = pos.clamp(max=length - 1)
+    gather = [t.gather(2, pos[None, :, :, None].expand(batch, -1, -1, t.shape[-1])) for t in (k, v)]
+    return SegmentCache(length, *gather, kept & real[:, pos])
 
 
 def segment_step(
@@ -104,29 +106,20 @@ def segment_step(
     segment_lengths: tuple[int, ...],
     dilation_rates: tuple[int, ...],
     offset_rule: str = "torchscale",
-    detach_mixing: bool = False,
     dropout_p: float = 0.0,
 ) -> tuple[Tensor, SegmentCache]:
     """Attend the real token at position ``state.length`` (``q, k, v: (B, H, 1, d)``) through every branch.
 
-    Returns the output ``(B, H, 1, d)``, the forward's row for that position, and the new cache (a
-    copy: ``state`` is left unchanged). Costs O(sum_i w_i / r_i * H * d).
+    Returns the output ``(B, H, 1, d)``, the forward's row for that position, and the new cache (new
+    tensors: ``state`` is left unchanged). Costs O(sum_i w_i / r_i * H * d). ``detach_mixing`` has no
+    counterpart here: it changes only the gradients of the training forward, not its values.
     """
-    position = state.length
-    keys, values, valid = state.k.clone(), state.v.clone(), state.valid.clone()
-    outs, lses = [], []
-    for branch in _branches(q.shape[1], segment_lengths, dilation_rates, offset_rule, q.device):
-        within = position % branch.segment
-        if within == 0:  # a new segment starts: the previous one's tokens are out of reach
-            valid[:, :, branch.slots] = False
-        takes_part = branch.offsets == within % branch.dilation  # (H,) heads whose row this branch covers
-        slot = branch.slots.start + within // branch.dilation
-        keys[:, :, slot] = torch.where(takes_part[:, None], k[:, :, 0], keys[:, :, slot])
-        values[:, :, slot] = torch.where(takes_part[:, None], v[:, :, 0], values[:, :, slot])
-        valid[:, :, slot] |= takes_part
-        allowed = (valid[:, :, branch.slots] & takes_part[:, None])[:, :, None, :]
-        out, lse = step_attention(q, keys[:, :, branch.slots], values[:, :, branch.slots], allowed, dropout_p=dropout_p)
-        outs.append(out)
-        lses.append(lse)
-    out, _ = merge_partials(outs, lses, detach_weights=detach_mixing)
-    return out.to(v.dtype), SegmentCache(position + 1, keys, values, valid)
+    slots = _slots(q.shape[1], tuple(segment_lengths), tuple(dilation_rates), offset_rule, q.device)
+    within = state.length % slots.segment  # (S,)
+    takes_part = within % slots.dilation == slots.offset  # (H, S): heads whose row each branch covers
+    write = takes_part & (slots.index == within // slots.dilation)  # the new token's slot per branch
+    valid = (state.valid & (within != 0)) | write  # within == 0: a new segment starts, the old is out of reach
+    keys = torch.where(write[..., None], k, state.k)
+    values = torch.where(write[..., None], v, state.v)
+    out, _ = step_attention(q, keys, values, (valid & takes_part)[:, :, None, :], dropout_p=dropout_p)
+    return out, SegmentCache(state.length + 1, keys, values, valid)
