@@ -35,6 +35,9 @@ class Capabilities:
         convex: each output row is a convex combination of value rows (weights >= 0 summing to 1);
             False for mixers such as PSF's signed factor products.
         bidirectional: also runs with ``causal=False`` (False for causal-only mechanisms such as causal EVA).
+        compile_fullgraph: runs under ``torch.compile(module, fullgraph=True)`` on CPU with eager's outputs
+            and gradients (``tests/mechanisms/test_compile.py``); a mechanism that sets it False says why
+            next to its registration, and the test checks that fullgraph capture really fails.
     """
 
     causal: bool
@@ -48,6 +51,7 @@ class Capabilities:
     cpu_backward: bool = True
     convex: bool = True
     bidirectional: bool = True
+    compile_fullgraph: bool = True
 
 
 @dataclass(frozen=True)

@@ -98,6 +98,9 @@ def diffuser_flops(n: int, d: int, options: DiffuserOptions, causal: bool) -> fl
         time="O(K*E*d)",
         memory="O(E + K*N*d)",
         pattern="diffuser_graph",
+        # torch.compile(fullgraph=True) fails: the forward creates a seeded torch.Generator (its random graph);
+        # dynamo cannot create one inside a graph, and the graph's edge lists are data-dependent
+        compile_fullgraph=False,
     ),
     functional=diffuser_attention,
     reference=naive_diffuser_attention,
