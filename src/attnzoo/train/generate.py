@@ -152,8 +152,9 @@ def generate_command(args: argparse.Namespace) -> int:
     prompt = args.prompt.encode("utf-8")
     count, reason = plan_length(len(prompt), opts.max_new_tokens, model.encoder.max_length)
     sys.stdout.write(args.prompt)
+    sys.stdout.flush()
     written = stream_text(generate_bytes(model, prompt, count, opts), sys.stdout)
-    sys.stdout.write("\n")
+    print(flush=True)
     print(f"attnzoo generate: {written} new bytes; stopped: {reason}", file=sys.stderr)
     return 0
 
