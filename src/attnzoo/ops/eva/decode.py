@@ -101,7 +101,8 @@ def chunk_step(q: Tensor, k: Tensor, v: Tensor, state: ChunkState, cfg: EvaDecod
     if cfg.t5_table is not None:
         pos = torch.arange(p + 1 - keys.shape[2], p + 1, device=q.device)
         shift = cfg.extension if cfg.compat else 0
-        local = local + causal_t5_bias(cfg.t5_table, w, cfg.extension, s, shift)(None, torch.tensor(p), pos).to(work)
+        bias = causal_t5_bias(cfg.t5_table, w, cfg.extension, s, shift)
+        local = local + bias(None, torch.tensor(p, device=q.device), pos).to(work)
     local = local.masked_fill(~real[:, None, None, :], float("-inf"))
     limit = p // r * r if cfg.compat else p // w * w - cfg.extension
     ends = (torch.arange(state.k_hat.shape[2], device=q.device) + 1) * r
