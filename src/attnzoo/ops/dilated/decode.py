@@ -16,6 +16,7 @@ tensor ops whatever the number of branches.
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 from dataclasses import dataclass
 
@@ -119,7 +120,12 @@ def segment_step(
     takes_part = within % slots.dilation == slots.offset  # (H, S): heads whose row each branch covers
     write = takes_part & (slots.index == within // slots.dilation)  # the new token's slot per branch
     valid = (state.valid & (within != 0)) | write  # within == 0: a new segment starts, the old is out of reach
-    keys = torch.where(write[..., None], k, state.k)
-    values = torch.where(write[..., None], v, state.v)
+    branches = list(zip(segment_lengths, dilation_rates, strict=True))
+    starts = itertools.accumulate((math.ceil(w / r) for w, r in branches), initial=0)
+    written = [start + state.length % w // r for start, (w, r) in zip(starts, branches, strict=False)]
+    index = torch.tensor(written, device=q.device)  # (branches,): one slot per branch takes the new token
+    keys, values = state.k.clone(), state.v.clone()
+    for cache, new in ((keys, k), (values, v)):
+        cache[:, :, index] = torch.where(write[:, index, None], new, cache[:, :, index])
     out, _ = step_attention(q, keys, values, (valid & takes_part)[:, :, None, :], dropout_p=dropout_p)
     return out, SegmentCache(state.length + 1, keys, values, valid)
