@@ -32,6 +32,8 @@ CASES = [
     ("uneven-causal-padded", 61, (6, 20, 61), (1, 3, 4), True, True, "torchscale", False),
     ("w-beyond-N-padded", 50, (7, 16, 1000), (1, 2, 8), False, True, "torchscale", False),
     ("detached-mixing", 48, (4, 48), (1, 3), True, True, "paper", True),
+    # P = 4: the last chunk is a segment of its own, yet its rank must join the exchange (forward and backward)
+    ("rank-without-crossing", 64, (8, 48), (1, 2), False, False, "torchscale", False),
 ]
 TRAFFIC = [  # (N, segment_lengths, dilation_rates, causal, padded), aligned for P = 4
     (128, (16, 64, 128), (1, 4, 8), False, False),

@@ -171,72 +171,82 @@ def dilated_attention_parallel(
     )
     plan = rank_plan(n, world, rank, branches, causal)
     scale = d**-0.5 if scale is None else float(scale)
+    received = None
+    if any(rank_plan(n, world, p, branches, causal).rows_sent for p in range(world)):  # same answer on every rank
+        received, v = _exchange(q, k, v, mask, plan, group)  # v anchored: every rank's output depends on it
+    # crossing segments first: autograd runs later nodes first, so the engine's backward (the peak)
+    # runs before theirs and never holds their full-size q/k/v gradients
+    parts = [
+        _group_attention(g, sources, q, k, v, mask, received, plan.start, causal, scale)
+        for g, sources in zip(plan.groups, plan.sources, strict=True)
+    ]
     if plan.inner:
         out, lse = sparse_attention(
             q, k, v, list(plan.inner), mask=mask, causal=causal, scale=scale, executor=executor,
             detach_weights=detach_mixing,
         )  # fmt: skip
     else:
-        out, lse = q.new_zeros(*q.shape[:3], v.shape[-1]), q.new_full(q.shape[:3], float("-inf"))
-    received = None
-    if any(rank_plan(n, world, p, branches, causal).rows_sent for p in range(world)):  # same answer on every rank
-        received, q = _exchange(q, k, v, mask, plan, group)
-    if not plan.groups:
+        out, lse = v * 0, q.new_full(q.shape[:3], float("-inf"))  # rows no branch covers
+    if not parts:
         return out
-    return _crossing(q, k, v, mask, received, out, lse, plan, causal, scale, detach_mixing)
+    return _merge(out, lse, parts, detach_mixing)
 
 
 def _exchange(
     q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, plan: RankPlan, group: Any
 ) -> tuple[Tensor, Tensor]:
-    """Send the sparsified rows other ranks need: received ``(B, H, R, 2d[+1])`` (k, v, mask) and ``q`` anchored."""
+    """Send the sparsified rows other ranks need: received ``(B, H, R, 2d[+1])`` (k, v, mask) and ``v`` anchored
+    (its backward, the reverse exchange, then runs on every rank, whether or not it uses the received rows)."""
     b, h, n_local, _ = q.shape
     index = plan.send_index.to(q.device)
     parts = [_rows(k, index), _rows(v, index)]
     if mask is not None:
         parts.append(_rows(mask[:, None, :, None].expand(b, h, n_local, 1).to(k.dtype), index))
     sent = torch.cat(parts, -1).permute(2, 0, 1, 3)
-    received, q = AllToAll.apply(sent, q, plan.send_splits, plan.recv_splits, group)
-    return received.permute(1, 2, 0, 3), q
+    received, v = AllToAll.apply(sent, v, plan.send_splits, plan.recv_splits, group)
+    return received.permute(1, 2, 0, 3), v
 
 
-def _crossing(
+def _group_attention(
+    g: Group,
+    sources: tuple[int, ...],
     q: Tensor,
     k: Tensor,
     v: Tensor,
     mask: Tensor | None,
     received: Tensor | None,
-    out: Tensor,
-    lse: Tensor,
-    plan: RankPlan,
+    start: int,
     causal: bool,
     scale: float,
-    detach: bool,
-) -> Tensor:
-    """Attend the crossing segments and merge them with the engine's ``(out, lse)``.
+) -> tuple[Tensor, Tensor, Tensor]:
+    """One crossing segment: flat ``(head, row)`` indices ``(M',)`` of this rank's kept rows, their
+    output ``(B, M', dv)`` and log-sum-exp ``(B, M')``."""
+    b, h, n_local, d = q.shape
+    keys, ok, kpos = _group_keys(g, sources, k, v, mask, received, start)
+    qpos = g.rows.to(q.device)
+    local = (qpos - start).clamp_min(0)
+    kernel = pick_kernel(q.device, q.dtype, equal_widths=v.shape[-1] == d)
+    o, l = _CrossingAttention.apply(
+        _rows(q, local), keys[..., :d], keys[..., d:], ok, qpos, kpos, causal, scale, kernel
+    )
+    valid = (qpos >= 0).reshape(-1)
+    flat = (torch.arange(h, device=q.device)[:, None] * n_local + local).reshape(-1)[valid]
+    return flat, o.reshape(b, -1, o.shape[-1])[:, valid], l.reshape(b, -1)[:, valid]
+
+
+def _merge(out: Tensor, lse: Tensor, parts: list[tuple[Tensor, Tensor, Tensor]], detach: bool) -> Tensor:
+    """Mix the crossing segments' results into the engine's ``(out, lse)`` by log-sum-exp.
 
     The merge runs on U, the rows (per head) that some crossing segment covers: the engine's rows
-    there and every group's rows, placed in U, mixed by log-sum-exp; other rows keep the engine's.
+    there and every segment's rows, placed in U, mixed by log-sum-exp; other rows keep the engine's.
     """
-    b, h, n_local, d = q.shape
-    kernel = pick_kernel(q.device, q.dtype, equal_widths=v.shape[-1] == d)
-    flats, results = [], []
-    for g, sources in zip(plan.groups, plan.sources, strict=True):
-        keys, ok, kpos = _group_keys(g, sources, k, v, mask, received, plan.start)
-        qpos = g.rows.to(q.device)
-        local = (qpos - plan.start).clamp_min(0)
-        o, l = _CrossingAttention.apply(
-            _rows(q, local), keys[..., :d], keys[..., d:], ok, qpos, kpos, causal, scale, kernel
-        )
-        valid = (qpos >= 0).reshape(-1)
-        flats.append((torch.arange(h, device=q.device)[:, None] * n_local + local).reshape(-1)[valid])
-        results.append((o.reshape(b, -1, o.shape[-1])[:, valid], l.reshape(b, -1)[:, valid]))
-    rows = torch.unique(torch.cat(flats))  # U, sorted flat (head, row) indices
-    flat_out = out.reshape(b, h * n_local, out.shape[-1])
+    b, h, n_local, dv = out.shape
+    rows = torch.unique(torch.cat([flat for flat, _, _ in parts]))  # U, sorted flat (head, row) indices
+    flat_out = out.reshape(b, h * n_local, dv)
     outs, lses = [flat_out.index_select(1, rows)], [lse.reshape(b, h * n_local).index_select(1, rows)]
-    for flat, (o, l) in zip(flats, results, strict=True):
+    for flat, o, l in parts:
         at = torch.searchsorted(rows, flat)
-        outs.append(o.new_zeros(b, rows.shape[0], o.shape[-1]).index_copy(1, at, o))
+        outs.append(o.new_zeros(b, rows.shape[0], dv).index_copy(1, at, o))
         lses.append(l.new_full((b, rows.shape[0]), float("-inf")).index_copy(1, at, l))
     merged, _ = merge_partials(outs, lses, detach_weights=detach)
     return flat_out.index_copy(1, rows, merged.to(out.dtype)).view(out.shape)
