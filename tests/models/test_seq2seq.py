@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 
 import numpy as np
@@ -14,6 +15,7 @@ from attnzoo.models import ModelConfig, build_model
 from attnzoo.models.seq2seq import BOS_ID, EOS_ID, Seq2Seq, can_decode
 from attnzoo.tasks.dataset import TaskDataset, collate
 from attnzoo.tasks.synthetic import seq2seq as task_module
+from attnzoo.train import load_config, train
 
 TINY = ModelConfig(dim=16, num_heads=2, num_layers=2, mlp_dim=32, dropout=0.0, attention_dropout=0.0)
 SPEC = tasks.get("reverse", max_length=8)
@@ -156,3 +158,28 @@ def test_config_errors_name_the_field() -> None:
         build_model(SPEC, replace(TINY, cross_attention_options={"bogus": 1}))
     model = build_model(SPEC, replace(TINY, decoder_layers=3))
     assert len(model.blocks) == 3 and len(model.encoder.blocks) == 2
+
+
+def test_harness_trains_and_reports_greedy_metrics(tmp_path) -> None:
+    overrides = {
+        "train_size": 64,
+        "dev_size": 16,
+        "test_size": 16,
+        "steps": 3,
+        "eval_every": 3,
+        "warmup_steps": 1,
+        "batch_size": 8,
+        "eval_batches": 2,
+        "cache_dir": str(tmp_path / "cache"),
+        "out_dir": str(tmp_path / "run"),
+        "progress": False,
+        "tensorboard": False,
+        "task_options": {"max_length": 6},
+    }
+    cfg = load_config(None, overrides, task="reverse")  # configs/mini/reverse.yaml
+    assert (cfg.model.decoder_attention, cfg.model.cross_attention) == ("softmax", "softmax")
+    results = train(cfg)
+    assert type(build_model(tasks.get("reverse"), cfg.model)) is Seq2Seq
+    assert 0.0 <= results["exact_match"] <= 1.0 and 0.0 <= results["token_accuracy"] <= 1.0
+    dev = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert {"exact_match", "token_accuracy"} <= set(next(r for r in dev if r["split"] == "dev"))

@@ -14,7 +14,17 @@ from attnzoo.train.loop import train
 
 __all__ = ["summarize", "train_seeds"]
 
-SUMMARY_KEYS = ("accuracy", "loss", "dev_accuracy", "steps_per_s", "tokens_per_s", "peak_memory_mb", "train_time_s")
+SUMMARY_KEYS = (
+    "accuracy",
+    "loss",
+    "dev_accuracy",
+    "exact_match",  # encoder-decoder tasks: greedy decoding, whole sequences right
+    "token_accuracy",  # ... and target tokens right
+    "steps_per_s",
+    "tokens_per_s",
+    "peak_memory_mb",
+    "train_time_s",
+)
 
 
 def summarize(results: list[dict[str, Any]]) -> dict[str, Any]:
