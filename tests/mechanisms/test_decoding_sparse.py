@@ -264,3 +264,27 @@ def test_step_attention_returns_zero_and_minus_inf_lse_without_keys():
     assert_close("step row 0", expected, out[0, 0, 0], 1e-12)
     assert torch.allclose(lse[0, 0, 0], torch.logsumexp(scores, -1))
     assert torch.equal(out[0, 1], torch.zeros(1, 4, dtype=torch.float64)) and lse[0, 1, 0] == float("-inf")
+
+
+@pytest.mark.parametrize(
+    ("name", "options"),
+    [
+        ("local", dict(window_size=4)),
+        ("dilated", dict(segment_lengths=(8, 16), dilation_rates=(1, 2))),
+        ("butterfly", dict(block_size=4)),
+    ],
+)
+def test_training_mode_steps_apply_attention_dropout(name, options):
+    """Dropout in a step is drawn from torch's generator: seeded steps repeat, other seeds and eval differ."""
+    torch.manual_seed(0)
+    module = attnzoo.build(name, DIM, HEADS, causal=True, dropout=0.5, **options).double().train()
+    x = tokens(12)
+    with torch.no_grad():
+        _, state = module.prefill(x[:, :8])
+        outs = []
+        for seed in (1, 1, 2):
+            torch.manual_seed(seed)
+            outs.append(module.step(x[:, 8:9], state)[0])
+        evaluated, _ = module.eval().step(x[:, 8:9], state)
+    assert torch.equal(outs[0], outs[1])
+    assert not torch.allclose(outs[0], outs[2]) and not torch.allclose(outs[0], evaluated)

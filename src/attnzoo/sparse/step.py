@@ -40,7 +40,8 @@ def step_attention(
         :func:`attnzoo.sparse.merge_partials`.
     """
     scale = q.shape[-1] ** -0.5 if scale is None else scale
-    additive = torch.zeros((), dtype=q.dtype, device=q.device) if bias is None else bias.to(q.dtype)
+    dtype = torch.promote_types(q.dtype, torch.float32)  # scores are summed in fp32 at least, as the engine does
+    additive = torch.zeros((), dtype=dtype, device=q.device) if bias is None else bias.to(dtype)
     additive = additive.masked_fill(~allowed, float("-inf"))
     dropout = (dropout_p, int(torch.randint(0, 2**62, (1,)))) if dropout_p > 0.0 else None
     out, lse = KERNELS["math"].forward(q, k, v, additive, False, scale, dropout)

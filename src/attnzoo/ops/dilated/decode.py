@@ -91,7 +91,8 @@ def segment_cache(
     kept = (within < slots.segment) & (pos < length)
     if length == 0:
         shape = (batch, heads, kept.shape[-1])
-        return SegmentCache(0, k.new_zeros(*shape, k.shape[-1]), v.new_zeros(*shape, v.shape[-1]), kept.expand(shape))
+        empty = torch.zeros(shape, dtype=torch.bool, device=k.device)
+        return SegmentCache(0, k.new_zeros(*shape, k.shape[-1]), v.new_zeros(*shape, v.shape[-1]), empty)
     real = torch.ones(batch, length, dtype=torch.bool, device=k.device) if mask is None else mask
     pos = pos.clamp(max=length - 1)
     gather = [t.gather(2, pos[None, :, :, None].expand(batch, -1, -1, t.shape[-1])) for t in (k, v)]
