@@ -104,11 +104,9 @@ class ButterflyAttention(AttentionBase):
     def geometry(self) -> tuple[int, int]:
         """``(stride s, span b s)`` of a decoded sequence (s = 1 at stage 0, else that of ``max_seq_len``)."""
         o: ButterflyOptions = self.options
-        stride = (
-            1
-            if o.max_seq_len is None
-            else butterfly_geometry(o.max_seq_len, o.block_size, o.stage, float_stage_count=o.float_stage_count)[0]
-        )
+        if o.max_seq_len is None:
+            return 1, o.block_size
+        stride, _ = butterfly_geometry(o.max_seq_len, o.block_size, o.stage, float_stage_count=o.float_stage_count)
         return stride, o.block_size * stride
 
     def check_decoding(self) -> None:
