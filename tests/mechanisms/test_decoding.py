@@ -63,6 +63,20 @@ def test_state_selects_and_reorders_batch_rows(name):
     assert_close(f"{name} reordered step", y_all[[2, 0, 2]], y_picked, 1e-12)
 
 
+@pytest.mark.parametrize("name", CAUSAL)
+def test_step_leaves_its_state_unchanged(name):
+    """A state can be stepped twice (branching, speculative decoding): step returns a new one."""
+    module = build(name, causal=True, **DECODE_OPTIONS.get(name, {}))
+    x = torch.randn(2, 14, DIM, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        _, state = module.prefill(x[:, :13])
+        before = {key: value.clone() for key, value in state.tensors().items()}
+        first, _ = module.step(x[:, 13:14], state)
+        again, _ = module.step(x[:, 13:14], state)
+    assert state.length == 13 and all(torch.equal(before[key], value) for key, value in state.tensors().items())
+    assert torch.equal(first, again)
+
+
 def test_decoding_errors_name_the_problem():
     module = build("softmax", causal=True)
     x = torch.randn(2, 5, DIM, dtype=torch.float64)
