@@ -16,6 +16,7 @@ from attnzoo.models.seq2seq import BOS_ID, EOS_ID, Seq2Seq, can_decode
 from attnzoo.tasks.dataset import TaskDataset, collate
 from attnzoo.tasks.synthetic import seq2seq as task_module
 from attnzoo.train import load_config, train
+from attnzoo.train.sequence_parallel import SequenceParallel, attach
 
 TINY = ModelConfig(dim=16, num_heads=2, num_layers=2, mlp_dim=32, dropout=0.0, attention_dropout=0.0)
 SPEC = tasks.get("reverse", max_length=8)
@@ -183,3 +184,10 @@ def test_harness_trains_and_reports_greedy_metrics(tmp_path) -> None:
     assert 0.0 <= results["exact_match"] <= 1.0 and 0.0 <= results["token_accuracy"] <= 1.0
     dev = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert {"exact_match", "token_accuracy"} <= set(next(r for r in dev if r["split"] == "dev"))
+
+
+def test_sequence_parallel_refuses_the_encoder_decoder() -> None:
+    model = build_model(SPEC, replace(TINY, attention="dilated"))
+    sp = SequenceParallel(size=2, group=None, rank=0, data_rank=0, data_world=1)
+    with pytest.raises(ValueError, match=r"cannot split this model: a paired \(two-input\) task: retrieval or enc"):
+        attach(model, sp)

@@ -30,7 +30,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from attnzoo.mechanisms.dilated import DilatedAttention
-from attnzoo.models import DualEncoderClassifier, TaskModel
+from attnzoo.models import TaskModel
 from attnzoo.ops.dilated.parallel import set_sequence_parallel_group
 from attnzoo.ops.dilated.parallel_plan import chunk_bounds
 from attnzoo.train.distributed import DistInfo
@@ -106,7 +106,7 @@ def attach(model: TaskModel, sp: SequenceParallel) -> TaskModel:
 
     Raises:
         ValueError: a model that cannot be split: non-``dilated`` attention, attention dropout,
-            CLS pooling, patches, or two inputs (retrieval).
+            CLS pooling, patches, or two inputs (retrieval, an encoder-decoder).
     """
     if sp.size == 1:
         return model
@@ -119,7 +119,7 @@ def attach(model: TaskModel, sp: SequenceParallel) -> TaskModel:
     problems += ["model.attention_dropout > 0"] if cfg.attention_dropout > 0 else []
     problems += ["model.pooling = cls (the CLS token is not part of the sequence)"] if cfg.pooling == "cls" else []
     problems += ["model.patch_size > 1"] if cfg.patch_size != 1 else []
-    problems += ["a paired (two-input) task"] if isinstance(model, DualEncoderClassifier) else []
+    problems += ["a paired (two-input) task: retrieval or encoder-decoder"] if model.task.paired else []
     if problems:
         raise ValueError(f"--sequence-parallel {sp.size} cannot split this model: {'; '.join(problems)}")
     for block in model.encoder.blocks:
