@@ -25,7 +25,8 @@ class Capabilities:
     Attributes:
         causal: honours ``causal=True`` exactly (no information flows from later tokens).
         key_padding_mask: honours the ``(B, N)`` padding mask (pad tokens change no real output).
-        cross_attention: the functional core accepts a key length S different from N.
+        cross_attention: the module attends from ``x`` to another sequence (``forward(x, mask,
+            context=..., context_mask=...)``; others raise) and the functional core accepts S != N.
         exact: computes softmax attention over its pattern exactly (no random or low-rank approximation).
         deterministic: same input, same output (in eval mode).
         time: time complexity, e.g. ``"O(N*w*d)"``.
