@@ -26,6 +26,15 @@ def test_bf16_matches_single_process_bf16(ranks) -> None:
         assert out <= 2e-2 and dq <= 5e-2, result["bf16"]
 
 
+def test_output_is_the_engine_buffer_and_survives_backward(ranks) -> None:
+    for result in ranks:
+        found = result["buffer"]
+        assert found["shared"] is True  # no second output-sized tensor per rank
+        assert found["changed"] == 0.0  # the rows swapped for the engine's backward are put back
+        assert found["no_grad"] < 1e-6  # the inference path mixes the same rows in place
+        assert "modified by an inplace operation" in found["in_place"]
+
+
 def test_counted_traffic_matches_the_model(ranks) -> None:
     for case in range(len(TRAFFIC)):
         sent = [result["traffic"][case][0] for result in ranks]

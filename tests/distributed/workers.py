@@ -99,6 +99,40 @@ def low_precision() -> tuple[float, float]:
     )
 
 
+def output_buffer() -> dict[str, Any]:
+    """The mixed output lives in the engine's output buffer: what the caller sees, before and after backward.
+
+    Returns: whether the output shares the engine's saved output storage, the largest change of the
+    output across the backward pass, the largest difference to the same call without autograd, and
+    the message when the output was modified in place before the backward pass.
+    """
+    world, rank = dist.get_world_size(), dist.get_rank()
+    q, k, v, g, mask = inputs(64, True)
+    start, stop = chunk_bounds(64, world)[rank]
+    kw: dict[str, Any] = dict(causal=True, segment_lengths=(8, 32, 64), dilation_rates=(1, 2, 4))
+    chunk = [t[:, :, start:stop].clone().requires_grad_() for t in (q, k, v)]
+    local_mask = mask[:, start:stop]
+    out = dilated_attention_parallel(*chunk, mask=local_mask, **kw)
+    before = out.detach().clone()
+    shared = out.grad_fn.out.untyped_storage().data_ptr() == out.untyped_storage().data_ptr()
+    (out * g[:, :, start:stop]).sum().backward()
+    with torch.no_grad():
+        plain = dilated_attention_parallel(*chunk, mask=local_mask, **kw)
+    modified = dilated_attention_parallel(*chunk, mask=local_mask, **kw)
+    modified.mul_(2.0)
+    try:
+        modified.sum().backward()
+        message = ""
+    except RuntimeError as err:
+        message = str(err)
+    return {
+        "shared": shared,
+        "changed": float((out.detach() - before).abs().max()),
+        "no_grad": float((plain - before).abs().max()),
+        "in_place": message,
+    }
+
+
 def traffic() -> list[tuple[float, float]]:
     """Per configuration: (bytes this rank sent through all_to_all_single, the model's busiest rank)."""
     world, rank = dist.get_world_size(), dist.get_rank()
@@ -270,6 +304,7 @@ def everything(rank: int, world: int, out_dir: str) -> dict[str, Any]:
         "parity2": parity(pairs[rank // 2]),
         "traffic": traffic(),
         "bf16": low_precision(),
+        "buffer": output_buffer(),
         "training4": training(4),
         "training2": training(2),
         "errors": errors(),

@@ -12,7 +12,10 @@ of q, k, v ``(B, H, n_p, d)``. Per rank:
 3. Each rank computes its own kept query rows of those segments against the gathered rows (the
    engine's dense kernels with an additive mask, query rows in chunks, recomputed in backward).
 4. Everything is mixed per row by log-sum-exp exactly as the single-device mechanism (optionally
-   with detached weights, torchscale's choice).
+   with detached weights, torchscale's choice), in place in the engine's output buffer on the rows
+   the crossing segments cover (:mod:`attnzoo.ops.dilated.parallel_merge`), so a rank holds one
+   output-sized tensor, as one device does. The crossing segments run before the engine: the
+   engine's backward, the memory peak, runs first.
 
 The result on every rank equals its rows of :func:`attnzoo.ops.dilated.dilated_attention` on the
 full sequence (the plan is in :mod:`attnzoo.ops.dilated.parallel_plan`). torchscale's
@@ -22,6 +25,7 @@ full sequence (the plan is in :mod:`attnzoo.ops.dilated.parallel_plan`). torchsc
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import torch
@@ -37,8 +41,9 @@ from attnzoo.ops.dilated.parallel_comm import (
     sequence_parallel_group,
     set_sequence_parallel_group,
 )
+from attnzoo.ops.dilated.parallel_merge import Mixture, ParallelMixture, Part
 from attnzoo.ops.dilated.parallel_plan import Group, RankPlan, chunk_bounds, rank_plan
-from attnzoo.sparse import merge_partials, sparse_attention
+from attnzoo.sparse import sparse_attention
 from attnzoo.sparse.kernels import pick_kernel
 
 __all__ = [
@@ -171,25 +176,37 @@ def dilated_attention_parallel(
     )
     plan = rank_plan(n, world, rank, branches, causal)
     scale = d**-0.5 if scale is None else float(scale)
-    received = None
-    if any(rank_plan(n, world, p, branches, causal).rows_sent for p in range(world)):  # same answer on every rank
-        received, v = _exchange(q, k, v, mask, plan, group)  # v anchored: every rank's output depends on it
-    # crossing segments first: autograd runs later nodes first, so the engine's backward (the peak)
-    # runs before theirs and never holds their full-size q/k/v gradients
-    parts = [
-        _group_attention(g, sources, q, k, v, mask, received, plan.start, causal, scale)
-        for g, sources in zip(plan.groups, plan.sources, strict=True)
-    ]
-    if plan.inner:
-        out, lse = sparse_attention(
-            q, k, v, list(plan.inner), mask=mask, causal=causal, scale=scale, executor=executor,
-            detach_weights=detach_mixing,
-        )  # fmt: skip
-    else:
-        out, lse = v * 0, q.new_full(q.shape[:3], float("-inf"))  # rows no branch covers
-    if not parts:
-        return out
-    return _merge(out, lse, parts, detach_mixing)
+    exchange = any(rank_plan(n, world, p, branches, causal).rows_sent for p in range(world))  # same on every rank
+    engine = functools.partial(
+        sparse_attention, pattern=list(plan.inner), mask=mask, causal=causal, scale=scale, executor=executor,
+        detach_weights=detach_mixing,
+    )  # fmt: skip
+
+    def pieces(q: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor, list[Part]]:
+        received = None
+        if exchange:
+            received, v = _exchange(q, k, v, mask, plan, group)  # v anchored: every rank's output depends on it
+        # crossing segments first: autograd runs later nodes first, so the engine's backward (the peak)
+        # runs before theirs and never holds their full-size q/k/v gradients
+        parts = [
+            _group_attention(g, sources, q, k, v, mask, received, plan.start, causal, scale)
+            for g, sources in zip(plan.groups, plan.sources, strict=True)
+        ]
+        if plan.inner:
+            out, lse = engine(q, k, v)
+            assert lse is not None
+        else:  # rows no branch covers
+            out, lse = v * 0, q.new_full(q.shape[:3], float("-inf"))
+        return out, lse, parts
+
+    if not exchange and not plan.groups:
+        return pieces(q, k, v)[0]
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
+        return ParallelMixture.apply(q, k, v, pieces, detach_mixing)
+    out, lse, parts = pieces(q, k, v)
+    if parts:
+        Mixture.build(out, lse, parts).write(out)
+    return out
 
 
 def _exchange(
@@ -218,7 +235,7 @@ def _group_attention(
     start: int,
     causal: bool,
     scale: float,
-) -> tuple[Tensor, Tensor, Tensor]:
+) -> Part:
     """One crossing segment: flat ``(head, row)`` indices ``(M',)`` of this rank's kept rows, their
     output ``(B, M', dv)`` and log-sum-exp ``(B, M')``."""
     b, h, n_local, d = q.shape
@@ -232,24 +249,6 @@ def _group_attention(
     valid = (qpos >= 0).reshape(-1)
     flat = (torch.arange(h, device=q.device)[:, None] * n_local + local).reshape(-1)[valid]
     return flat, o.reshape(b, -1, o.shape[-1])[:, valid], l.reshape(b, -1)[:, valid]
-
-
-def _merge(out: Tensor, lse: Tensor, parts: list[tuple[Tensor, Tensor, Tensor]], detach: bool) -> Tensor:
-    """Mix the crossing segments' results into the engine's ``(out, lse)`` by log-sum-exp.
-
-    The merge runs on U, the rows (per head) that some crossing segment covers: the engine's rows
-    there and every segment's rows, placed in U, mixed by log-sum-exp; other rows keep the engine's.
-    """
-    b, h, n_local, dv = out.shape
-    rows = torch.unique(torch.cat([flat for flat, _, _ in parts]))  # U, sorted flat (head, row) indices
-    flat_out = out.reshape(b, h * n_local, dv)
-    outs, lses = [flat_out.index_select(1, rows)], [lse.reshape(b, h * n_local).index_select(1, rows)]
-    for flat, o, l in parts:
-        at = torch.searchsorted(rows, flat)
-        outs.append(o.new_zeros(b, rows.shape[0], dv).index_copy(1, at, o))
-        lses.append(l.new_full((b, rows.shape[0]), float("-inf")).index_copy(1, at, l))
-    merged, _ = merge_partials(outs, lses, detach_weights=detach)
-    return flat_out.index_copy(1, rows, merged.to(out.dtype)).view(out.shape)
 
 
 def _group_keys(
