@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 
 import pytest
@@ -12,6 +13,8 @@ transformers = pytest.importorskip("transformers")
 from transformers import BertConfig, BertModel, LlamaConfig, LlamaModel  # noqa: E402
 from transformers.masking_utils import and_masks, causal_mask_function  # noqa: E402
 
+import attnzoo  # noqa: E402
+from attnzoo.integrations import hf  # noqa: E402
 from attnzoo.integrations.hf import attnzoo_mask, make_attention_function, use_attnzoo  # noqa: E402
 
 N = 12
@@ -156,3 +159,16 @@ def test_training_bert_with_attention_dropout_reaches_the_mechanism():
     with pytest.raises(ValueError, match=re.escape("'linear' has no attention dropout; the model asks for 0.3")):
         run(model.train(), ids, am)
     assert run(model.eval(), ids, am).isfinite().all()
+
+
+def test_a_padding_mask_is_refused_for_a_mechanism_that_cannot_honour_it(monkeypatch):
+    spec = attnzoo.get_spec("softmax")
+    blind = dataclasses.replace(spec, capabilities=dataclasses.replace(spec.capabilities, key_padding_mask=False))
+    monkeypatch.setattr(hf, "get_spec", lambda name: blind)
+    fn = make_attention_function("softmax")
+    q = torch.randn(2, 2, 6, 4)
+    assert fn(torch.nn.Module(), q, q, q, attnzoo_mask(2, 6, 6))[0].shape == (2, 6, 2, 4)
+    real = torch.ones(2, 6, dtype=torch.long)
+    real[1, 4:] = 0
+    with pytest.raises(ValueError, match="'softmax' cannot honour a padding mask"):
+        fn(torch.nn.Module(), q, q, q, attnzoo_mask(2, 6, 6, attention_mask=real))

@@ -162,8 +162,9 @@ def make_attention_function(name: str, **options: Any) -> Callable[..., tuple[Te
 
     Raises:
         ValueError: (when called) a causal request for a non-causal mechanism (or the reverse), a
-            scaling or dropout the core cannot apply, attention weights requested, or an HF extra
-            (softcap, position bias, sliding window, sinks) the mechanism cannot honour.
+            padding mask for a mechanism without ``key_padding_mask``, a scaling or dropout the core
+            cannot apply, attention weights requested, or an HF extra (softcap, position bias,
+            sliding window, sinks) the mechanism cannot honour.
     """
     setup = _bind(name, options)
 
@@ -189,6 +190,8 @@ def make_attention_function(name: str, **options: Any) -> Callable[..., tuple[Te
             raise ValueError(f"attention {name!r} cannot be causal, but {type(module).__name__} is causal")
         if not mask.causal and not caps.bidirectional:
             raise ValueError(f"attention {name!r} is causal only, but {type(module).__name__} is bidirectional")
+        if mask.padding is not None and not caps.key_padding_mask:
+            raise ValueError(f"attention {name!r} cannot honour a padding mask, but the model passes one")
         groups = query.shape[1] // key.shape[1]
         if groups > 1:  # GQA / MQA: every query head reads its group's key/value head
             key, value = key.repeat_interleave(groups, dim=1), value.repeat_interleave(groups, dim=1)
