@@ -91,25 +91,24 @@ class DecoderBlock(nn.Module):
 
     def prefill(self, x: Tensor, kv: ContextKV) -> tuple[Tensor, DecodeState]:
         """:meth:`forward` over a prefix ``x: (B, T, D)`` (all real), plus the self-attention's decoding state."""
-        states: list[DecodeState] = []
-
-        def attend(h: Tensor) -> Tensor:
-            out, state = self.self_attn.prefill(h)
-            states.append(state)
-            return out
-
-        return self._finish(self._sublayer(x, 0, attend), None, kv), states[0]
+        return self._with_state(x, kv, self.self_attn.prefill)
 
     def step(self, x: Tensor, state: DecodeState, kv: ContextKV) -> tuple[Tensor, DecodeState]:
         """:meth:`forward` of one new token ``x: (B, 1, D)`` after ``state``; returns ``(B, 1, D)`` and the state."""
+        return self._with_state(x, kv, lambda h: self.self_attn.step(h, state))
+
+    def _with_state(
+        self, x: Tensor, kv: ContextKV, attend: Callable[[Tensor], tuple[Tensor, DecodeState]]
+    ) -> tuple[Tensor, DecodeState]:
+        """The layer with self-attention ``attend(h) -> (out, state)``; returns the output and that state."""
         states: list[DecodeState] = []
 
-        def attend(h: Tensor) -> Tensor:
-            out, new = self.self_attn.step(h, state)
-            states.append(new)
+        def attend_only(h: Tensor) -> Tensor:
+            out, state = attend(h)
+            states.append(state)
             return out
 
-        return self._finish(self._sublayer(x, 0, attend), None, kv), states[0]
+        return self._finish(self._sublayer(x, 0, attend_only), None, kv), states[0]
 
 
 class Seq2Seq(TaskModel):
