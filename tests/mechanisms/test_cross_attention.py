@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import attnzoo
-from attnzoo.testing import assert_close
+from attnzoo.testing import assert_close, make_qkv
 
 from .test_registry import DIM, HEADS, build
 
@@ -156,3 +156,20 @@ def test_linformer_projects_the_context_keys_and_bounds_their_length():
     assert module(x, context=context[:, :16]).shape == (2, 40, DIM)
     with pytest.raises(ValueError, match="linformer sequence length 17 exceeds its maximum length 16"):
         module(x, context=context)
+
+
+@pytest.mark.parametrize("name", [spec.name for spec in attnzoo.available()])
+def test_functional_cores_follow_the_flag(name):
+    """Cross-capable cores take S != N (and equal their reference); the others say they are self-attention only."""
+    spec = attnzoo.get_spec(name)
+    q, _, _ = make_qkv(2, 2, 9, 8, seed=0)
+    _, k, v = make_qkv(2, 2, 21, 8, seed=1)
+    if not spec.capabilities.cross_attention:
+        with pytest.raises(ValueError, match="self-attention only: q has N=9, k has S=21"):
+            spec.functional(q, k, v)
+        return
+    context_mask = torch.ones(2, 21, dtype=torch.bool)
+    context_mask[0, 15:] = False
+    out = spec.functional(q, k, v, mask=context_mask, **CROSS_OPTIONS.get(name, {}))
+    assert out.shape == (2, 2, 9, 8)
+    assert_close(f"{name} core", spec.reference(q, k, v, mask=context_mask, **CROSS_OPTIONS.get(name, {})), out, 1e-12)
