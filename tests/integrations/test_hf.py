@@ -172,3 +172,15 @@ def test_a_padding_mask_is_refused_for_a_mechanism_that_cannot_honour_it(monkeyp
     real[1, 4:] = 0
     with pytest.raises(ValueError, match="'softmax' cannot honour a padding mask"):
         fn(torch.nn.Module(), q, q, q, attnzoo_mask(2, 6, 6, attention_mask=real))
+
+
+@pytest.mark.compile
+def test_the_switched_model_compiles_fullgraph():
+    """HFMask and the attention function trace without graph breaks (dynamo capture, eager backend)."""
+    model, (ids, am, real) = llama(), inputs(True)
+    use_attnzoo(model, "softmax")
+    ref = run(model, ids, am)
+    torch._dynamo.reset()
+    out = run(torch.compile(model, fullgraph=True, backend="eager"), ids, am)
+    torch._dynamo.reset()
+    assert torch.allclose(out[real], ref[real], atol=1e-6, rtol=0)
