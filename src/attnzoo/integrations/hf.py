@@ -134,8 +134,8 @@ def _bind(name: str, opts: dict[str, Any]) -> _Setup:
                 kwargs[field.name] = value
         elif value != getattr(defaults, field.name):
             raise ValueError(
-                f"option {field.name}={value!r} of {name!r} needs the mechanism module (learned parameters or "
-                "per-module state); the HF adapter calls the functional core, so leave it at its default"
+                f"option {field.name}={value!r} of {name!r} needs the mechanism module (learned parameters, state "
+                "or per-input geometry); the HF adapter calls the functional core, so leave it at its default"
             )
     return _Setup(spec, kwargs, frozenset(params))
 
