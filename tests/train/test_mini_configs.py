@@ -24,7 +24,7 @@ def task_of(path: Path) -> str:
 def test_every_generatable_task_has_a_mini_config() -> None:
     have = {task_of(p) for p in MINI}
     wanted = {"listops", "listops-mini", "pathfinder32", "pathfinder64", "pathx", "adding", "temporal-order"}
-    wanted |= {"copy", "selective-copy", "associative-recall"} | OFFICIAL_ONLY
+    wanted |= {"copy", "selective-copy", "associative-recall", "reverse", "sort"} | OFFICIAL_ONLY
     assert wanted <= have
 
 
