@@ -205,7 +205,8 @@ def dilated_attention_parallel(
         return ParallelMixture.apply(q, k, v, pieces, detach_mixing)
     out, lse, parts = pieces(q, k, v)
     if parts:
-        Mixture.build(out, lse, parts).write(out)
+        mixture = Mixture.build(out, lse, parts)
+        mixture.write(out, mixture.mixed)
     return out
 
 

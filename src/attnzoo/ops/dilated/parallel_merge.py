@@ -66,29 +66,39 @@ class Mixture:
             mixed.index_add_(1, at, part_out * weights[-1][..., None].to(out.dtype))
         return cls(heads, rows, places, engine_out, mixed, engine_weight, weights)
 
-    def write(self, out: Tensor, mixed: bool = True) -> None:
-        """Put the mixed (or the engine's own) rows of U into ``out (B, H, n, dv)``, in place."""
-        out[:, self.heads, self.rows] = self.mixed if mixed else self.engine_out
+    def write(self, out: Tensor, rows: Tensor) -> None:
+        """Put ``rows (B, U, dv)`` into U of ``out (B, H, n, dv)``, in place."""
+        out[:, self.heads, self.rows] = rows
 
     def grads(
         self, dy: Tensor, parts: list[Part], detach: bool
-    ) -> tuple[Tensor, Tensor | None, list[Tensor], list[Tensor | None]]:
-        """Gradients of the engine's ``out``, ``lse`` (``(B, H, n)``; None if ``detach``) and of each
-        part's output and lse (None if ``detach``) from the mixture's ``dy: (B, H, n, dv)``."""
+    ) -> tuple[Tensor, Tensor, list[Tensor], list[Tensor | None]]:
+        """Gradients of the engine's output ``(B, H, n, dv)`` and the rows ``(B, U, dv)`` its backward
+        should see as its output; of each part's output and lse (None if ``detach``); from ``dy``.
+
+        The engine's lse gradient ``w (dy . o - dy . y)`` is folded into those rows: attention's
+        backward needs its output only through ``D = rowsum(dO * O)`` (FlashAttention's backward, and
+        every kernel of :mod:`attnzoo.sparse.kernels`), and with ``dO = w dy`` the rows
+        ``O' = o - (dy . (o - y) / |dy|^2) dy`` give ``D' = dO . o - w dy . (o - y)`` (``|O' - o| <=
+        |o - y|``; rows with ``dy = 0`` have no lse gradient). The engine then runs without one: its
+        fused CPU kernel has no lse input and would copy every chunk to append a column for it.
+        """
         dy_u = dy[:, self.heads, self.rows]
         d_out = dy.clone(memory_format=torch.contiguous_format)  # rows outside U pass unchanged
         d_out[:, self.heads, self.rows] = dy_u * self.engine_weight[..., None].to(dy.dtype)
         d_parts = [dy_u[:, at] * w[..., None].to(dy.dtype) for at, w in zip(self.places, self.weights, strict=True)]
         if detach:
-            return d_out, None, d_parts, [None] * len(parts)
-        seen = (dy_u * self.mixed).sum(-1)  # dy . y on U
-        d_lse = dy.new_zeros(dy.shape[:3], dtype=self.engine_weight.dtype)
-        d_lse[:, self.heads, self.rows] = self.engine_weight * ((dy_u * self.engine_out).sum(-1) - seen)
+            return d_out, self.engine_out, d_parts, [None] * len(parts)
+        dy32 = dy_u.to(torch.promote_types(dy.dtype, torch.float32))
+        seen = (dy32 * self.mixed).sum(-1)  # dy . y on U
+        norm = (dy32 * dy32).sum(-1)
+        shift = ((dy32 * self.engine_out).sum(-1) - seen) / norm.masked_fill(norm == 0, 1.0)
+        engine_rows = (self.engine_out - shift[..., None] * dy32).to(self.engine_out.dtype)
         d_part_lses: list[Tensor | None] = [
-            w * ((dy_u[:, at] * part_out).sum(-1) - seen[:, at])
+            w * ((dy32[:, at] * part_out).sum(-1) - seen[:, at])
             for at, w, (_, part_out, _) in zip(self.places, self.weights, parts, strict=True)
         ]
-        return d_out, d_lse, d_parts, d_part_lses
+        return d_out, engine_rows, d_parts, d_part_lses
 
 
 Pieces = Callable[[Tensor, Tensor, Tensor], tuple[Tensor, Tensor, list[Part]]]
@@ -112,23 +122,23 @@ class ParallelMixture(torch.autograd.Function):
             out, lse, parts = pieces(*leaves)
         plain = [(index, o.detach(), l.detach()) for index, o, l in parts]
         mixture = Mixture.build(out.detach(), lse.detach(), plain)
-        mixture.write(out.data)  # .data: not an in-place change autograd should see (undone in backward)
-        ctx.leaves, ctx.out, ctx.lse, ctx.parts, ctx.plain, ctx.mixture = leaves, out, lse, parts, plain, mixture
+        mixture.write(out.data, mixture.mixed)  # .data: not an in-place change autograd should see
+        ctx.leaves, ctx.out, ctx.parts, ctx.plain, ctx.mixture = leaves, out, parts, plain, mixture
         ctx.detach = detach
         return out.detach()
 
     @staticmethod
     def backward(ctx: Any, dy: Tensor):  # type: ignore[override]
         mixture, out = ctx.mixture, ctx.out
-        d_out, d_lse, d_parts, d_part_lses = mixture.grads(dy, ctx.plain, ctx.detach)
-        pairs = [(out, d_out), (ctx.lse, d_lse)]
+        d_out, engine_rows, d_parts, d_part_lses = mixture.grads(dy, ctx.plain, ctx.detach)
+        pairs = [(out, d_out)]
         for (_, part_out, part_lse), d_o, d_l in zip(ctx.parts, d_parts, d_part_lses, strict=True):
             pairs += [(part_out, d_o), (part_lse, d_l)]
         tensors, grads = zip(*[(t, g) for t, g in pairs if g is not None and t.requires_grad], strict=True)
-        mixture.write(out.data, mixed=False)  # the engine's backward needs its own output
+        mixture.write(out.data, engine_rows)  # what the engine's backward reads as its output on U
         try:
             found = torch.autograd.grad(tensors, ctx.leaves, grads, allow_unused=True)
         finally:
-            mixture.write(out.data)
+            mixture.write(out.data, mixture.mixed)
         grads_qkv = tuple(torch.zeros_like(x) if g is None else g for g, x in zip(found, ctx.leaves, strict=True))
         return (*grads_qkv, None, None)
