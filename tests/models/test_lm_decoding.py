@@ -14,7 +14,7 @@ CAUSAL = [spec.name for spec in attnzoo.available() if spec.capabilities.causal]
 SMALL_OPTIONS = {  # mechanism options that make the sparse patterns non-trivial at N = 40
     "local": {"window_size": 4},
     "dilated": {"segment_lengths": (8, 16), "dilation_rates": (1, 2)},
-    "butterfly": {"block_size": 4, "max_seq_len": 40},  # layer 1 has stage 1: decoding needs the fixed length
+    "butterfly": {"block_size": 4},  # layer 1 has stage 1: the causal model fixes max_seq_len to N
 }
 N = 40
 
@@ -46,20 +46,10 @@ def byte_ids(batch: int, n: int, seed: int = 1) -> torch.Tensor:
     return torch.randint(1, 257, (batch, n), generator=torch.Generator().manual_seed(seed))
 
 
-def skip_undecodable(model: CausalLM, name: str) -> None:
-    try:
-        model.prefill(byte_ids(1, 2))
-    except TypeError as err:
-        if "has no token-by-token decoding" not in str(err):
-            raise
-        pytest.skip(f"{name}: decoding has not landed yet ({err})")
-
-
 @pytest.mark.parametrize("name", CAUSAL)
 @pytest.mark.parametrize("prompt", [1, 17])
 def test_prefill_and_steps_equal_the_causal_forward(name: str, prompt: int) -> None:
     model = lm(name)
-    skip_undecodable(model, name)
     ids = byte_ids(2, N)
     full = forward(model, ids)
     out, state = decode(model, ids, prompt)
@@ -73,7 +63,6 @@ def test_prefill_and_steps_equal_the_causal_forward(name: str, prompt: int) -> N
 def test_left_padded_prompts_in_float64(name: str) -> None:
     """Prompts of unequal length, left-padded: decoding equals the forward with the mask extended by True."""
     model = lm(name).double()
-    skip_undecodable(model, name)
     ids = byte_ids(2, 30, seed=2)
     mask = torch.ones(2, 30, dtype=torch.bool)
     mask[1, :6] = False
@@ -132,3 +121,13 @@ def test_decoding_errors() -> None:
             model.step(byte_ids(2, 2), state)
         with pytest.raises(TypeError, match="must be the StackState returned by prefill or step, got dict"):
             model.step(byte_ids(2, 1), {})  # type: ignore[arg-type]
+
+
+def test_causal_model_fixes_butterfly_length() -> None:
+    """A causal model sets butterfly's max_seq_len to its length (strides must not follow the decoded length);
+    a non-causal one leaves the official default (strides from N)."""
+    causal = lm("butterfly")
+    assert [block.attn.options.max_seq_len for block in causal.encoder.blocks] == [N, N]
+    assert [block.attn.options.stage for block in causal.encoder.blocks] == [0, 1]
+    bidirectional = lm("butterfly", causal=False)
+    assert [block.attn.options.max_seq_len for block in bidirectional.encoder.blocks] == [None, None]

@@ -41,6 +41,7 @@ class ButterflyOptions:
     executor: str = "auto"
 
     layer_index_option = "stage"  # attnzoo.models sets this field to the layer index
+    max_length_option = "max_seq_len"  # ... and this one to the model's length when it is causal
 
     def __post_init__(self) -> None:
         check_field_types(self)

@@ -77,11 +77,13 @@ class ModelConfig:
             if getattr(self, name) not in allowed:
                 raise ValueError(f"model.{name} must be one of {', '.join(allowed)}; got {getattr(self, name)!r}")
 
-    def layer_spec(self, index: int) -> tuple[str, dict[str, Any]]:
-        """``(mechanism name, options)`` of layer ``index``.
+    def layer_spec(self, index: int, length: int | None = None) -> tuple[str, dict[str, Any]]:
+        """``(mechanism name, options)`` of layer ``index`` in a model reading at most ``length`` tokens.
 
         A mechanism whose options class names a ``layer_index_option`` (butterfly's ``stage``) gets
-        the layer index in that option unless it is set, as the official models do.
+        the layer index in that option unless it is set, as the official models do. In a causal
+        model, one that names a ``max_length_option`` (butterfly's ``max_seq_len``) gets ``length``
+        unless it is set, so its pattern does not depend on how many tokens have been decoded.
         """
         if not self.layer_attention:
             name, entry = self.attention, dict(self.attention_options)
@@ -91,6 +93,9 @@ class ModelConfig:
         per_layer = getattr(attnzoo.options(name), "layer_index_option", None)
         if per_layer is not None:
             entry.setdefault(per_layer, index)
+        fixed_length = getattr(attnzoo.options(name), "max_length_option", None)
+        if fixed_length is not None and self.causal and length is not None:
+            entry.setdefault(fixed_length, length)
         return name, entry
 
     def to_dict(self) -> dict[str, Any]:
@@ -222,7 +227,7 @@ class Encoder(nn.Module):
         self.positions = make_positions(cfg.positions, self.embed.length, cfg.dim, self.embed.grid)
         self.cls = nn.Parameter(torch.zeros(1, 1, cfg.dim)) if cfg.pooling == "cls" else None
         self.drop = nn.Dropout(cfg.dropout)
-        self.blocks = nn.ModuleList(Block(cfg, *cfg.layer_spec(i)) for i in range(cfg.num_layers))
+        self.blocks = nn.ModuleList(Block(cfg, *cfg.layer_spec(i, self.embed.length)) for i in range(cfg.num_layers))
         self.norm = nn.LayerNorm(cfg.dim) if cfg.norm == "pre" else nn.Identity()
 
     def embed_inputs(self, inputs: Tensor, mask: Tensor, start: int = 0) -> tuple[Tensor, Tensor]:
