@@ -10,10 +10,13 @@ clock adds the waiting), memory per rank, bytes handed to ``all_to_all_single`` 
 the communication model's figure. Memory (MiB, resident set from ``/proc/self/status``):
 ``base_mib`` the process before the run (Python + torch + attnzoo + the gloo group, which adds
 ``gloo_mib``), ``peak_mib``
-its peak during the run, ``added_mib`` their difference (inputs included). A ``floor`` line per P
+its peak over all repeats (``first_peak_mib``: over the first; later steps also hold what the
+allocator kept from the earlier ones), ``added_mib`` peak - base (inputs included). A ``floor`` line per P
 runs the same at N = ``--floor-n`` (the per-process cost that does not shrink with P: the base, the
 first run's code pages and allocator arenas, autograd's first backward); ``ratios`` compare each P
-with the single process: raw (peak / peak) and above the floor ((peak - floor) / (peak - floor)).
+with the single process: raw (peak / peak) and above the floor ((peak - floor) / (peak - floor));
+with several N, ``per_token_slope_ratios`` compare the growth of the peak per token between the
+smallest and the largest N (the floor cancels; 1/P is perfect scaling).
 ``--breakdown`` first prints the floor's parts: bare Python, + ``import torch``, + attnzoo.
 Branches: LongNet's geometric configuration w_i = 2048 * 2^i up to N, r_i = 2^i; B=1, H=4, d=64, fp32.
 """
@@ -76,7 +79,7 @@ def measure(n: int, world: int, rank: int, repeats: int) -> dict[str, float]:
         out.sum().backward()
         q.grad = k.grad = v.grad = None
 
-    times, cpu = [], []
+    times, cpu, peaks = [], [], []
     for _ in range(repeats):
         if world > 1:
             dist.barrier()
@@ -85,11 +88,12 @@ def measure(n: int, world: int, rank: int, repeats: int) -> dict[str, float]:
         step()
         times.append(time.perf_counter() - t0)
         cpu.append(time.process_time() - c0)
-    peak = _memory()["peak"]
+        peaks.append(_memory()["peak"])
+    peak = peaks[-1]
     # sent: the last repeat's forward and backward exchanges; the backward returns what the forward sent
     return {
-        "seconds": min(times), "cpu_seconds": min(cpu), "base_mib": base, "peak_mib": peak,
-        "added_mib": peak - base, "sent_bytes": sum(sent) / 2,
+        "seconds": min(times), "cpu_seconds": min(cpu), "base_mib": base, "first_peak_mib": peaks[0],
+        "peak_mib": peak, "added_mib": peak - base, "sent_bytes": sum(sent) / 2,
     }  # fmt: skip
 
 
@@ -136,31 +140,40 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--n", type=int, nargs="+", default=[16384, 65536])
     parser.add_argument("--world", type=int, nargs="+", default=[2])
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--floor-n", type=int, default=256)
+    parser.add_argument("--floor-n", type=int, default=2048)
     parser.add_argument("--breakdown", action="store_true")
     args = parser.parse_args(argv)
     if args.breakdown:
         print(json.dumps({"breakdown_mib": breakdown()}), flush=True)
     worlds = [1, *args.world]
-    floors = {}
+    floors, measured = {}, {}
     for world in worlds:
-        floors[world] = run(args.floor_n, world, 1)
+        floors[world] = run(args.floor_n, world, args.repeats)
         print(json.dumps({"floor": True, **floors[world]}), flush=True)
     for n in args.n:
         rows = {}
         for world in worlds:
             rows[world] = run(n, world, args.repeats)
             print(json.dumps(rows[world]), flush=True)
-        one = rows[1]["peak_mib"] - floors[1]["peak_mib"]
         ratios = {
             world: {
-                "raw": rows[world]["peak_mib"] / rows[1]["peak_mib"],
-                "above_floor": (rows[world]["peak_mib"] - floors[world]["peak_mib"]) / one,
+                **{
+                    f"{name}{key}": (rows[world][key] - floors[world][key] * above)
+                    / (rows[1][key] - floors[1][key] * above)
+                    for key in ("first_peak_mib", "peak_mib")
+                    for name, above in (("raw_", 0), ("above_floor_", 1))
+                },
                 "cpu": rows[world]["cpu_seconds"] / rows[1]["cpu_seconds"],
             }
             for world in args.world
         }
         print(json.dumps({"n": n, "ratios": ratios}), flush=True)
+        measured[n] = rows
+    if len(measured) > 1:  # memory per token: the slope between the smallest and the largest N
+        (n0, low), (n1, high) = min(measured.items()), max(measured.items())
+        slopes = {w: {k: (high[w][k] - low[w][k]) / (n1 - n0) for k in ("first_peak_mib", "peak_mib")} for w in worlds}
+        ratios = {w: {k: slopes[w][k] / slopes[1][k] for k in slopes[w]} for w in args.world}
+        print(json.dumps({"per_token_slope_ratios": ratios, "between": [n0, n1]}), flush=True)
 
 
 if __name__ == "__main__":
