@@ -53,7 +53,7 @@ def test_tiny_sweep_writes_every_output_and_compares(tmp_path, capsys):
 
     assert main(["bench", "--compare", str(out / "records.jsonl"), "--against", str(out / "records.jsonl")]) == 0
     assert "# 0 regression(s)" in capsys.readouterr().out
-    slower = [{**r, "ms": r["ms"] * 2} if r["kind"] == "time" else r for r in records]
+    slower = [{**r, "ms": r["ms"] * 2 + 1.0} if r["kind"] == "time" else r for r in records]
     (tmp_path / "slower.jsonl").write_text("".join(json.dumps(r) + "\n" for r in slower))
     assert main(["bench", "--compare", str(out / "records.jsonl"), "--against", str(tmp_path / "slower.jsonl")]) == 1
     printed = capsys.readouterr().out

@@ -9,6 +9,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from attnzoo.bench.compare import DEFAULT_TOLERANCE
+
 __all__ = ["register_commands"]
 
 DOCS_BEGIN, DOCS_END = "<!-- attnzoo-bench:begin -->", "<!-- attnzoo-bench:end -->"
@@ -298,7 +300,12 @@ def register_commands(subparsers: Any) -> None:
     p.add_argument("--docs", metavar="FILE", help=f"put the report between {DOCS_BEGIN} and {DOCS_END} of FILE")
     p.add_argument("--compare", metavar="OLD.jsonl", help="compare with an earlier run; exit 1 on a regression")
     p.add_argument("--against", metavar="NEW.jsonl", help="with --compare: compare two files, run nothing")
-    p.add_argument("--threshold", type=float, default=0.10, help="time tolerance for --compare (default 0.10)")
+    p.add_argument(
+        "--threshold",
+        type=float,
+        default=DEFAULT_TOLERANCE,
+        help=f"time tolerance for --compare (default {DEFAULT_TOLERANCE}, measured on this machine)",
+    )
     p.set_defaults(func=_run)
 
     from attnzoo.bench.decode import register_decode_command
