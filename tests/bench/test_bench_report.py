@@ -124,3 +124,20 @@ def test_csv_has_every_key_and_no_env():
     assert len(rows) == 2 and "env" not in rows[0]
     assert rows[0]["options"] == '{"window_size": 8}' and rows[1]["options"] == ""
     assert float(rows[0]["ms"]) == 2.0
+
+
+
+def test_failed_peer_records_are_reported():
+    """A failed peer case is a row of the peer table (a docs run once crashed here), and carries its pair."""
+    from attnzoo.bench.cli import _sweep, _tasks
+    from attnzoo.bench.run import failure_records
+    from attnzoo.cli import build_parser
+
+    args = build_parser().parse_args(["bench", "--quick", "--peers"])
+    preset, mechanisms, options = _sweep(args)
+    peer_tasks = [t for g in _tasks(args, preset, mechanisms, options) for t in g.tasks if t["kind"] == "peer"]
+    assert peer_tasks and all(t["mechanism"] in mechanisms and t["differs"] for t in peer_tasks)
+    failed = failure_records(peer_tasks[0], "failed", "RuntimeError: boom")
+    legacy = [{k: v for k, v in r.items() if k not in ("mechanism", "differs")} for r in failed]
+    text = format_report(failed + legacy, {"torch": "x"}, "attnzoo bench --quick --peers")
+    assert "| sdpa | softmax | 1024 | fwd | failed |" in text and "| sdpa | - | 1024 | fwd | failed |" in text

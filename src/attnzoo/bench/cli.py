@@ -106,7 +106,8 @@ def _tasks(args: argparse.Namespace, preset: Any, mechanisms: list[str], options
     if args.peers:
         shape = preset.shapes[0]
         for peer in (p for p in PEERS if p.mechanism in mechanisms):
-            common = {"kind": "peer", "peer": peer.name, **dataclasses.asdict(shape), "dtype": preset.dtypes[0]}
+            common = {"kind": "peer", "peer": peer.name, "mechanism": peer.mechanism, "differs": peer.differs}
+            common.update(dataclasses.asdict(shape), dtype=preset.dtypes[0])
             common.update(causal=False, device=args.device, options=options[peer.mechanism], repeats=preset.repeats)
             common["passes"] = list(preset.passes)
             groups.append(
@@ -171,7 +172,8 @@ def _progress(records: list[dict[str, Any]]) -> None:
         )
 
 
-def _write_outputs(args: argparse.Namespace, records: list[dict[str, Any]], report: str) -> None:
+def _write_records(args: argparse.Namespace, records: list[dict[str, Any]]) -> None:
+    """Save the sweep's records (``--out`` appended to, ``--out-dir``'s records.jsonl and .csv)."""
     from attnzoo.bench.report import to_csv
     from attnzoo.io import atomic_write_text
 
@@ -185,6 +187,14 @@ def _write_outputs(args: argparse.Namespace, records: list[dict[str, Any]], repo
         out_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out_dir / "records.jsonl", lines)
         atomic_write_text(out_dir / "records.csv", to_csv(records))
+
+
+def _write_outputs(args: argparse.Namespace, records: list[dict[str, Any]], report: str) -> None:
+    """Write the report (``--out-dir``'s report.md and plots, ``--markdown``, ``--docs``)."""
+    from attnzoo.io import atomic_write_text
+
+    if args.out_dir:
+        out_dir = Path(args.out_dir)
         atomic_write_text(out_dir / "report.md", report)
         try:
             from attnzoo.bench.plots import write_plots
@@ -253,6 +263,7 @@ def _run(args: argparse.Namespace) -> int:
     )
     records = [{**r, "env": env} for r in records]
     add_floor(records)
+    _write_records(args, records)  # before the report: a sweep is never lost to a reporting error
     report = format_report(records, env, _command(preset, mechanisms, args))
     print(report)
     _write_outputs(args, records, report)

@@ -212,7 +212,7 @@ def _peer_table(records: list[dict[str, Any]]) -> str:
         rows.append(
             [
                 rec["peer"],
-                rec["mechanism"],
+                rec.get("mechanism", "-"),
                 str(rec["seq_len"]),
                 rec["pass"],
                 _f(rec.get("peer_ms")) if ok else rec.get("status", "-"),
@@ -235,7 +235,7 @@ def _peer_table(records: list[dict[str, Any]]) -> str:
         "attnzoo MiB",
         "output rel. diff",
     ]
-    notes = {(r["peer"], r["mechanism"], r["differs"]) for r in records if r.get("kind") == "peer"}
+    notes = {(r["peer"], r.get("mechanism", "-"), r.get("differs", "")) for r in records if r.get("kind") == "peer"}
     lines = [f"- `{p}` vs `{m}`: {d}" for p, m, d in sorted(notes)]
     missing = sorted(
         {
