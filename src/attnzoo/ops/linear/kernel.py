@@ -186,17 +186,23 @@ def _add(sums: FeatureSums, fk: Tensor, v: Tensor) -> FeatureSums:
     return kv + fk.transpose(-1, -2) @ v, z + fk.sum(-2), frame
 
 
+def _chunks(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, chunk: int) -> zip:
+    """``(q, k, v, mask)`` chunks of ``chunk`` tokens, by ``split``: its backward concatenates the chunks'
+    gradients once, where slicing in a loop would materialise a full-size zero gradient per chunk (O(N^2 / C))."""
+    masks = [None] * len(range(0, q.shape[-2], chunk)) if mask is None else mask.split(chunk, -1)
+    return zip(q.split(chunk, -2), k.split(chunk, -2), v.split(chunk, -2), masks, strict=True)
+
+
 def _causal(q, k, v, query_features, key_features, mask, normalize, min_den, chunk, sums=None):
     """Chunked causal prefix sums from ``sums`` (None: no earlier key); returns the output and the final sums."""
-    n, tril, outs = q.shape[-2], None, []
-    for start in range(0, n, chunk):
-        stop = min(start + chunk, n)
-        fq = query_features(q[:, :, start:stop])
-        fk, log_scale = key_features(k[:, :, start:stop], None if mask is None else mask[:, start:stop])
-        vc = v[:, :, start:stop]
+    tril, outs = None, []
+    for qc, kc, vc, mc in _chunks(q, k, v, mask, chunk):
+        fq = query_features(qc)
+        fk, log_scale = key_features(kc, mc)
         sums, fk = _rescale(sums, fk, log_scale, v.shape[-1])
-        if tril is None or tril.shape[0] != stop - start:
-            tril = torch.ones(stop - start, stop - start, dtype=torch.bool, device=q.device).tril_()
+        size = qc.shape[-2]
+        if tril is None or tril.shape[0] != size:
+            tril = torch.ones(size, size, dtype=torch.bool, device=q.device).tril_()
         scores = (fq @ fk.transpose(-1, -2)).masked_fill(~tril, 0.0)  # (B, H, C, C)
         kv, z, _ = sums
         num, den = scores @ vc + fq @ kv, scores.sum(-1) + (fq @ z[..., None])[..., 0]
