@@ -23,8 +23,26 @@ def test_list_json(capsys):
 
 def test_bench_tiny_writes_records(tmp_path, capsys):
     out = tmp_path / "bench.jsonl"
-    argv = ["bench", "--mechanisms", "softmax", "local", "--lengths", "64", "128", "--heads", "2", "--head-dim", "8",
-            "--repeats", "1", "--option", "local.window_size=8", "--no-errors", "--out", str(out)]
+    argv = [
+        "bench",
+        "--mechanisms",
+        "softmax",
+        "local",
+        "--lengths",
+        "64",
+        "128",
+        "--heads",
+        "2",
+        "--head-dim",
+        "8",
+        "--repeats",
+        "1",
+        "--option",
+        "local.window_size=8",
+        "--no-errors",
+        "--out",
+        str(out),
+    ]
     assert main(argv) == 0
     table = capsys.readouterr().out
     assert "| local | 128 |" in table and "/ softmax" in table

@@ -126,7 +126,6 @@ def test_csv_has_every_key_and_no_env():
     assert float(rows[0]["ms"]) == 2.0
 
 
-
 def test_failed_peer_records_are_reported():
     """A failed peer case is a row of the peer table (a docs run once crashed here), and carries its pair."""
     from attnzoo.bench.cli import _sweep, _tasks

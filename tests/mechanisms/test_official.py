@@ -334,6 +334,7 @@ def test_local_head_layout_matters():
 # load_official errors
 # ---------------------------------------------------------------------------------------------------
 
+
 def test_load_official_rejects_wrong_shape_table():
     official = OfficialLocal(16, 2, window_size=4, overlap_window=False, use_rpe=True)  # table [2, 4, 4]
     ours = attnzoo.build("local", 16, 2, mode="blockwise", window_size=4, overlap_window=True, use_rpe=True)
@@ -461,7 +462,12 @@ def build_dilated_pair(dim, heads, segments, rates, subln, causal, seed=0, detac
     if detach_mixing:  # torchscale's own behaviour: from_official, with the official argument strings
         args = {"segment_length": str(list(segments)), "dilated_ratio": str(list(rates)), "subln": subln}
         ours = attnzoo.from_official(
-            "torchscale", "dilated_attention", dim=dim, num_heads=heads, causal=causal, args=args,
+            "torchscale",
+            "dilated_attention",
+            dim=dim,
+            num_heads=heads,
+            causal=causal,
+            args=args,
             state_dict={k: v.float() for k, v in emu.state_dict().items()},
         )
         return emu, ours.double().eval()
@@ -645,7 +651,11 @@ class OfficialSoftmax(nn.Module):
 def test_from_official_efficient_attention_softmax(qkv_bias):
     official = scramble(OfficialSoftmax(16, 2, qkv_bias), 3).eval()
     ours = attnzoo.from_official(
-        "efficient-attention", "softmax", dim=16, num_heads=2, args={"qkv_bias": qkv_bias},
+        "efficient-attention",
+        "softmax",
+        dim=16,
+        num_heads=2,
+        args={"qkv_bias": qkv_bias},
         state_dict=official.state_dict(),
     ).eval()
     x = torch.randn(2, 11, 16, generator=torch.Generator().manual_seed(1))

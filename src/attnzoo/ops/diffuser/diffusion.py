@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from attnzoo.ops.common import check_padding_mask, check_qkv
-from attnzoo.ops.diffuser.edges import edge_dots, edge_matmul
+from attnzoo.ops.diffuser.edges import edge_diffusion, edge_dots
 from attnzoo.ops.diffuser.graph import DiffuserGraph, _global_codes, diffuser_graph, official_graph
 
 __all__ = ["GRAPHS", "check_graph_inputs", "diffuser_attention", "edge_scores", "edge_softmax", "resolve_graph"]
@@ -67,7 +67,7 @@ def edge_scores(q: Tensor, k: Tensor, graph: DiffuserGraph, scale: float | None)
     """``(src, dst, scores)``: the graph's edges on q's device and ``<q_dst, k_src> * scale`` ``(B, H, E)``
     (default scale ``d ** -0.5``)."""
     src, dst = graph.src.to(q.device), graph.dst.to(q.device)
-    return src, dst, edge_dots(q, k, src, dst) * (q.shape[-1] ** -0.5 if scale is None else scale)
+    return src, dst, edge_dots(q, k, graph.layout) * (q.shape[-1] ** -0.5 if scale is None else scale)
 
 
 def edge_softmax(scores: Tensor, dst: Tensor, n: int) -> Tensor:
@@ -136,7 +136,5 @@ def diffuser_attention(
     weights = edge_softmax(scores, dst, n)
     if dropout_p > 0:
         weights = F.dropout(weights, dropout_p)
-    h = v
-    for _ in range(hops):
-        h = (1.0 - alpha) * edge_matmul(weights, h, src, dst) + alpha * v
+    h = edge_diffusion(weights, v, g.layout, hops, alpha)
     return h if mask is None else h * mask[:, None, :, None].to(h.dtype)

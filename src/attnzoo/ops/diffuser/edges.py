@@ -1,90 +1,240 @@
 """Edge-list primitives on ``(B, H, N, d)`` tensors: sampled dot products and sparse products.
 
-Both run over the edges in chunks (no ``(B, H, E, d)`` temporary) with custom backwards that
-save only their inputs, so memory is O(B H (E + N d)) and time O(B H E d).
+Both run as sparse CSR kernels (``torch.sparse`` / MKL on CPU, cuSPARSE on CUDA), one call per batch
+row and head, on an :class:`EdgeLayout` that holds the graph's CSR indices in both directions (built
+once per graph). Custom backwards save only their inputs, so memory is O(B H (E + N d)) and time
+O(B H E d). Half precision runs in fp32 inside (the CPU sparse kernels have no bf16/fp16), with
+outputs in the input dtype.
+
+Measured on the 2-core CPU (Diffuser graph, E = 286 N, H = 8, d = 64, N = 16384): a product 0.39 s
+and a sampled dot 0.48 s, against 5.0 s and 5.6 s for the chunked gather / ``index_add_`` kernels
+they replace.
 
 Shape legend: B batch, H heads, N nodes, d width, E edges (``src -> dst``: dst reads src).
 """
 
 from __future__ import annotations
 
+import warnings
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor
 
-__all__ = ["edge_dots", "edge_matmul"]
+__all__ = ["EdgeLayout", "edge_diffusion", "edge_dots", "edge_matmul"]
 
-CHUNK_BYTES = 8 * 2**20
-
-
-def _chunks(num_edges: int, x: Tensor) -> list[slice]:
-    per_edge = max(1, x.shape[0] * x.shape[1] * x.shape[-1] * x.element_size())
-    step = max(1, CHUNK_BYTES // per_edge)
-    return [slice(s, min(s + step, num_edges)) for s in range(0, num_edges, step)]
+_NATIVE = (torch.float32, torch.float64)
+warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state")
 
 
-def _spmm(values: Tensor, x: Tensor, read: Tensor, write: Tensor, n_out: int) -> Tensor:
-    """``out[:, :, write[e]] += values[:, :, e] * x[:, :, read[e]]`` -> ``(B, H, n_out, d)``."""
-    out = x.new_zeros(*x.shape[:2], n_out, x.shape[-1])
-    for part in _chunks(read.numel(), x):
-        gathered = x.index_select(2, read[part]) * values[:, :, part, None]
-        out.index_add_(2, write[part], gathered)
+@dataclass(frozen=True)
+class _Csr:
+    """The distinct ``(row, col)`` entries of a list of edges, sorted, with int32 indices:
+    ``crow (N+1,)``, ``col (U,)``. ``slot[e]`` is edge e's entry (caller order), ``gather[u]`` the
+    edge of entry u when no two edges share one; both ``None`` when the edges are already distinct
+    and sorted. Duplicate edges add in products."""
+
+    crow: Tensor
+    col: Tensor
+    slot: Tensor | None
+    gather: Tensor | None
+
+    @classmethod
+    def build(cls, rows: Tensor, cols: Tensor, n: int) -> _Csr:
+        codes = rows * n + cols
+        entries, slot = torch.unique(codes, sorted=True, return_inverse=True)
+        distinct = entries.numel() == codes.numel()
+        crow = torch.zeros(n + 1, dtype=torch.long, device=rows.device)
+        crow[1:] = torch.bincount(entries // n, minlength=n).cumsum(0)
+        indices = (crow.int(), (entries % n).int())
+        if distinct and torch.equal(entries, codes):
+            return cls(*indices, None, None)
+        gather = torch.empty_like(slot).scatter_(0, slot, torch.arange(slot.numel())) if distinct else None
+        return cls(*indices, slot, gather)
+
+    def to(self, device: torch.device) -> _Csr:
+        moved = [None if t is None else t.to(device) for t in (self.slot, self.gather)]
+        return _Csr(self.crow.to(device), self.col.to(device), *moved)
+
+    def entries(self, values: Tensor) -> Tensor:
+        """``values (E,)`` in edge order -> ``(U,)`` in entry order (duplicates summed)."""
+        if self.slot is None:
+            return values
+        if self.gather is not None:
+            return values.index_select(0, self.gather)
+        return values.new_zeros(self.col.numel()).index_add_(0, self.slot, values)
+
+    def matrix(self, values: Tensor, n: int, *, ordered: bool = False) -> Tensor:
+        """The ``(N, N)`` CSR matrix with ``values (E,)`` of one batch row and head, in edge order
+        (``ordered``: already in entry order)."""
+        values = values if ordered else self.entries(values)
+        return torch.sparse_csr_tensor(self.crow, self.col, values, (n, n), check_invariants=False)
+
+    def entry_values(self, values: Tensor) -> Tensor:
+        """``values (B, H, E)`` in edge order -> ``(B, H, U)`` in entry order."""
+        if self.slot is None:
+            return values
+        return torch.stack([torch.stack([self.entries(row) for row in batch]) for batch in values])
+
+    def edge_values(self, entries: Tensor) -> Tensor:
+        """``(U,)`` in entry order -> ``(E,)`` in edge order."""
+        return entries if self.slot is None else entries.index_select(0, self.slot)
+
+
+@dataclass(frozen=True)
+class EdgeLayout:
+    """The edges ``src -> dst`` of a graph on ``num_nodes`` nodes, in CSR form by destination (for
+    ``A x`` with ``A[dst, src]``) and by source (for ``A^T x``). Duplicate edges are allowed (they add).
+
+    Build it once per graph with :meth:`build`; ``values`` tensors stay in the ``src``/``dst`` order.
+    """
+
+    num_nodes: int
+    num_edges: int
+    by_dst: _Csr
+    by_src: _Csr
+
+    @classmethod
+    def build(cls, src: Tensor, dst: Tensor, n: int) -> EdgeLayout:
+        """From ``src, dst (E,)`` long node indices in ``[0, n)``."""
+        src, dst = src.long(), dst.long()
+        return cls(n, int(src.numel()), _Csr.build(dst, src, n), _Csr.build(src, dst, n))
+
+    def to(self, device: torch.device) -> EdgeLayout:
+        """The layout on ``device`` (itself when already there)."""
+        if self.by_dst.crow.device == device:
+            return self
+        return EdgeLayout(self.num_nodes, self.num_edges, self.by_dst.to(device), self.by_src.to(device))
+
+
+def _spmm(values: Tensor, x: Tensor, csr: _Csr, n: int, *, ordered: bool = False) -> Tensor:
+    """``out[:, :, row[e]] += values[:, :, e] * x[:, :, col[e]]`` -> ``(B, H, N, d)`` (values in edge
+    order, or in entry order when ``ordered``)."""
+    out = x.new_empty(*x.shape[:2], n, x.shape[-1])
+    for b in range(x.shape[0]):
+        for h in range(x.shape[1]):
+            torch.mm(csr.matrix(values[b, h], n, ordered=ordered), x[b, h], out=out[b, h])
     return out
 
 
-def _sddmm(a: Tensor, b: Tensor, rows_a: Tensor, rows_b: Tensor) -> Tensor:
-    """``out[:, :, e] = <a[:, :, rows_a[e]], b[:, :, rows_b[e]]>`` -> ``(B, H, E)``."""
-    out = a.new_empty(*a.shape[:2], rows_a.numel())
-    for part in _chunks(rows_a.numel(), a):
-        out[:, :, part] = (a.index_select(2, rows_a[part]) * b.index_select(2, rows_b[part])).sum(-1)
+def _sddmm(a: Tensor, b: Tensor, csr: _Csr, n: int, num_edges: int) -> Tensor:
+    """``out[:, :, e] = <a[:, :, row[e]], b[:, :, col[e]]>`` -> ``(B, H, E)`` in edge order."""
+    pattern = torch.sparse_csr_tensor(csr.crow, csr.col, a.new_zeros(csr.col.numel()), (n, n), check_invariants=False)
+    out = a.new_empty(*a.shape[:2], num_edges)
+    for i in range(a.shape[0]):
+        for h in range(a.shape[1]):
+            out[i, h] = csr.edge_values(torch.sparse.sampled_addmm(pattern, a[i, h], b[i, h].mT, beta=0.0).values())
     return out
 
 
 class _EdgeMatmul(torch.autograd.Function):
     @staticmethod
-    def forward(ctx: Any, values: Tensor, x: Tensor, src: Tensor, dst: Tensor) -> Tensor:  # type: ignore[override]
-        ctx.save_for_backward(values, x, src, dst)
-        return _spmm(values, x, src, dst, x.shape[2])
+    def forward(ctx: Any, values: Tensor, x: Tensor, layout: EdgeLayout) -> Tensor:  # type: ignore[override]
+        ctx.save_for_backward(values, x)
+        ctx.layout = layout
+        return _spmm(values, x, layout.by_dst, layout.num_nodes)
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor):  # type: ignore[override]
-        values, x, src, dst = ctx.saved_tensors
+        values, x = ctx.saved_tensors
+        lay: EdgeLayout = ctx.layout
         grad = grad.contiguous()
-        d_values = _sddmm(grad, x, dst, src) if ctx.needs_input_grad[0] else None
-        d_x = _spmm(values, grad, dst, src, x.shape[2]) if ctx.needs_input_grad[1] else None
-        return d_values, d_x, None, None
+        d_values = _sddmm(grad, x, lay.by_dst, lay.num_nodes, lay.num_edges) if ctx.needs_input_grad[0] else None
+        d_x = _spmm(values, grad, lay.by_src, lay.num_nodes) if ctx.needs_input_grad[1] else None
+        return d_values, d_x, None
 
 
 class _EdgeDots(torch.autograd.Function):
     @staticmethod
-    def forward(ctx: Any, q: Tensor, k: Tensor, src: Tensor, dst: Tensor) -> Tensor:  # type: ignore[override]
-        ctx.save_for_backward(q, k, src, dst)
-        return _sddmm(q, k, dst, src)
+    def forward(ctx: Any, q: Tensor, k: Tensor, layout: EdgeLayout) -> Tensor:  # type: ignore[override]
+        ctx.save_for_backward(q, k)
+        ctx.layout = layout
+        return _sddmm(q, k, layout.by_dst, layout.num_nodes, layout.num_edges)
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor):  # type: ignore[override]
-        q, k, src, dst = ctx.saved_tensors
+        q, k = ctx.saved_tensors
+        lay: EdgeLayout = ctx.layout
         grad = grad.contiguous()
-        d_q = _spmm(grad, k, src, dst, q.shape[2]) if ctx.needs_input_grad[0] else None
-        d_k = _spmm(grad, q, dst, src, k.shape[2]) if ctx.needs_input_grad[1] else None
-        return d_q, d_k, None, None
+        d_q = _spmm(grad, k, lay.by_dst, lay.num_nodes) if ctx.needs_input_grad[0] else None
+        d_k = _spmm(grad, q, lay.by_src, lay.num_nodes) if ctx.needs_input_grad[1] else None
+        return d_q, d_k, None
 
 
-def edge_matmul(values: Tensor, x: Tensor, src: Tensor, dst: Tensor) -> Tensor:
-    """Sparse ``A x`` with ``A[dst[e], src[e]] = values[:, :, e]``.
+class _EdgeDiffusion(torch.autograd.Function):
+    """``h <- (1 - alpha) A h + alpha v`` for ``hops`` steps from ``h = v``, one node for all hops
+    (the backward permutes A's values to the by-source order once, not once per hop)."""
+
+    @staticmethod
+    def forward(ctx: Any, values: Tensor, v: Tensor, layout: EdgeLayout, hops: int, alpha: float) -> Tensor:  # type: ignore[override]
+        states, h = [], v
+        for _ in range(hops):
+            states.append(h)
+            h = (1.0 - alpha) * _spmm(values, h, layout.by_dst, layout.num_nodes) + alpha * v
+        ctx.save_for_backward(values, *states)
+        ctx.layout, ctx.alpha = layout, alpha
+        return h
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor):  # type: ignore[override]
+        values, *states = ctx.saved_tensors
+        lay: EdgeLayout = ctx.layout
+        n, keep = lay.num_nodes, 1.0 - ctx.alpha
+        by_src = lay.by_src.entry_values(values)
+        g = grad.contiguous()
+        d_values = torch.zeros_like(values) if ctx.needs_input_grad[0] else None
+        d_v = torch.zeros_like(g)
+        for h in reversed(states):
+            d_v.add_(g, alpha=ctx.alpha)
+            if d_values is not None:
+                d_values.add_(_sddmm(g, h, lay.by_dst, n, lay.num_edges), alpha=keep)
+            g = keep * _spmm(by_src, g, lay.by_src, n, ordered=True)
+        return d_values, d_v + g, None, None, None
+
+
+def edge_diffusion(values: Tensor, v: Tensor, layout: EdgeLayout, hops: int, alpha: float) -> Tensor:
+    """Personalised-PageRank diffusion ``h <- (1 - alpha) A h + alpha v``, ``hops`` times from ``h = v``,
+    with ``A[dst[e], src[e]] = values[:, :, e]``.
+
+    Args:
+        values: ``(B, H, E)``.
+        v: ``(B, H, N, d)``.
+        layout: the graph's :class:`EdgeLayout`.
+        hops, alpha: the number of steps and the teleport weight.
+
+    Returns:
+        ``(B, H, N, d)`` in v's dtype; equals ``hops`` chained :func:`edge_matmul` steps.
+    """
+    work = _compute_dtype(v)
+    lay = layout.to(v.device)
+    out = _EdgeDiffusion.apply(values.to(work).contiguous(), v.to(work).contiguous(), lay, hops, alpha)
+    return out.to(v.dtype)
+
+
+def _compute_dtype(*tensors: Tensor) -> torch.dtype:
+    dtype = tensors[0].dtype
+    return dtype if dtype in _NATIVE else torch.float32
+
+
+def edge_matmul(values: Tensor, x: Tensor, layout: EdgeLayout) -> Tensor:
+    """Sparse ``A x`` with ``A[dst[e], src[e]] = values[:, :, e]`` (duplicate edges add).
 
     Args:
         values: ``(B, H, E)``.
         x: ``(B, H, N, d)``.
-        src, dst: ``(E,)`` long node indices.
+        layout: the graph's :class:`EdgeLayout` (any device; moved to x's).
 
     Returns:
-        ``(B, H, N, d)``.
+        ``(B, H, N, d)`` in x's dtype.
     """
-    return _EdgeMatmul.apply(values.contiguous(), x.contiguous(), src, dst)
+    work = _compute_dtype(x)
+    out = _EdgeMatmul.apply(values.to(work).contiguous(), x.to(work).contiguous(), layout.to(x.device))
+    return out.to(x.dtype)
 
 
-def edge_dots(q: Tensor, k: Tensor, src: Tensor, dst: Tensor) -> Tensor:
-    """Sampled dot products ``<q[dst[e]], k[src[e]]>``: ``q, k (B, H, N, d) -> (B, H, E)``."""
-    return _EdgeDots.apply(q.contiguous(), k.contiguous(), src, dst)
+def edge_dots(q: Tensor, k: Tensor, layout: EdgeLayout) -> Tensor:
+    """Sampled dot products ``<q[dst[e]], k[src[e]]>``: ``q, k (B, H, N, d) -> (B, H, E)`` in q's dtype."""
+    work = _compute_dtype(q)
+    out = _EdgeDots.apply(q.to(work).contiguous(), k.to(work).contiguous(), layout.to(q.device))
+    return out.to(q.dtype)

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from attnzoo.ops.diffuser.diffusion import check_graph_inputs, edge_scores, resolve_graph
-from attnzoo.ops.diffuser.edges import edge_matmul
+from attnzoo.ops.diffuser.edges import EdgeLayout, edge_matmul
 
 __all__ = ["OFFICIAL_TERMS", "VARIANTS", "diffuser_fractional_attention", "series_coefficients"]
 
@@ -63,10 +63,11 @@ def _fractional_power(
     diag = torch.arange(n, device=values.device)
     all_rows, all_cols = torch.cat([rows, diag]), torch.cat([cols, diag])
     b_values = torch.cat([values, rho - deg], dim=2) / rho  # B / rho, B = rho I - diag(d) + W
+    layout = EdgeLayout.build(all_cols, all_rows, n)  # B[row, col]: row = source
     eye = torch.eye(n, dtype=values.dtype, device=values.device).expand(*values.shape[:2], n, n)
     term, acc = eye, eye
     for c in series_coefficients(gamma, terms)[1:]:
-        term = edge_matmul(b_values, term, all_cols, all_rows)  # (B / rho)^k, row = source
+        term = edge_matmul(b_values, term, layout)  # (B / rho)^k
         acc = acc + c * term
     return acc * rho[..., None] ** gamma
 

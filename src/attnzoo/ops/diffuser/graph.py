@@ -17,6 +17,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from attnzoo.ops.diffuser.edges import EdgeLayout
+
 __all__ = ["DiffuserGraph", "diffuser_graph", "official_graph"]
 
 OFFICIAL_LENGTH = 4096
@@ -42,6 +44,11 @@ class DiffuserGraph:
     def num_edges(self) -> int:
         """E."""
         return int(self.src.numel())
+
+    @functools.cached_property
+    def layout(self) -> EdgeLayout:
+        """The edges in CSR form both ways (built on first use, then kept with the cached graph)."""
+        return EdgeLayout.build(self.src, self.dst, self.num_nodes)
 
     def to_dense(self) -> Tensor:
         """``(N, N)`` bool, entry ``[t, s]`` True when query t reads key s (tests and figures only)."""
