@@ -45,6 +45,22 @@ def test_output_equals_dense_factor_product_fp32(n, mix_padding, residual):
         torch.testing.assert_close(g.double(), r.double(), rtol=1e-5, atol=1e-4)
 
 
+@pytest.mark.parametrize("n", [8, 45, 70])
+def test_row_block_kernel_equals_dense_product_fp64(monkeypatch, n):
+    # the wrap-at-N kernel in blocks of 16 rows: blocks whose links wrap, offsets >= N (n = 8), a short last block
+    monkeypatch.setattr("attnzoo.ops.psf.chord.ROW_BLOCK_BYTES", 1)
+    gen = torch.Generator().manual_seed(1)
+    v = torch.randn(2, 3, n, 4, generator=gen, dtype=torch.float64, requires_grad=True)
+    factors = (torch.randn(2, 3, 4, n, 5, generator=gen, dtype=torch.float64) * 0.5).requires_grad_()
+    out = psf_attention(v, v, v, factors=factors)
+    ref = naive_psf_attention(v, v, v, factors=factors)
+    torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
+    grads = torch.autograd.grad(out.square().sum(), (v, factors))
+    ref_grads = torch.autograd.grad(ref.square().sum(), (v, factors))
+    for g, r in zip(grads, ref_grads, strict=True):
+        torch.testing.assert_close(g, r, rtol=1e-10, atol=1e-10)
+
+
 def test_padding_changes_no_real_row_unless_mixed():
     torch.manual_seed(1)
     v, factors = torch.randn(1, 1, 20, 4), torch.randn(1, 1, 3, 20, 4)

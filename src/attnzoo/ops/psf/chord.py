@@ -3,7 +3,9 @@
 Row i of every factor links to ``c_0(i) = i`` and ``c_j(i) = (i + 2^(j-1)) mod n`` (j = 1..m), n the
 sequence's real length (spec DPBN §3.1). Each link is a bijection of the real positions, so one
 factor application and its transpose are m + 1 gathers of ``(B, H, N, C)`` tensors (no N x N
-matrix, no per-link scatter).
+matrix, no per-link scatter). When every sequence wraps at N (no padding to compact) the links of a
+block of rows are one or two contiguous slices, so the products run by cache-sized row blocks on
+views: 16k tokens, H = 8, C = 64, 12 factors fwd+bwd 13.0 s -> 3.2 s on the 2-core CPU.
 
 Shape legend: B batch, H heads, N tokens, C value width, m factors, J = m + 1 links per row.
 """
@@ -26,9 +28,23 @@ def chord_offsets(num_factors: int) -> list[int]:
     return [0] + [2 ** (j - 1) for j in range(1, num_factors + 1)]
 
 
+ROW_BLOCK_BYTES = 512 * 2**10
+"""Bytes of one row block of ``(B, H, rows, C)`` in the wrap-at-N kernels: small enough to stay in cache."""
+
+
+def _wrapped_rows(x: Tensor, start: int, count: int) -> Tensor:
+    """Rows ``(start + i) mod N`` for i < count of ``x (B, H, N, ...)``: a view unless they wrap."""
+    n = x.shape[2]
+    start %= n
+    if start + count <= n:
+        return x[:, :, start : start + count]
+    return torch.cat([x[:, :, start:], x[:, :, : start + count - n]], dim=2)
+
+
 class _Links:
-    """The chord links of one call: rolls when every sequence wraps at N, else gathers on per-sequence
-    maps ``(J, B, 1, N, 1)`` (compacted real tokens wrap at their own length)."""
+    """The chord links of one call: ``maps=None`` when every sequence wraps at N (the factor products
+    then run by row blocks, :func:`_apply_wrapped`; ``take``/``give`` roll), else gathers on
+    per-sequence maps ``(J, B, 1, N, 1)`` (compacted real tokens wrap at their own length)."""
 
     def __init__(self, offsets: list[int], maps: tuple[Tensor, Tensor] | None) -> None:
         self.offsets, self.maps = offsets, maps
@@ -46,6 +62,42 @@ class _Links:
         return x.gather(2, self.maps[1][j].expand_as(x))
 
 
+def _row_blocks(x: Tensor) -> list[tuple[int, int]]:
+    """``(start, count)`` row blocks of ``x (B, H, N, C)`` of about :data:`ROW_BLOCK_BYTES` each."""
+    n = x.shape[2]
+    per_row = max(1, x.shape[0] * x.shape[1] * x.shape[3] * x.element_size())
+    step = max(16, ROW_BLOCK_BYTES // per_row)
+    return [(s, min(step, n - s)) for s in range(0, n, step)]
+
+
+def _apply_wrapped(w: Tensor, x: Tensor, offsets: list[int]) -> Tensor:
+    """``y[i] = sum_j w[i, j] x[(i + off_j) mod N]`` by row blocks (no rolled copies of x)."""
+    out = torch.empty_like(x)
+    for s, c in _row_blocks(x):
+        block = out[:, :, s : s + c]
+        torch.mul(w[:, :, s : s + c, 0, None], _wrapped_rows(x, s + offsets[0], c), out=block)
+        for j in range(1, len(offsets)):
+            block.addcmul_(w[:, :, s : s + c, j, None], _wrapped_rows(x, s + offsets[j], c))
+    return out
+
+
+def _apply_wrapped_backward(grad: Tensor, w: Tensor, x: Tensor, offsets: list[int]) -> tuple[Tensor, Tensor]:
+    """``dw[i, j] = <grad[i], x[i + off_j]>`` and ``dx[i] = sum_j w[i - off_j, j] grad[i - off_j]`` (mod N)."""
+    dw = torch.empty_like(w)
+    dx = torch.empty_like(x)
+    for s, c in _row_blocks(x):
+        g = grad[:, :, s : s + c]
+        block = dx[:, :, s : s + c]
+        for j, off in enumerate(offsets):
+            dw[:, :, s : s + c, j] = (g * _wrapped_rows(x, s + off, c)).sum(-1)
+            back = _wrapped_rows(w[..., j, None], s - off, c) * _wrapped_rows(grad, s - off, c)
+            if j == 0:
+                block.copy_(back)
+            else:
+                block.add_(back)
+    return dw, dx
+
+
 class _ChordApply(torch.autograd.Function):
     """``y[i] = sum_j w[i, j] * x[link_j(i)]`` with the inverse links for ``dx`` (saves only w and x)."""
 
@@ -54,6 +106,8 @@ class _ChordApply(torch.autograd.Function):
         # w: (B, H, N, J); x: (B, H, N, C)
         ctx.save_for_backward(w, x)
         ctx.links = links
+        if links.maps is None:
+            return _apply_wrapped(w, x, links.offsets)
         out = torch.zeros_like(x)
         for j in range(w.shape[-1]):
             out.addcmul_(w[..., j, None], links.take(x, j))
@@ -63,6 +117,8 @@ class _ChordApply(torch.autograd.Function):
     def backward(ctx: Any, grad: Tensor):  # type: ignore[override]
         w, x = ctx.saved_tensors
         links: _Links = ctx.links
+        if links.maps is None:
+            return (*_apply_wrapped_backward(grad.contiguous(), w, x, links.offsets), None)
         dw = torch.empty_like(w)
         dx = torch.zeros_like(x)
         for j in range(w.shape[-1]):
