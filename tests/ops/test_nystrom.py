@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import attnzoo
-from attnzoo.ops.nystrom import iterative_pinv, naive_nystrom_attention, nystrom_attention, segment_ids
+from attnzoo.ops.nystrom import iterative_pinv, naive_nystrom_attention, nystrom_attention, segment_ids, segment_means
 from attnzoo.ops.nystrom.nystrom import _approximate
 from attnzoo.testing import assert_close, make_qkv
 
@@ -141,3 +141,17 @@ def test_approximation_regression_n1024():
     exact = attnzoo.functional.softmax(q, k, v)
     err = ((nystrom_attention(q, k, v, num_landmarks=64) - exact).norm() / exact.norm()).item()
     assert 0.15 < err < 0.25, err
+
+
+@pytest.mark.parametrize("n", [64, 100, 127, 129])
+def test_unmasked_segment_means_equal_the_masked_path_and_nystromformer_split(n):
+    m = 16
+    x = torch.randn(2, 3, n, 5, dtype=torch.float64)
+    real = torch.ones(2, n, dtype=torch.bool)
+    fast = segment_means(x, None, m)
+    torch.testing.assert_close(fast, segment_means(x, real, m), rtol=1e-12, atol=1e-12)
+    ids = segment_ids(real, m)[0]
+    manual = torch.stack([x[:, :, ids == j].mean(2) for j in range(m)], dim=2)
+    torch.testing.assert_close(fast, manual, rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match="N >= num_landmarks"):
+        segment_means(x[:, :, :10], None, m)

@@ -33,12 +33,28 @@ def segment_ids(real: Tensor, num_landmarks: int) -> Tensor:
     return ids.masked_fill(~real, -1)
 
 
-def segment_means(x: Tensor, real: Tensor, num_landmarks: int) -> Tensor:
+def _contiguous_segment_means(x: Tensor, num_landmarks: int) -> Tensor:
+    """:func:`segment_means` when every token is real: two reshaped means (N >= m)."""
+    n, m = x.shape[-2], num_landmarks
+    per = n // m
+    short = (per + 1) * m - n  # segments of `per` tokens, then m - short of `per + 1`
+    parts = [x[..., : short * per, :].unflatten(-2, (short, per)).mean(-2)] if short else []
+    if short < m:
+        parts.append(x[..., short * per :, :].unflatten(-2, (m - short, per + 1)).mean(-2))
+    return torch.cat(parts, dim=-2) if len(parts) > 1 else parts[0]
+
+
+def segment_means(x: Tensor, real: Tensor | None, num_landmarks: int) -> Tensor:
     """Mean of ``x: (B, H, N, d)`` over the real tokens of each segment (see :func:`segment_ids`): ``(B, H, m, d)``.
 
-    Computed from one prefix sum over the sequence (differences at the segment ends), so it costs
+    ``real=None``: every token is real (then N >= m is required), computed by reshaped means.
+    Otherwise from one prefix sum over the sequence (differences at the segment ends), so it costs
     O(N d) rather than a (m x N) averaging product; empty segments give 0.
     """
+    if real is None:
+        if x.shape[-2] < num_landmarks:
+            raise ValueError(f"without a mask, segment means need N >= num_landmarks; got N={x.shape[-2]}")
+        return _contiguous_segment_means(x, num_landmarks)
     b, h, _, d = x.shape
     ends = _segment_ends(real, num_landmarks)  # (B, m) cumulative counts
     csum = torch.cat([x.new_zeros(b, h, 1, d), (x * real[:, None, :, None].to(x.dtype)).cumsum(-2)], dim=-2)

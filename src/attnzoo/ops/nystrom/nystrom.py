@@ -112,10 +112,10 @@ def nystrom_attention(
     if min(n, s_len) <= m:
         out = softmax_attention(q, k, v, mask=mask)
     else:
-        q_real = torch.ones(b, n, dtype=torch.bool, device=q.device) if query_mask is None else query_mask
-        k_real = torch.ones(b, s_len, dtype=torch.bool, device=q.device) if mask is None else mask
-        out = _approximate(q * d**-0.25, k * d**-0.25, v, q_real, k_real, m, pinv_iterations, lra)
+        out = _approximate(q * d**-0.25, k * d**-0.25, v, query_mask, mask, m, pinv_iterations, lra)
         if not lra and (mask is not None or query_mask is not None):
+            q_real = torch.ones(b, n, dtype=torch.bool, device=q.device) if query_mask is None else query_mask
+            k_real = torch.ones(b, s_len, dtype=torch.bool, device=q.device) if mask is None else mask
             few_keys = k_real.sum(-1) <= m
             few_queries = (q_real.sum(-1) <= m) & ~few_keys
             any_keys, any_queries = torch.stack([few_keys.any(), few_queries.any()]).tolist()  # one host sync
@@ -129,17 +129,20 @@ def nystrom_attention(
 
 
 def _approximate(
-    q: Tensor, k: Tensor, v: Tensor, q_real: Tensor, k_real: Tensor, m: int, iterations: int, lra: bool
+    q: Tensor, k: Tensor, v: Tensor, q_real: Tensor | None, k_real: Tensor | None, m: int, iterations: int, lra: bool
 ) -> Tensor:
-    """The Nystrom product on pre-scaled q, k (``q_real``: (B, N), ``k_real``: (B, S) bool)."""
+    """The Nystrom product on pre-scaled q, k (``q_real``: (B, N), ``k_real``: (B, S) bool; None = all real)."""
     q_segments, k_segments = q_real, k_real
     if lra:  # pads zeroed and averaged into segments of the padded sequences
-        q, k = q * q_real[:, None, :, None].to(q.dtype), k * k_real[:, None, :, None].to(k.dtype)
-        q_segments, k_segments = torch.ones_like(q_real), torch.ones_like(k_real)
+        q = q if q_real is None else q * q_real[:, None, :, None].to(q.dtype)
+        k = k if k_real is None else k * k_real[:, None, :, None].to(k.dtype)
+        q_segments = k_segments = None
     q_land, k_land = segment_means(q, q_segments, m), segment_means(k, k_segments, m)  # (B, H, m, d)
     kernel_1 = torch.softmax(q @ k_land.transpose(-1, -2), dim=-1)  # (B, H, N, m)
     kernel_2 = torch.softmax(q_land @ k_land.transpose(-1, -2), dim=-1)  # (B, H, m, m)
-    scores_3 = (q_land @ k.transpose(-1, -2)).masked_fill(~k_real[:, None, None, :], torch.finfo(q.dtype).min)
+    scores_3 = q_land @ k.transpose(-1, -2)
+    if k_real is not None:
+        scores_3 = scores_3.masked_fill(~k_real[:, None, None, :], torch.finfo(q.dtype).min)
     kernel_3 = torch.softmax(scores_3, dim=-1)  # (B, H, m, S)
     return kernel_1 @ (iterative_pinv(kernel_2, iterations, global_init=lra) @ (kernel_3 @ v))
 
