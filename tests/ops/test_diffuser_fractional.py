@@ -9,7 +9,8 @@ from torch import nn
 
 import attnzoo
 from attnzoo.ops.diffuser import (
-    VARIANTS,
+    GRAPH_VARIANTS,
+    TIED_VARIANTS,
     diffuser_fractional_attention,
     naive_diffuser_fractional_attention,
     official_graph,
@@ -49,7 +50,7 @@ def test_truncated_series_converges_to_the_exact_fractional_power():
     assert errors[3] < 0.05 < errors[1]  # slow convergence (L is singular), as the spec measured
 
 
-@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("variant", GRAPH_VARIANTS)
 @pytest.mark.parametrize("batch_rho", [False, True])
 def test_variants_match_dense_reference_fp32(variant, batch_rho):
     torch.manual_seed(1)
@@ -87,7 +88,7 @@ def test_bad_options():
     with pytest.raises(ValueError, match=r"gamma must be in \(0, 1\)"):
         attnzoo.build("diffuser_fractional", 32, 4, gamma=1.0)
     with pytest.raises(ValueError, match="variant must be one of"):
-        attnzoo.build("diffuser_fractional", 32, 4, variant="l2")
+        attnzoo.build("diffuser_fractional", 32, 4, variant="l3")
     with pytest.raises(ValueError, match="cannot be causal"):
         attnzoo.build("diffuser_fractional", 32, 4, causal=True)
     with pytest.raises(TypeError, match=r"option batch_rho must be (a )?bool"):
@@ -147,7 +148,7 @@ class OfficialFractional(nn.Module):
         return out.reshape(b, n, self.h, self.d).reshape(b, n, dim)  # raw reshape of (H, BN, d), F1
 
 
-@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("variant", GRAPH_VARIANTS)
 def test_from_official_matches_fractional_attn(variant):
     torch.manual_seed(6)
     n, dim, heads = 64, 16, 2
@@ -172,3 +173,70 @@ def test_from_official_matches_fractional_attn(variant):
     rows = mask & real_src & torch.isfinite(expected).all(-1)  # contract: padded and non-finite rows excluded
     diff = (got[rows] - expected[rows]).abs().max()
     assert diff <= 1e-5 * expected[rows].abs().max() + 1e-6, (variant, diff)
+
+
+@pytest.mark.parametrize("variant", TIED_VARIANTS)
+def test_tied_variants_match_the_official_formulas_fp64(variant):
+    torch.manual_seed(7)
+    q, k, v = (torch.randn(2, 2, 20, 8, dtype=torch.float64) for _ in range(3))
+    q[0, 0, 5] = q[0, 0, 3] * 2.5  # the same direction twice: arccos and |u_i - u_j| at their singular point
+    mask = torch.arange(20)[None] < torch.tensor([[20], [13]])
+    kw = dict(mask=mask, variant=variant, gamma=0.3)
+    out = diffuser_fractional_attention(q, k, v, **kw)
+    ref = naive_diffuser_fractional_attention(q, k, v, **kw)
+    # fracdm keeps the cosine of the duplicated pair at 1 - eps (arccos 2e-8 instead of 0): ~1e-7 on rows 3 and 5
+    torch.testing.assert_close(out, ref, rtol=2e-6, atol=1e-9)
+    assert out[1, :, 13:].abs().max() == 0  # pad rows
+    other_k = diffuser_fractional_attention(q, torch.randn_like(k), v, **kw)
+    torch.testing.assert_close(other_k, out, rtol=0, atol=0)  # keys are the queries
+    small = [t[:1, :1, 6:12, :3].clone().requires_grad_() for t in (q, v)]  # no duplicate: arccos has a kink there
+    assert torch.autograd.gradcheck(lambda a, b: diffuser_fractional_attention(a, a, b, variant=variant), small)
+    q32 = q.float().requires_grad_()
+    diffuser_fractional_attention(q32, q32, v.float(), **kw).square().sum().backward()
+    assert q32.grad is not None and torch.isfinite(q32.grad).all()
+
+
+class OfficialTied(nn.Module):
+    """fractional-attn's ``L2Attention`` / ``FracDMSelfAttention`` at 0f01d1e, as written there (but for
+    fracdm's clamped cosine): raw ``(B, N, H, d) -> (H, B*N, d)`` queries, every token of the batch, raw
+    output reshape."""
+
+    def __init__(self, dim, heads, variant, gamma):
+        super().__init__()
+        self.h, self.d, self.variant, self.gamma = heads, dim // heads, variant, gamma
+        self.query, self.value = nn.Linear(dim, dim), nn.Linear(dim, dim)
+        if variant == "fracdm":
+            self.key = nn.Linear(dim, dim)  # constructed, never used
+
+    def forward(self, x):
+        b, n, dim = x.shape
+        q = self.query(x).view(b, n, self.h, self.d).reshape(self.h, b * n, self.d)
+        q = q / q.norm(dim=-1, keepdim=True)
+        v = self.value(x).reshape(b * n, self.h, self.d).transpose(0, 1)
+        if self.variant == "l2":
+            aa = q.square().sum(-1, keepdim=True)
+            attn = (-(aa - 2 * q @ q.transpose(1, 2) + aa.transpose(1, 2)) * self.d**-0.5).softmax(-1)
+        else:
+            density = (2 * math.pi * math.pi) ** (-self.d / 2) / (b * n) * torch.cdist(q, q).exp().sum(-1)
+            cosine = (q @ q.transpose(1, 2)).clamp(-1, 1)  # unclamped, the official output is all NaN (F3)
+            kernel = (1 + torch.acos(cosine) / math.pi**0.5) ** (-self.d - self.gamma)
+            tilde = kernel / density[:, :, None] / density[:, None, :]
+            attn = tilde / tilde.sum(-1, keepdim=True)
+        return (attn @ v).reshape(b, n, self.h, self.d).reshape(b, n, dim)
+
+
+@pytest.mark.parametrize("variant", TIED_VARIANTS)
+def test_from_official_matches_tied_variants(variant):
+    torch.manual_seed(8)
+    dim, heads = 16, 2
+    official = OfficialTied(dim, heads, variant, 0.4).eval()
+    ours = attnzoo.from_official(
+        "fractional-attn", variant, dim=dim, num_heads=heads, args={"gamma": 0.4}, state_dict=official.state_dict()
+    ).eval()
+    x = torch.randn(3, 10, dim)
+    with torch.no_grad():  # the official in fp64: in fp32 its rounded self-cosines give arccos up to 5e-4, not 0
+        expected = official.double()(x.double()).float()
+        got = ours(x, torch.ones(3, 10, dtype=torch.bool))
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+    alone = ours(x[:1], torch.ones(1, 10, dtype=torch.bool))
+    assert (alone - got[:1]).abs().max() > 1e-4  # the official form mixes the sequences of a batch

@@ -11,8 +11,13 @@ from torch import Tensor
 from attnzoo.mechanisms.base import AttentionBase
 from attnzoo.mechanisms.diffuser import DiffuserGraphOptions, convert_diffuser
 from attnzoo.official.registry import OfficialEntry, register_official
-from attnzoo.ops.diffuser import VARIANTS, diffuser_fractional_attention, naive_diffuser_fractional_attention
-from attnzoo.ops.diffuser.fractional import OFFICIAL_TERMS
+from attnzoo.ops.diffuser import (
+    VARIANTS,
+    diffuser_fractional_attention,
+    naive_diffuser_fractional_attention,
+    tied_sphere_attention,
+)
+from attnzoo.ops.diffuser.fractional import OFFICIAL_TERMS, TIED_VARIANTS
 from attnzoo.options import check_choice, check_float, check_int
 from attnzoo.registry import Capabilities, register
 
@@ -24,12 +29,14 @@ class FractionalOptions(DiffuserGraphOptions):
     """Options of ``diffuser_fractional``: the graph (:class:`DiffuserGraphOptions`) and
 
     ``variant`` (the official class by short name: renormfrac, regfrac, detached_regfrac, lnl,
-    unfrac, limitfrac, symlimitfrac), ``gamma`` in (0, 1), ``terms`` of the series (None = the
+    unfrac, limitfrac, symlimitfrac on the graph; l2 and fracdm, which use no graph and tie keys to
+    the queries, so the key projection is unused), ``gamma`` in (0, 1), ``terms`` of the series (None = the
     official count, 6 or 7), ``alpha`` (teleport), ``epsilon`` (LNL mix). Compatibility with the
     official code (all off = intended math): ``batch_rho`` (rho and the limit vector over the whole
-    batch, F5), ``detach`` (no gradient through the weights / L^g, F4), ``negate_scores``
-    (``exp(-<k, q>)``, renormfrac at the pinned commit), ``scramble_heads`` (the official raw
-    ``(H, B*N, d) -> (B, N, H, d)`` reshape of the output, F1).
+    batch, F5; for l2 / fracdm: attention over the whole flattened batch, pads included, on the
+    official raw ``(B, N, H, d) -> (H, B*N, d)`` reshape of the queries, F2), ``detach`` (no gradient
+    through the weights / L^g, F4), ``negate_scores`` (``exp(-<k, q>)``, renormfrac at the pinned
+    commit), ``scramble_heads`` (the official raw ``(H, B*N, d) -> (B, N, H, d)`` reshape of the output, F1).
     """
 
     variant: str = "renormfrac"
@@ -70,7 +77,10 @@ class FractionalOptions(DiffuserGraphOptions):
 
 def fractional_flops(n: int, d: int, options: FractionalOptions, causal: bool) -> float:
     """Forward FLOPs per (batch, head): T sparse-times-dense powers ``2 T (E + N) N``, the edge scores
-    ``2 E d`` and the final dense product with V ``2 N^2 d`` (T = the series terms)."""
+    ``2 E d`` and the final dense product with V ``2 N^2 d`` (T = the series terms); ``l2`` / ``fracdm``:
+    the dense logits and product ``4 N^2 d``."""
+    if options.variant in TIED_VARIANTS:
+        return 4.0 * n * n * d
     terms = OFFICIAL_TERMS[options.variant] if options.terms is None else options.terms
     edges = options.num_edges(n)
     return 2.0 * terms * (edges + n) * n + 2.0 * edges * d + 2.0 * n * n * d
@@ -105,7 +115,10 @@ class FractionalAttention(AttentionBase):
 
     def attend(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
         o: FractionalOptions = self.options
-        out = diffuser_fractional_attention(q, k, v, mask=mask, **o.core_kwargs())
+        if o.variant in TIED_VARIANTS and o.batch_rho:
+            out = _whole_batch_tied(q, v, o)
+        else:
+            out = diffuser_fractional_attention(q, k, v, mask=mask, **o.core_kwargs())
         p = self.attention_dropout()
         return F.dropout(out, p) if p > 0 else out
 
@@ -115,6 +128,27 @@ class FractionalAttention(AttentionBase):
             b, h, n, d = out.shape
             out = out.permute(1, 0, 2, 3).reshape(h, b * n, d).reshape(b, n, h, d).transpose(1, 2)
         return super().merge(out)
+
+
+def _whole_batch_tied(q: Tensor, v: Tensor, o: FractionalOptions) -> Tensor:
+    """The official l2 / fracdm batch behaviour: one sequence of all B*N tokens per head (pads
+    included), queries raw-reshaped ``(B, N, H, d) -> (H, B*N, d)`` (F2); returned so that
+    ``scramble_heads`` (F1) lays it out as the official output."""
+    b, h, n, d = q.shape
+    flat_q = q.transpose(1, 2).reshape(h, b * n, d)[None]
+    flat_v = v.permute(1, 0, 2, 3).reshape(h, b * n, v.shape[-1])[None]
+    out = tied_sphere_attention(flat_q, flat_v, variant=o.variant, gamma=o.gamma)
+    return out[0].reshape(h, b, n, -1).permute(1, 0, 2, 3)
+
+
+def _convert_tied(state_dict: dict[str, Tensor], args: dict[str, Any]) -> dict[str, Tensor]:
+    """``L2Attention`` (``query``, ``value``) or ``FracDMSelfAttention`` (also an unused ``key``)
+    weights to ``qkv``: the key rows take the query's (l2 has none; neither reads them)."""
+    sd = {k.removeprefix("self."): v for k, v in state_dict.items()}
+    if "key.weight" not in sd and "key.bias" not in sd:
+        sd = {**sd, "key.weight": sd.get("query.weight"), "key.bias": sd.get("query.bias")}
+        sd = {k: v for k, v in sd.items() if v is not None}
+    return convert_diffuser(sd, args)
 
 
 def _fractional_options(variant: str) -> Any:
@@ -136,6 +170,17 @@ def _fractional_options(variant: str) -> Any:
     return options
 
 
+def _official_notes(variant: str) -> str:
+    if variant in TIED_VARIANTS:
+        return (
+            f"{variant}: no graph, tied q/k on the unit sphere over the whole flattened batch (F5),"
+            " scrambled queries (F2) and heads (F1)"
+        )
+    return f"{variant}: official graph, batch rho (F5), detached (F4), scrambled heads (F1)" + (
+        ", exp(-<k, q>)" if variant == "renormfrac" else ""
+    )
+
+
 for _variant in VARIANTS:
     register_official(
         OfficialEntry(
@@ -144,8 +189,7 @@ for _variant in VARIANTS:
             mechanism="diffuser_fractional",
             defaults={"gamma": 0.5, "attention_window": 64, "num_rand": 64, "num_glob": 64},
             options=_fractional_options(_variant),
-            convert=convert_diffuser,
-            notes=f"{_variant}: official graph, batch rho (F5), detached (F4), scrambled heads (F1)"
-            + (", exp(-<k, q>)" if _variant == "renormfrac" else ""),
+            convert=_convert_tied if _variant in TIED_VARIANTS else convert_diffuser,
+            notes=_official_notes(_variant),
         )
     )

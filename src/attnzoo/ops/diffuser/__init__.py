@@ -1,7 +1,14 @@
 """Diffuser: edge softmax on a sparse graph (local, random, global) and multi-hop diffusion."""
 
 from attnzoo.ops.diffuser.diffusion import diffuser_attention, edge_softmax, resolve_graph
-from attnzoo.ops.diffuser.fractional import VARIANTS, diffuser_fractional_attention, series_coefficients
+from attnzoo.ops.diffuser.fractional import (
+    GRAPH_VARIANTS,
+    TIED_VARIANTS,
+    VARIANTS,
+    diffuser_fractional_attention,
+    series_coefficients,
+    tied_sphere_attention,
+)
 from attnzoo.ops.diffuser.graph import DiffuserGraph, diffuser_graph, official_graph
 from attnzoo.ops.diffuser.naive import (
     diffusion_coefficients,
@@ -10,6 +17,8 @@ from attnzoo.ops.diffuser.naive import (
 )
 
 __all__ = [
+    "GRAPH_VARIANTS",
+    "TIED_VARIANTS",
     "VARIANTS",
     "DiffuserGraph",
     "diffuser_attention",
@@ -22,4 +31,5 @@ __all__ = [
     "official_graph",
     "resolve_graph",
     "series_coefficients",
+    "tied_sphere_attention",
 ]

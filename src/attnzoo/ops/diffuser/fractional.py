@@ -17,13 +17,24 @@ Shape legend: B batch, H heads, N tokens, d width, E edges, T series terms.
 
 from __future__ import annotations
 
+import math
+
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from attnzoo.ops.diffuser.diffusion import check_graph_inputs, edge_scores, resolve_graph
 from attnzoo.ops.diffuser.edges import EdgeLayout, edge_matmul
 
-__all__ = ["OFFICIAL_TERMS", "VARIANTS", "diffuser_fractional_attention", "series_coefficients"]
+__all__ = [
+    "GRAPH_VARIANTS",
+    "OFFICIAL_TERMS",
+    "TIED_VARIANTS",
+    "VARIANTS",
+    "diffuser_fractional_attention",
+    "series_coefficients",
+    "tied_sphere_attention",
+]
 
 OFFICIAL_TERMS = {
     "renormfrac": 7,
@@ -34,7 +45,11 @@ OFFICIAL_TERMS = {
     "limitfrac": 6,
     "symlimitfrac": 6,
 }
-VARIANTS = tuple(OFFICIAL_TERMS)
+GRAPH_VARIANTS = tuple(OFFICIAL_TERMS)
+TIED_VARIANTS = ("l2", "fracdm")
+"""Variants on tied queries and keys over every token (no graph, no series): ``l2`` (the official
+``L2Attention``) and ``fracdm`` (``FracDMSelfAttention``, the diffusion-maps form)."""
+VARIANTS = GRAPH_VARIANTS + TIED_VARIANTS
 
 
 def series_coefficients(gamma: float, terms: int) -> list[float]:
@@ -72,6 +87,52 @@ def _fractional_power(
     return acc * rho[..., None] ** gamma
 
 
+def tied_sphere_attention(
+    q: Tensor, v: Tensor, *, mask: Tensor | None = None, variant: str, gamma: float = 0.5
+) -> Tensor:
+    """The fractional-attn variants without a graph: queries ``u = q / |q|`` on the unit sphere serve
+    as keys too, and every token attends to every real token of its sequence.
+
+    * ``l2``: logits ``-|u_i - u_j|^2 / sqrt(d)``, softmax (``L2Attention``);
+    * ``fracdm``: kernel ``K_ij = (1 + theta_ij / sqrt(pi))^(-(d + gamma))`` with ``theta = arccos(u_i . u_j)``,
+      density ``p_j = sum_l exp(|u_j - u_l|)``, two-sided normalisation ``K_ij / (p_i p_j)`` and row
+      normalisation (``FracDMSelfAttention``; its constant and ``p_i`` cancel, so the weights are a
+      softmax of ``log K_ij - log p_j``). The cosine is kept inside (-1, 1) (the official acos gives
+      NaN on rounding past 1, quirk F3) and ``theta_ii = 0`` exactly.
+
+    Args:
+        q: ``(B, H, N, d)`` (keys are the same vectors).
+        v: ``(B, H, N, dv)``.
+        mask: bool ``(B, N)``, True = real token; pads are no keys and return 0.
+        variant: ``"l2"`` or ``"fracdm"``.
+        gamma: fracdm's exponent offset.
+
+    Returns:
+        ``(B, H, N, dv)``. Time and memory O(N^2) per head.
+    """
+    n, d = q.shape[-2], q.shape[-1]
+    unit = F.normalize(q, dim=-1)
+    dots = unit @ unit.transpose(-1, -2)
+    floor = torch.finfo(dots.dtype).min
+    if variant == "l2":
+        sq = unit.square().sum(-1)
+        logits = -(sq[..., :, None] - 2 * dots + sq[..., None, :]) * d**-0.5
+    else:
+        eye = torch.eye(n, dtype=torch.bool, device=q.device)
+        eps = torch.finfo(dots.dtype).eps
+        off = torch.where(eye, 0.0, dots)  # no acos / sqrt at the singular diagonal, not even in the backward
+        angle = torch.where(eye, 0.0, torch.acos(off.clamp(-1 + eps, 1 - eps)))
+        dist = torch.where(eye, 0.0, (2 - 2 * off).clamp_min(eps).sqrt())  # |u_i - u_j| on the sphere
+        if mask is not None:
+            dist = dist.masked_fill(~mask[:, None, None, :], floor)
+        log_density = torch.logsumexp(dist, dim=-1)  # (B, H, N)
+        logits = -(d + gamma) * torch.log1p(angle / math.sqrt(math.pi)) - log_density[..., None, :]
+    if mask is not None:
+        logits = logits.masked_fill(~mask[:, None, None, :], floor)
+    out = torch.softmax(logits, dim=-1) @ v
+    return out if mask is None else out * mask[:, None, :, None].to(out.dtype)
+
+
 def diffuser_fractional_attention(
     q: Tensor,
     k: Tensor,
@@ -105,7 +166,9 @@ def diffuser_fractional_attention(
     * ``unfrac``: ``V - L^g V``;
     * ``lnl``: ``epsilon rownorm1(W) V + (1 - epsilon) Pg V``;
     * ``limitfrac`` / ``symlimitfrac``: every row ``sum_i s_i V_i`` with ``s = diag(L^g) / sum diag(L^g)``
-      over the sequence's real tokens (``symlimitfrac`` symmetrises W first).
+      over the sequence's real tokens (``symlimitfrac`` symmetrises W first);
+    * ``l2`` / ``fracdm``: no graph and no series, tied queries and keys over all real tokens (k unused;
+      :func:`tied_sphere_attention`).
 
     Intended math by default: gradients reach q, k and v; rho and the limit weights are per
     sequence; stabilised exponent. Official behaviour: ``batch_rho`` (one rho, and one limit vector,
@@ -139,6 +202,8 @@ def diffuser_fractional_attention(
         raise ValueError(f"gamma must be in (0, 1), got {gamma}")
     if b == 0 or n == 0:
         return v.clone()
+    if variant in TIED_VARIANTS:
+        return tied_sphere_attention(q, v, mask=mask, variant=variant, gamma=gamma)
     terms = OFFICIAL_TERMS[variant] if terms is None else terms
     g = resolve_graph(n, graph, attention_window, num_rand, num_glob, seed, global_tokens)
     src, dst, scores = edge_scores(q, k, g, scale)  # <k_src, q_dst>

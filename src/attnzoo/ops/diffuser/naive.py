@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -81,6 +83,8 @@ def naive_diffuser_fractional_attention(
     ``L^g = rho^g sum_k (-1)^k binom(g, k) (B / rho)^k`` by repeated dense products, then the variant."""
     if causal:
         raise ValueError("diffuser_fractional cannot be causal: its random and global edges point both ways")
+    if variant in ("l2", "fracdm"):
+        return _naive_tied(q, v, mask, variant, gamma)
     default_terms = {"unfrac": 6, "limitfrac": 6, "symlimitfrac": 6}
     terms = default_terms.get(variant, 7) if terms is None else terms
     b, _, n, d = q.shape
@@ -125,3 +129,23 @@ def naive_diffuser_fractional_attention(
     if variant == "renormfrac":
         return ((1 - alpha) * frac + alpha * v) * keep
     return (epsilon * (rownorm1(w) @ v) + (1 - epsilon) * frac) * keep
+
+
+def _naive_tied(q: Tensor, v: Tensor, mask: Tensor | None, variant: str, gamma: float) -> Tensor:
+    """``l2`` / ``fracdm`` as the official classes write them, per sequence over its real tokens:
+    ``cdist`` logits and softmax; or the arccos kernel, the Gaussian-style density with its constant,
+    ``D^-1 K D^-1`` and row normalisation (outputs only: acos and cdist have no gradient at u_i = u_j)."""
+    b, _, n, d = q.shape
+    real = torch.ones(b, n, dtype=torch.bool) if mask is None else mask
+    keys = real[:, None, None, :]
+    unit = q / q.norm(dim=-1, keepdim=True)
+    dist = torch.cdist(unit, unit)
+    if variant == "l2":
+        weights = torch.softmax((-dist.square() * d**-0.5).masked_fill(~keys, float("-inf")), dim=-1)
+    else:
+        count = real.sum(-1).to(q.dtype)[:, None, None]
+        density = (2 * math.pi * math.pi) ** (-d / 2) / count * (dist.exp() * keys).sum(-1)  # (B, H, N)
+        kernel = (1 + torch.acos((unit @ unit.transpose(-1, -2)).clamp(-1, 1)) / math.sqrt(math.pi)) ** (-d - gamma)
+        kernel = kernel / density[..., :, None] / density[..., None, :] * keys
+        weights = kernel / kernel.sum(-1, keepdim=True)
+    return (weights @ v) * real[:, None, :, None].to(v.dtype)
