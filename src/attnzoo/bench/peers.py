@@ -11,7 +11,8 @@ environment (``docs/benchmarks.md``, "Public peers").
 
 from __future__ import annotations
 
-import importlib
+import importlib.machinery
+import importlib.util
 import sys
 import types
 from collections.abc import Callable
@@ -152,10 +153,13 @@ def _reformer(q: Tensor, k: Tensor, v: Tensor, opts: Any, causal: bool) -> tuple
 
 def _xformers_shim() -> None:
     """Give dilated-attention-pytorch an ``xformers.ops`` made of SDPA when xformers is not installed
-    (same math on ``(B, S, H, d)``; the kernel attnzoo's ``dilated`` runs on CPU too)."""
-    if importlib.util.find_spec("xformers") is not None:
+    (same math on ``(B, S, H, d)``; the kernel attnzoo's ``dilated`` runs on CPU too). Idempotent: the
+    stand-in modules carry specs, so a later ``find_spec("xformers")`` (a second case in the same worker)
+    finds them instead of raising."""
+    if "xformers" in sys.modules or importlib.util.find_spec("xformers") is not None:
         return
     ops = types.ModuleType("xformers.ops")
+    ops.__spec__ = importlib.machinery.ModuleSpec("xformers.ops", None)
 
     def memory_efficient_attention(query: Tensor, key: Tensor, value: Tensor, op: Any = None, attn_bias: Any = None):
         out = F.scaled_dot_product_attention(
@@ -167,6 +171,7 @@ def _xformers_shim() -> None:
     ops.LowerTriangularMask = lambda: True  # type: ignore[attr-defined]
     ops.memory_efficient_attention = memory_efficient_attention  # type: ignore[attr-defined]
     package = types.ModuleType("xformers")
+    package.__spec__ = importlib.machinery.ModuleSpec("xformers", None, is_package=True)
     package.ops = ops  # type: ignore[attr-defined]
     sys.modules.setdefault("xformers", package)
     sys.modules.setdefault("xformers.ops", ops)
