@@ -145,9 +145,8 @@ def _convert_tied(state_dict: dict[str, Tensor], args: dict[str, Any]) -> dict[s
     """``L2Attention`` (``query``, ``value``) or ``FracDMSelfAttention`` (also an unused ``key``)
     weights to ``qkv``: the key rows take the query's (l2 has none; neither reads them)."""
     sd = {k.removeprefix("self."): v for k, v in state_dict.items()}
-    if "key.weight" not in sd and "key.bias" not in sd:
-        sd = {**sd, "key.weight": sd.get("query.weight"), "key.bias": sd.get("query.bias")}
-        sd = {k: v for k, v in sd.items() if v is not None}
+    if not any(name.startswith("key.") for name in sd):  # l2: no key at all
+        sd |= {f"key.{t}": sd[f"query.{t}"] for t in ("weight", "bias") if f"query.{t}" in sd}
     return convert_diffuser(sd, args)
 
 

@@ -120,7 +120,7 @@ def _spmm(values: Tensor, x: Tensor, csr: _Csr, n: int, *, ordered: bool = False
 
 def _sddmm(a: Tensor, b: Tensor, csr: _Csr, n: int, num_edges: int) -> Tensor:
     """``out[:, :, e] = <a[:, :, row[e]], b[:, :, col[e]]>`` -> ``(B, H, E)`` in edge order."""
-    pattern = torch.sparse_csr_tensor(csr.crow, csr.col, a.new_zeros(csr.col.numel()), (n, n), check_invariants=False)
+    pattern = csr.matrix(a.new_zeros(csr.col.numel()), n, ordered=True)
     out = a.new_empty(*a.shape[:2], num_edges)
     for i in range(a.shape[0]):
         for h in range(a.shape[1]):

@@ -43,7 +43,7 @@ def _wrapped_rows(x: Tensor, start: int, count: int) -> Tensor:
 
 class _Links:
     """The chord links of one call: ``maps=None`` when every sequence wraps at N (the factor products
-    then run by row blocks, :func:`_apply_wrapped`; ``take``/``give`` roll), else gathers on
+    then run by row blocks, :func:`_apply_wrapped`), else gathers on
     per-sequence maps ``(J, B, 1, N, 1)`` (compacted real tokens wrap at their own length)."""
 
     def __init__(self, offsets: list[int], maps: tuple[Tensor, Tensor] | None) -> None:
@@ -52,13 +52,12 @@ class _Links:
     def take(self, x: Tensor, j: int) -> Tensor:
         """``x[link_j(i)]`` for every row i."""
         if self.maps is None:
-            return torch.roll(x, -self.offsets[j], dims=2)
+            return _wrapped_rows(x, self.offsets[j], x.shape[2])
         return x.gather(2, self.maps[0][j].expand_as(x))
 
     def give(self, x: Tensor, j: int) -> Tensor:
-        """The transpose of :meth:`take` (each link is a bijection of the real rows)."""
-        if self.maps is None:
-            return torch.roll(x, self.offsets[j], dims=2)
+        """The transpose of :meth:`take` on the gather path (each link is a bijection of the real rows)."""
+        assert self.maps is not None, "the wrap-at-N path transposes by row blocks (_apply_wrapped_backward)"
         return x.gather(2, self.maps[1][j].expand_as(x))
 
 
@@ -90,11 +89,11 @@ def _apply_wrapped_backward(grad: Tensor, w: Tensor, x: Tensor, offsets: list[in
         block = dx[:, :, s : s + c]
         for j, off in enumerate(offsets):
             dw[:, :, s : s + c, j] = (g * _wrapped_rows(x, s + off, c)).sum(-1)
-            back = _wrapped_rows(w[..., j, None], s - off, c) * _wrapped_rows(grad, s - off, c)
+            w_rows, g_rows = _wrapped_rows(w[..., j, None], s - off, c), _wrapped_rows(grad, s - off, c)
             if j == 0:
-                block.copy_(back)
+                torch.mul(w_rows, g_rows, out=block)
             else:
-                block.add_(back)
+                block.addcmul_(w_rows, g_rows)
     return dw, dx
 
 
