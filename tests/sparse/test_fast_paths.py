@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+import attnzoo.sparse.dense as dense
 import attnzoo.sparse.engine as engine
 import attnzoo.sparse.executors as executors
 from attnzoo.ops.softmax import naive_softmax_attention
@@ -151,9 +152,25 @@ def test_dense_fallback_plain_softmax_and_rows_without_keys(calls):
     out, _ = sparse_attention(q, k, v, sliding_window(48, 100, 100, 16))
     assert_close("out", naive_softmax_attention(q, k, v), out, 1e-12)
     odd_rows = dilated_segments(48, 48, 2, (0, 1))  # head 0 keeps even tokens, head 1 odd ones
-    twice = [odd_rows, odd_rows]  # visits half the matrix: dense; every kept pair counts twice
-    check_against_reference(q, k, v, twice, None, False)
-    out, lse = sparse_attention(q, k, v, twice)
+    thrice = [odd_rows] * 3  # visits 3/4 of the matrix: dense; every kept pair counts three times
+    check_against_reference(q, k, v, thrice, None, False)
+    out, lse = sparse_attention(q, k, v, thrice)
     assert torch.equal(out[:, 0, 1::2], torch.zeros_like(out[:, 0, 1::2]))
     assert bool(torch.isneginf(lse[:, 0, 1::2]).all())
     assert calls["dense"] == 3
+
+
+def test_dense_masks_cache_stays_within_its_byte_budget(monkeypatch):
+    """Cached multiplicity masks never hold more than CACHE_BYTES together; a mask over budget is not kept."""
+    monkeypatch.setattr(dense, "_CACHE", {})
+    q, k, v = make_qkv(1, 2, 32, 8, seed=3)
+    monkeypatch.setattr(dense, "CACHE_BYTES", 3 * 2 * 32 * 32 * q.element_size())  # three (Hp=2, 32, 32) masks
+    for step in range(5):
+        patterns = [dilated_segments(32, 32, 2, (0, 1))] * (3 + step)  # a new union, hence a new mask, each time
+        check_against_reference(q, k, v, patterns, None, step % 2 == 1)
+        held = sum(0 if bias is None else bias.numel() * bias.element_size() for _, bias, _ in dense._CACHE.values())
+        assert 0 < held <= dense.CACHE_BYTES
+    assert len(dense._CACHE) == 3
+    monkeypatch.setattr(dense, "CACHE_BYTES", 100)
+    check_against_reference(q, k, v, [dilated_segments(32, 32, 2, (0, 1))] * 9, None, False)
+    assert len(dense._CACHE) == 0

@@ -3,7 +3,9 @@
 import pytest
 import torch
 
-from attnzoo.sparse import BlockLayout, blockwise_window, dilated_segments, sliding_window, window_2d
+from attnzoo.ops.dilated.naive import multiplicity
+from attnzoo.ops.dilated.offsets import head_offsets
+from attnzoo.sparse import BlockLayout, SparsePattern, blockwise_window, dilated_segments, sliding_window, window_2d
 
 
 def _dense_sliding(n, before, after):
@@ -59,3 +61,25 @@ def test_layout_density_and_repr():
 def test_layout_shape_validation():
     with pytest.raises(ValueError, match=r"kv_indices and kv_valid must both be \(Hp, nB, K\)"):
         BlockLayout(4, torch.zeros(1, 2, 2, dtype=torch.long), torch.ones(1, 2, 3, dtype=torch.bool))
+
+
+@pytest.mark.parametrize(
+    ("n", "heads", "segments", "rates"),
+    [(37, 4, (8, 16), (1, 2)), (64, 8, (16, 32, 64), (1, 2, 4)), (50, 3, (50,), (3,))],
+)
+def test_dilated_to_dense_counts_equal_longnet_multiplicity(n, heads, segments, rates):
+    """The union of the branches' N x N masks counts each pair as often as LongNet's branches allow it."""
+    count = sum(
+        dilated_segments(n, w, r, head_offsets(heads, r, "torchscale")).to_dense().long()
+        for w, r in zip(segments, rates, strict=True)
+    )
+    assert torch.equal(count, multiplicity(n, heads, segments, rates, "torchscale").long())
+
+
+def test_to_dense_of_a_token_in_two_slots():
+    """A hand-built order may put one token in several slots: its pairs are the union over those slots."""
+    layout = BlockLayout(2, torch.tensor([[[0], [1]]]), torch.ones(1, 2, 1, dtype=torch.bool))
+    pattern = SparsePattern("dup", layout, None, torch.tensor([[0, 1, 1, 2]]), 3)
+    expected = torch.tensor([[1, 1, 0], [1, 1, 1], [0, 1, 1]], dtype=torch.bool)  # blocks {0, 1} and {1, 2}
+    assert torch.equal(pattern.to_dense()[0], expected)
+    assert torch.equal(pattern.to_dense(causal=True)[0], expected.tril())

@@ -6,7 +6,8 @@ per-chunk work (gathers, masks, merges) then costs more than the skipped scores 
 the pattern's exact one (for a union of patterns, the additive ``log(multiplicity)`` of spec §10.2),
 so results and gradients equal the sparse path's. It is bounded: ``auto`` takes it only when the
 additive mask of the call stays under :data:`DENSE_BYTES` (so N is small), never an O(N^2) mask at
-long N. The mask of each pattern (or union) is built once and cached with the pattern.
+long N. The mask of each pattern (or union), causal or not, is built once and cached (at most
+:data:`CACHE_BYTES` in all).
 """
 
 from __future__ import annotations
@@ -22,14 +23,22 @@ from attnzoo.sparse.layout import SparsePattern
 
 __all__ = ["DENSE_BYTES", "DENSE_SHARE", "dense_attention", "prefer_dense"]
 
-DENSE_BYTES = 8 * 2**20
-"""Largest additive mask (``B|1 x Hp x N x N`` in the input's dtype) the dense fallback may build."""
+DENSE_BYTES = 32 * 2**20
+"""Largest additive mask (``B|1 x Hp x N x N`` in the input's dtype) the dense fallback may build: 8 heads
+at N = 1024, where LongNet's default segments compute 1.31x softmax's scores sparsely (dense: 1.09x
+softmax's time there, sparse 1.61x). Larger masks were measured too: at N = 2048 the 128 MiB mask made
+the dense call swing between 1.1x and 2.3x softmax from call to call (fresh page mappings)."""
 
-DENSE_SHARE = 0.5
-"""``auto`` runs dense when the visited blocks hold at least this share of the N x N scores."""
+DENSE_SHARE = 0.6
+"""``auto`` runs dense when the visited blocks hold at least this share of the N x N scores. Measured on
+the 2-core CPU (fwd+bwd, 8 heads, d = 64, N = 512..2048): the masked dense call costs 1.04-1.10x softmax,
+the sparse path 1.55-2.0x softmax per unit of share (window 256 at N = 1024: share 0.53, sparse 0.82x
+softmax, dense 1.07x; share 0.62 at N = 512: sparse 1.06-1.22x, dense 1.04x)."""
 
-_CACHE: dict[tuple[int | str, ...], tuple[list[SparsePattern], Tensor | None, Tensor]] = {}
-_CACHE_SIZE = 8
+CACHE_BYTES = 128 * 2**20
+"""Most bytes the cached masks may hold together; the oldest go first."""
+
+_CACHE: dict[tuple[int | str | bool, ...], tuple[list[SparsePattern], Tensor | None, Tensor]] = {}
 
 
 def visited_share(patterns: Sequence[SparsePattern]) -> float:
@@ -52,23 +61,30 @@ def prefer_dense(patterns: Sequence[SparsePattern], batch: int, padded: bool, it
 
 
 def _multiplicity(
-    patterns: Sequence[SparsePattern], dtype: torch.dtype, device: torch.device
+    patterns: Sequence[SparsePattern], causal: bool, dtype: torch.dtype, device: torch.device
 ) -> tuple[Tensor | None, Tensor]:
-    """``(Hp, N, N)`` ``log`` of how many patterns allow each pair (``-inf`` for none; counted in float64), or
-    ``None`` when every pair is allowed exactly once (plain softmax), and ``(Hp, N)`` rows with a key.
-    Cached per pattern list, dtype and device."""
-    key = (*(id(p) for p in patterns), str(dtype), str(device))
+    """``(Hp, N, N)`` ``log`` of how many patterns allow each pair (``-inf`` for none), or ``None`` when
+    every pair is allowed exactly once (plain softmax), and ``(Hp, N)`` rows with a key. ``causal``
+    drops the pairs with key after query. Cached per pattern list, causality, dtype and device."""
+    key = (*(id(p) for p in patterns), causal, str(dtype), str(device))
     hit = _CACHE.get(key)
     if hit is not None:
         return hit[1], hit[2]
-    count = sum(p.to_dense().to(torch.float64) for p in patterns)
-    assert isinstance(count, Tensor)
+    count = patterns[0].to_dense(causal=causal).to(torch.uint8 if len(patterns) < 256 else torch.int32)
+    for p in patterns[1:]:
+        count = count + p.to_dense(causal=causal)  # broadcasts over pattern heads
     rows = (count > 0).any(-1).to(device)
-    bias = None if bool((count == 1).all()) else count.log().to(device, dtype)
-    if len(_CACHE) >= _CACHE_SIZE:
+    bias = None if bool((count == 1).all()) else count.to(device, dtype).log_()
+    size = _bytes(bias)
+    while _CACHE and size + sum(_bytes(entry[1]) for entry in _CACHE.values()) > CACHE_BYTES:
         _CACHE.pop(next(iter(_CACHE)))
-    _CACHE[key] = (list(patterns), bias, rows)  # the patterns are kept alive, so their ids stay theirs
+    if size <= CACHE_BYTES:
+        _CACHE[key] = (list(patterns), bias, rows)  # the patterns are kept alive, so their ids stay theirs
     return bias, rows
+
+
+def _bytes(bias: Tensor | None) -> int:
+    return 0 if bias is None else bias.numel() * bias.element_size()
 
 
 class _Dense(torch.autograd.Function):
@@ -113,13 +129,10 @@ def dense_attention(
         ``(out (B, H, N, dv), lse (B, H, N))``, 0 and ``-inf`` on rows without keys.
     """
     b, h, n = q.shape[:3]
-    bias, rows = _multiplicity(patterns, q.dtype, q.device)
-    if causal or mask is not None:
+    bias, rows = _multiplicity(patterns, causal, q.dtype, q.device)
+    if mask is not None:
         bias = torch.zeros(n, n, dtype=q.dtype, device=q.device) if bias is None else bias
-        if causal:
-            bias = bias.masked_fill(torch.ones(n, n, dtype=torch.bool, device=q.device).triu_(1), float("-inf"))
-        if mask is not None:
-            bias = bias.masked_fill(~mask[:, None, None, :], float("-inf"))
+        bias = bias.masked_fill(~mask[:, None, None, :], float("-inf"))
         rows = torch.isfinite(bias).any(-1)
     bias = None if bias is None else bias[(None,) * (4 - bias.dim())]  # (B|1, Hp|1, N, N)
     has_key = rows.expand(b, h, n)

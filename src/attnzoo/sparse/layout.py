@@ -161,8 +161,20 @@ class SparsePattern:
             allowed &= self.mask_mod(heads, qp.clamp_min(0), kp.clamp_min(0))
         if causal:
             allowed &= kp <= qp
+        heads = torch.arange(hp, device=pos.device)
+        real = pos >= 0
+        per_token = torch.zeros(hp, self.seq_len + 1, dtype=torch.long, device=pos.device)
+        per_token.scatter_add_(1, pos.masked_fill(~real, self.seq_len), real.long())
+        if bool((per_token[:, :-1] <= 1).all()):  # each token holds at most one slot per head: gather
+            slot = torch.full((hp, self.seq_len + 1), length, dtype=torch.long, device=pos.device)
+            slots = torch.arange(length, device=pos.device).expand(hp, length)
+            slot.scatter_(1, pos.masked_fill(~real, self.seq_len), slots)  # empty slots land on column N
+            padded = torch.nn.functional.pad(allowed, (0, 1, 0, 1))  # slot L: never allowed
+            rows = slot[:, : self.seq_len]
+            by_row = padded.gather(1, rows[:, :, None].expand(hp, self.seq_len, length + 1))
+            return by_row.gather(2, rows[:, None, :].expand(hp, self.seq_len, self.seq_len))
         dense = torch.zeros(hp, self.seq_len, self.seq_len, dtype=torch.bool, device=pos.device)
-        h_idx = torch.arange(hp, device=pos.device)[:, None, None].expand_as(allowed)
+        h_idx = heads[:, None, None].expand_as(allowed)
         keep = allowed.nonzero(as_tuple=True)
         dense[h_idx[keep], qp.expand_as(allowed)[keep], kp.expand_as(allowed)[keep]] = True
         return dense
