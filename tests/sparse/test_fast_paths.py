@@ -12,13 +12,14 @@ from attnzoo.sparse.band import find_band
 from attnzoo.sparse.dense import DENSE_BYTES, prefer_dense, visited_share
 from attnzoo.sparse.engine import _prepare
 from attnzoo.sparse.kernels import KERNELS
+from attnzoo.sparse.structured import butterfly_groups
 from attnzoo.testing import assert_close, make_qkv, random_padding_mask
 
 
 @pytest.fixture
 def calls(monkeypatch):
     """Counts of band-path forward/backward calls and dense-path calls."""
-    seen = {"band_forward": 0, "band_backward": 0, "dense": 0}
+    seen = {"band_forward": 0, "band_backward": 0, "dense": 0, "grouped": 0}
 
     def spy(name, target):
         def wrapper(*args, **kwargs):
@@ -30,6 +31,7 @@ def calls(monkeypatch):
     monkeypatch.setattr(executors, "band_forward", spy("band_forward", executors.band_forward))
     monkeypatch.setattr(executors, "band_backward", spy("band_backward", executors.band_backward))
     monkeypatch.setattr(engine, "dense_attention", spy("dense", engine.dense_attention))
+    monkeypatch.setattr(engine, "grouped_attention", spy("grouped", engine.grouped_attention))
     return seen
 
 
@@ -174,3 +176,27 @@ def test_dense_masks_cache_stays_within_its_byte_budget(monkeypatch):
     monkeypatch.setattr(dense, "CACHE_BYTES", 100)
     check_against_reference(q, k, v, [dilated_segments(32, 32, 2, (0, 1))] * 9, None, False)
     assert len(dense._CACHE) == 0
+
+
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize(("n", "stage", "stride"), [(64, 0, 1), (64, 1, 4), (48, 1, 4), (64, 2, 16)])
+def test_grouped_path_runs_butterfly_groups_exactly(calls, n, stage, stride, causal):
+    """Groups of b tokens at stride s run as one batched call on the sequence's view: same outputs, lse and
+    gradients as the dense masked softmax over the pattern's N x N mask."""
+    pattern = butterfly_groups(n, 4, stage)
+    assert pattern.groups == (4, stride)
+    q, k, v = make_qkv(2, 3, n, 8, seed=stage)
+    check_against_reference(q, k, v, pattern, None, causal)
+    assert calls["grouped"] == 1
+
+
+def test_grouped_path_not_taken_with_empty_slots_or_padding(calls):
+    q, k, v = make_qkv(2, 2, 50, 8, seed=1)
+    ragged = butterfly_groups(50, 4, 1)  # 50 tokens in 64 slots
+    assert ragged.groups is None
+    check_against_reference(q, k, v, ragged, None, False)
+    full = butterfly_groups(48, 4, 1)
+    q, k, v = make_qkv(2, 2, 48, 8, seed=2)
+    check_against_reference(q, k, v, full, random_padding_mask(2, 48, seed=0), False)
+    check_against_reference(q, k, v, full, None, False, executor="gather")
+    assert calls["grouped"] == 0

@@ -21,7 +21,7 @@ from torch import Tensor
 from attnzoo.sparse.kernels import Kernel
 from attnzoo.sparse.layout import SparsePattern
 
-__all__ = ["DENSE_BYTES", "DENSE_SHARE", "dense_attention", "prefer_dense"]
+__all__ = ["DENSE_BYTES", "DENSE_SHARE", "dense_attention", "grouped_attention", "prefer_dense"]
 
 DENSE_BYTES = 32 * 2**20
 """Largest additive mask (``B|1 x Hp x N x N`` in the input's dtype) the dense fallback may build: 8 heads
@@ -88,14 +88,23 @@ def _bytes(bias: Tensor | None) -> int:
 
 
 class _Dense(torch.autograd.Function):
-    """One kernel call with a dense additive mask; rows without keys give 0 and ``lse = -inf``."""
+    """One kernel call with a dense additive mask (or the kernel's causal flag); rows without keys give 0
+    and ``lse = -inf``."""
 
     @staticmethod
     def forward(  # type: ignore[override]
-        ctx: Any, q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None, has_key: Tensor, kernel: Kernel, scale: float
+        ctx: Any,
+        q: Tensor,
+        k: Tensor,
+        v: Tensor,
+        bias: Tensor | None,
+        has_key: Tensor,
+        kernel: Kernel,
+        scale: float,
+        causal: bool = False,
     ):
-        out, lse = kernel.forward(q, k, v, bias, False, scale, None)
-        ctx.kernel, ctx.scale = kernel, scale
+        out, lse = kernel.forward(q, k, v, bias, causal, scale, None)
+        ctx.kernel, ctx.scale, ctx.causal = kernel, scale, causal
         ctx.set_materialize_grads(False)
         ctx.save_for_backward(q, k, v, bias, has_key, out, lse)
         return out, lse.masked_fill(~has_key, float("-inf"))
@@ -106,8 +115,8 @@ class _Dense(torch.autograd.Function):
         dout = torch.zeros_like(out) if dout is None else dout.contiguous()
         if dlse is not None:
             dlse = dlse.masked_fill(~has_key, 0.0)
-        dq, dk, dv = ctx.kernel.backward(dout, dlse, q, k, v, out, lse, bias, False, ctx.scale, None)
-        return dq, dk, dv, None, None, None, None
+        dq, dk, dv = ctx.kernel.backward(dout, dlse, q, k, v, out, lse, bias, ctx.causal, ctx.scale, None)
+        return dq, dk, dv, None, None, None, None, None
 
 
 def dense_attention(
@@ -138,3 +147,33 @@ def dense_attention(
     has_key = rows.expand(b, h, n)
     q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
     return _Dense.apply(q, k, v, bias, has_key, kernel, scale)
+
+
+def grouped_attention(
+    q: Tensor, k: Tensor, v: Tensor, groups: tuple[int, int], causal: bool, scale: float, kernel: Kernel
+) -> tuple[Tensor, Tensor]:
+    """Softmax inside groups of b tokens at stride s (a pattern's ``groups``) as one batched kernel call.
+
+    Group (g, r) is tokens ``g b s + r + j s`` (j = 0 .. b-1): the ``(G, b, s) -> (G, s, b)`` transpose of
+    the sequence, a view for s = 1 (no copy, no gather) and one strided copy otherwise.
+
+    Args:
+        q, k, v: ``(B, H, N, d)`` with ``N = G b s``; ``causal``: keys j <= i inside each group.
+
+    Returns:
+        ``(out (B, H, N, dv), lse (B, H, N))``.
+    """
+    b, s = groups
+    batch, heads, n = q.shape[:3]
+    g = n // (b * s)
+
+    def to_groups(x: Tensor) -> Tensor:
+        return x.reshape(batch, heads, g, b, s, x.shape[-1]).transpose(3, 4).reshape(batch, heads * g * s, b, -1)
+
+    def to_tokens(x: Tensor) -> Tensor:
+        return x.reshape(batch, heads, g, s, b, *x.shape[3:]).transpose(3, 4).reshape(batch, heads, n, *x.shape[3:])
+
+    qg, kg, vg = (to_groups(x).contiguous() for x in (q, k, v))
+    has_key = torch.ones((), dtype=torch.bool, device=q.device).expand(qg.shape[:3])
+    out, lse = _Dense.apply(qg, kg, vg, None, has_key, kernel, scale, causal)
+    return to_tokens(out), to_tokens(lse[..., None])[..., 0]

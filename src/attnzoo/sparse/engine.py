@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from attnzoo.ops.common import check_padding_mask, check_qkv, pad_to_multiple
-from attnzoo.sparse.dense import dense_attention, prefer_dense
+from attnzoo.sparse.dense import dense_attention, grouped_attention, prefer_dense
 from attnzoo.sparse.executors import EXECUTORS, gather_backward, gather_forward, run_gather_autograd
 from attnzoo.sparse.kernels import Kernel, pick_kernel
 from attnzoo.sparse.layout import SparsePattern
@@ -293,11 +293,11 @@ def sparse_attention(
     if dropout_p > 0.0 and kernel == "auto":
         kernel = "math"  # the only kernel that applies dropout
     chosen = pick_kernel(q.device, q.dtype, kernel, equal_widths=v.shape[-1] == d)
+    fused_ok = executor == "auto" and dropout_p == 0.0 and chosen.name == "cpu_flash" and score_mod is None
+    if fused_ok and len(patterns) == 1 and patterns[0].groups is not None and mask is None:
+        return grouped_attention(q, k, v, patterns[0].groups, causal, scale, chosen)
     if (
-        executor == "auto"
-        and dropout_p == 0.0
-        and chosen.name == "cpu_flash"
-        and score_mod is None
+        fused_ok
         and not (detach_weights and len(patterns) > 1)
         and prefer_dense(patterns, b, mask is not None, q.element_size())
     ):

@@ -94,6 +94,11 @@ class SparsePattern:
             ``q - before <= kv <= q + after`` (``positions`` None, band layout): the engine may then run
             query blocks away from the ends on shifted views of the keys (:mod:`attnzoo.sparse.band`).
             ``None`` (default) for any other pattern.
+        groups: ``(b, s)`` declares that the pattern is exactly "softmax inside groups of b tokens at
+            stride s": N = G b s, slot block t holds the tokens of the ``(G, b, s) -> (G, s, b)`` view
+            transpose, each block visits only itself, ``mask_mod`` None. The engine may then run all
+            groups as one batched kernel call on that view (:func:`attnzoo.sparse.dense.grouped_attention`).
+            ``None`` (default) for any other pattern.
     """
 
     name: str
@@ -102,6 +107,7 @@ class SparsePattern:
     positions: Tensor | None
     seq_len: int
     band: tuple[int, int] | None = None
+    groups: tuple[int, int] | None = None
 
     @property
     def num_slots(self) -> int:

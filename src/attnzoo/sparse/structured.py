@@ -69,7 +69,8 @@ def butterfly_groups(
     pos = torch.where(pos < seq_len, pos, -1)
     blocks = torch.arange(length // b)[None, :, None]
     layout = BlockLayout(b, blocks, torch.ones_like(blocks, dtype=torch.bool))
-    return SparsePattern(f"butterfly_groups(b={b}, s={stride})", layout, None, pos[None], seq_len)
+    groups = (b, stride) if length == seq_len else None  # no empty slots: the groups are a view
+    return SparsePattern(f"butterfly_groups(b={b}, s={stride})", layout, None, pos[None], seq_len, groups=groups)
 
 
 def lsh_chunks(
