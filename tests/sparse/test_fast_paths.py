@@ -7,7 +7,7 @@ import attnzoo.sparse.dense as dense
 import attnzoo.sparse.engine as engine
 import attnzoo.sparse.executors as executors
 from attnzoo.ops.softmax import naive_softmax_attention
-from attnzoo.sparse import dilated_segments, sliding_window, sparse_attention
+from attnzoo.sparse import blockwise_window, dilated_segments, sliding_window, sparse_attention
 from attnzoo.sparse.band import find_band
 from attnzoo.sparse.dense import DENSE_BYTES, prefer_dense, visited_share
 from attnzoo.sparse.engine import _prepare
@@ -200,3 +200,13 @@ def test_grouped_path_not_taken_with_empty_slots_or_padding(calls):
     check_against_reference(q, k, v, full, random_padding_mask(2, 48, seed=0), False)
     check_against_reference(q, k, v, full, None, False, executor="gather")
     assert calls["grouped"] == 0
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_grouped_path_runs_disjoint_blockwise_windows(calls, causal):
+    """efficient-attention's blockwise windows without extension are groups of w tokens (EVA's local part)."""
+    assert blockwise_window(48, 12).groups == (12, 1)
+    assert blockwise_window(50, 12).groups is None and blockwise_window(48, 12, 2).groups is None
+    q, k, v = make_qkv(2, 3, 48, 8, seed=5)
+    check_against_reference(q, k, v, blockwise_window(48, 12), None, causal)
+    assert calls["grouped"] == 1

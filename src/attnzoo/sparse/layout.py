@@ -95,10 +95,10 @@ class SparsePattern:
             query blocks away from the ends on shifted views of the keys (:mod:`attnzoo.sparse.band`).
             ``None`` (default) for any other pattern.
         groups: ``(b, s)`` declares that the pattern is exactly "softmax inside groups of b tokens at
-            stride s": N = G b s, slot block t holds the tokens of the ``(G, b, s) -> (G, s, b)`` view
-            transpose, each block visits only itself, ``mask_mod`` None. The engine may then run all
-            groups as one batched kernel call on that view (:func:`attnzoo.sparse.dense.grouped_attention`).
-            ``None`` (default) for any other pattern.
+            stride s": N = G b s, group t is the t-th row of the ``(G, b, s) -> (G, s, b)`` view
+            transpose of the tokens and attends only itself (layout, ``positions`` and ``mask_mod`` say
+            the same). The engine may then run all groups as one batched kernel call on that view
+            (:func:`attnzoo.sparse.dense.grouped_attention`). ``None`` (default) for any other pattern.
     """
 
     name: str

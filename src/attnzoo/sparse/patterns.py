@@ -87,7 +87,8 @@ def blockwise_window(seq_len: int, window: int, extension: int = 0, block_size: 
         return (kv >= start - extension) & (kv < start + window + extension)
 
     layout = band_layout(nb, lower, upper, bs)
-    return SparsePattern(f"blockwise_window(w={window}, e={extension})", layout, mask_mod, None, seq_len)
+    groups = (window, 1) if extension == 0 and seq_len % window == 0 else None  # disjoint windows of w tokens
+    return SparsePattern(f"blockwise_window(w={window}, e={extension})", layout, mask_mod, None, seq_len, groups=groups)
 
 
 @functools.lru_cache(maxsize=64)
