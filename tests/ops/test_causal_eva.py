@@ -4,6 +4,7 @@ import pytest
 import torch
 
 import attnzoo
+import attnzoo.ops.eva.causal as causal_module
 from attnzoo.ops.eva import causal_eva_attention, naive_causal_eva_attention
 from attnzoo.ops.eva.chunks import t5_num_buckets
 
@@ -24,9 +25,12 @@ CASES = [
 ]
 
 
+@pytest.mark.parametrize("row_bytes", [None, 1], ids=["one-block", "row-by-row"])
 @pytest.mark.parametrize("causal", [True, False], ids=["causal", "bidir"])
 @pytest.mark.parametrize("kw", CASES)
-def test_matches_naive(kw, causal):
+def test_matches_naive(kw, causal, row_bytes, monkeypatch):
+    if row_bytes is not None:  # the chunk branch one query row at a time (each with its own visible prefix)
+        monkeypatch.setattr(causal_module, "CHUNK_ROWS_BYTES", row_bytes)
     q, k, v = qkv(2, 2, 37, 8)
     w = kw["window_size"]
     e = w if kw.get("overlap_window") else 0

@@ -210,3 +210,12 @@ def test_grouped_path_runs_disjoint_blockwise_windows(calls, causal):
     q, k, v = make_qkv(2, 3, 48, 8, seed=5)
     check_against_reference(q, k, v, blockwise_window(48, 12), None, causal)
     assert calls["grouped"] == 1
+
+
+def test_grouped_path_by_chunks_of_groups(calls, monkeypatch):
+    """Groups run in chunks of rows (one group each here): same outputs, lse and gradients."""
+    monkeypatch.setattr(dense, "GROUP_CHUNK_BYTES", 1)
+    q, k, v = make_qkv(2, 3, 64, 8, seed=7)
+    check_against_reference(q, k, v, butterfly_groups(64, 4, 1), None, True)
+    assert calls["grouped"] == 1
+    assert len(dense._row_chunks(torch.zeros(1, 2 * 3 * 16, 4, 8))) == 2 * 3 * 16

@@ -175,10 +175,43 @@ def causal_eva_attention(
     hidden = hidden.to(q.device)[None]
     if not compat:
         hidden = hidden | ~real_chunks(seg, mask)[:, None, :]
-    logits = (scale * q @ k_hat.transpose(-1, -2)).masked_fill(hidden[:, None], float("-inf"))
-    global_lse = torch.logsumexp(logits, dim=-1)
-    probs = torch.exp(logits - global_lse.nan_to_num(0.0, neginf=0.0)[..., None])
-    global_out = F.dropout(probs, dropout_p) @ beta if dropout_p > 0 else probs @ beta
+    global_out, global_lse = _chunk_attention(q, scale * k_hat, beta, hidden, dropout_p)
     out, _ = merge_partials([local_out.to(q.dtype), global_out], [local_lse.to(global_lse.dtype), global_lse])
     out = out.to(q.dtype)
     return out if mask is None else out * mask[:, None, :, None].to(out.dtype)
+
+
+CHUNK_ROWS_BYTES = 2 * 2**20
+"""Query rows per step of :func:`_chunk_attention`: as many as keep one step's logits under this size."""
+
+
+def _chunk_attention(q: Tensor, keys: Tensor, beta: Tensor, hidden: Tensor, dropout_p: float) -> tuple[Tensor, Tensor]:
+    """Softmax of ``q keys^T`` (``hidden`` pairs excluded) applied to ``beta``, by blocks of query rows.
+
+    A block multiplies only the chunks up to the last one any of its rows sees (when causal, the chunks
+    before the block: about half the N x C logits), and its logits stay small (no N x C temporary).
+
+    Args:
+        q: ``(B, H, N, d)``; keys: ``(B, H, C, d)`` (scaled); beta: ``(B, H, C, dv)``;
+        hidden: ``(B|1, N, C)`` bool, True = the row does not see the chunk.
+
+    Returns:
+        ``(out (B, H, N, dv), lse (B, H, N))``; rows that see no chunk give 0 and ``-inf``.
+    """
+    b, h, n, _ = q.shape
+    chunks = keys.shape[-2]
+    seen = (~hidden).any(0)  # (N, C)
+    last_seen = torch.where(seen, torch.arange(1, chunks + 1, device=seen.device), 0).amax(-1)  # (N,)
+    step = max(1, CHUNK_ROWS_BYTES // max(1, b * h * chunks * q.element_size()))
+    outs, lses = [], []
+    for i, q_rows in zip(range(0, n, step), q.split(step, dim=2), strict=True):  # split: one backward concat
+        rows = slice(i, i + step)
+        c = int(last_seen[rows].max())
+        logits = (q_rows @ keys[:, :, :c].transpose(-1, -2)).masked_fill(hidden[:, None, rows, :c], float("-inf"))
+        lse = torch.logsumexp(logits, dim=-1)
+        probs = torch.exp(logits - lse.nan_to_num(0.0, neginf=0.0)[..., None])
+        if dropout_p > 0:
+            probs = F.dropout(probs, dropout_p)
+        outs.append(probs @ beta[:, :, :c])
+        lses.append(lse)
+    return torch.cat(outs, 2), torch.cat(lses, 2)
