@@ -153,13 +153,15 @@ def test_dense_fallback_plain_softmax_and_rows_without_keys(calls):
     q, k, v = make_qkv(2, 2, 48, 8, seed=6)
     out, _ = sparse_attention(q, k, v, sliding_window(48, 100, 100, 16))
     assert_close("out", naive_softmax_attention(q, k, v), out, 1e-12)
+    check_against_reference(q, k, v, sliding_window(48, 100, 100, 16), None, True)  # the kernel's causal flag
+    assert calls["dense"] == 2
     odd_rows = dilated_segments(48, 48, 2, (0, 1))  # head 0 keeps even tokens, head 1 odd ones
     thrice = [odd_rows] * 3  # visits 3/4 of the matrix: dense; every kept pair counts three times
     check_against_reference(q, k, v, thrice, None, False)
     out, lse = sparse_attention(q, k, v, thrice)
     assert torch.equal(out[:, 0, 1::2], torch.zeros_like(out[:, 0, 1::2]))
     assert bool(torch.isneginf(lse[:, 0, 1::2]).all())
-    assert calls["dense"] == 3
+    assert calls["dense"] == 4
 
 
 def test_dense_masks_cache_stays_within_its_byte_budget(monkeypatch):
