@@ -32,7 +32,8 @@ def test_output_is_the_engine_buffer_and_survives_backward(ranks) -> None:
         assert found["shared"] is True  # no second output-sized tensor per rank
         assert found["changed"] == 0.0  # the rows swapped for the engine's backward are put back
         assert found["no_grad"] < 1e-6  # the inference path mixes the same rows in place
-        assert "modified by an inplace operation" in found["in_place"]
+        # autograd refuses it, in the version check or, when the output is a view of the engine's, at the view
+        assert "modified by an inplace operation" in found["in_place"] or "modified inplace" in found["in_place"]
 
 
 def test_counted_traffic_matches_the_model(ranks) -> None:
