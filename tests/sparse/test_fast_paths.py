@@ -192,16 +192,33 @@ def test_grouped_path_runs_butterfly_groups_exactly(calls, n, stage, stride, cau
     assert calls["grouped"] == 1
 
 
-def test_grouped_path_not_taken_with_empty_slots_or_padding(calls):
+@pytest.mark.parametrize("stage", [0, 1])
+def test_grouped_path_with_a_padding_mask(calls, stage):
+    """Padded keys are skipped per group; a group of padding only gives 0 and lse -inf (a fully padded
+    sequence, and the padded tail of a short one at stride 1)."""
+    q, k, v = make_qkv(3, 2, 48, 8, seed=4)
+    mask = torch.ones(3, 48, dtype=torch.bool)
+    mask[0, 37:] = False
+    mask[1] = False
+    mask[2, ::3] = False
+    check_against_reference(q, k, v, butterfly_groups(48, 4, stage), mask, False)
+    assert calls["grouped"] == 1
+    out, lse = sparse_attention(q, k, v, butterfly_groups(48, 4, stage), mask=mask)
+    assert torch.equal(out[1], torch.zeros_like(out[1])) and bool(torch.isneginf(lse[1]).all())
+
+
+def test_grouped_path_not_taken_with_empty_slots_causal_padding_or_an_executor(calls):
     q, k, v = make_qkv(2, 2, 50, 8, seed=1)
     ragged = butterfly_groups(50, 4, 1)  # 50 tokens in 64 slots
     assert ragged.groups is None
     check_against_reference(q, k, v, ragged, None, False)
     full = butterfly_groups(48, 4, 1)
     q, k, v = make_qkv(2, 2, 48, 8, seed=2)
-    check_against_reference(q, k, v, full, random_padding_mask(2, 48, seed=0), False)
+    check_against_reference(q, k, v, full, random_padding_mask(2, 48, seed=0), True)
     check_against_reference(q, k, v, full, None, False, executor="gather")
     assert calls["grouped"] == 0
+    with pytest.raises(ValueError, match="a padding mask or causal, not both"):
+        dense.grouped_attention(q, k, v, (4, 4), True, 1.0, KERNELS["cpu_flash"], torch.ones(2, 48, dtype=torch.bool))
 
 
 @pytest.mark.parametrize("causal", [False, True])
@@ -219,5 +236,6 @@ def test_grouped_path_by_chunks_of_groups(calls, monkeypatch):
     monkeypatch.setattr(dense, "GROUP_CHUNK_BYTES", 1)
     q, k, v = make_qkv(2, 3, 64, 8, seed=7)
     check_against_reference(q, k, v, butterfly_groups(64, 4, 1), None, True)
-    assert calls["grouped"] == 1
+    check_against_reference(q, k, v, butterfly_groups(64, 4, 1), random_padding_mask(2, 64, seed=1), False)
+    assert calls["grouped"] == 2
     assert len(dense._row_chunks(torch.zeros(1, 2 * 3 * 16, 4, 8))) == 2 * 3 * 16

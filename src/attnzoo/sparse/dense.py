@@ -170,30 +170,40 @@ than calls over 2 MiB chunks in its backward (the kernel's buffers stop fitting 
 
 
 class _Grouped(torch.autograd.Function):
-    """Softmax attention over ``(1, R, b, d)`` rows of groups, by chunks of rows; returns ``(out, lse)``."""
+    """Softmax attention over ``(1, R, b, d)`` rows of groups, by chunks of rows, with an optional additive
+    key bias ``(1, R, 1, b)``; returns ``(out, lse)``, 0 and ``-inf`` on rows whose keys are all masked."""
 
     @staticmethod
-    def forward(ctx: Any, q: Tensor, k: Tensor, v: Tensor, kernel: Kernel, scale: float, causal: bool):  # type: ignore[override]
+    def forward(  # type: ignore[override]
+        ctx: Any, q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None, kernel: Kernel, scale: float, causal: bool
+    ):
         ctx.kernel, ctx.scale, ctx.causal = kernel, scale, causal
         ctx.set_materialize_grads(False)
-        parts = [kernel.forward(q[:, c], k[:, c], v[:, c], None, causal, scale, None) for c in _row_chunks(q)]
+        parts = [
+            kernel.forward(q[:, c], k[:, c], v[:, c], None if bias is None else bias[:, c], causal, scale, None)
+            for c in _row_chunks(q)
+        ]
         out, lse = torch.cat([p[0] for p in parts], 1), torch.cat([p[1] for p in parts], 1)
-        ctx.save_for_backward(q, k, v, out, lse)
-        return out, lse
+        ctx.save_for_backward(q, k, v, bias, out, lse)
+        if bias is None:
+            return out, lse
+        return out, lse.masked_fill(torch.isneginf(bias).all(-1), float("-inf"))  # groups of padding only
 
     @staticmethod
     def backward(ctx: Any, dout: Tensor | None, dlse: Tensor | None):  # type: ignore[override]
-        q, k, v, out, lse = ctx.saved_tensors
+        q, k, v, bias, out, lse = ctx.saved_tensors
         dout = torch.zeros_like(out) if dout is None else dout.contiguous()
+        if dlse is not None and bias is not None:
+            dlse = dlse.masked_fill(torch.isneginf(bias).all(-1), 0.0)
         dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
         for c in _row_chunks(q):
             grads = ctx.kernel.backward(
                 dout[:, c], None if dlse is None else dlse[:, c], q[:, c], k[:, c], v[:, c], out[:, c], lse[:, c],
-                None, ctx.causal, ctx.scale, None,
+                None if bias is None else bias[:, c], ctx.causal, ctx.scale, None,
             )  # fmt: skip
             for full, part in zip((dq, dk, dv), grads, strict=True):
                 full[:, c] = part
-        return dq, dk, dv, None, None, None
+        return dq, dk, dv, None, None, None, None
 
 
 def _row_chunks(x: Tensor) -> list[slice]:
@@ -204,7 +214,14 @@ def _row_chunks(x: Tensor) -> list[slice]:
 
 
 def grouped_attention(
-    q: Tensor, k: Tensor, v: Tensor, groups: tuple[int, int], causal: bool, scale: float, kernel: Kernel
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    groups: tuple[int, int],
+    causal: bool,
+    scale: float,
+    kernel: Kernel,
+    mask: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Softmax inside groups of b tokens at stride s (a pattern's ``groups``) as one batched kernel call.
 
@@ -213,6 +230,8 @@ def grouped_attention(
 
     Args:
         q, k, v: ``(B, H, N, d)`` with ``N = G b s``; ``causal``: keys j <= i inside each group.
+        mask: bool padding mask ``(B, N)``, True = real token (not with ``causal``: the kernel takes one or
+            the other); padded keys are skipped, a group without real keys gives 0 and ``-inf``.
 
     Returns:
         ``(out (B, H, N, dv), lse (B, H, N))``.
@@ -227,8 +246,15 @@ def grouped_attention(
     def to_tokens(x: Tensor) -> Tensor:
         return x.reshape(batch, heads, g, s, b, x.shape[-1]).transpose(3, 4).reshape(batch, heads, n, x.shape[-1])
 
+    if causal and mask is not None:
+        raise ValueError("grouped_attention takes a padding mask or causal, not both")
     qg, kg, vg = (to_groups(x).contiguous() for x in (q, k, v))
     if qg.shape[1] == 0:
         return v * 0, q.new_full(q.shape[:-1], float("-inf"))
-    out, lse = _Grouped.apply(qg, kg, vg, kernel, scale, causal)
+    bias = None
+    if mask is not None:
+        keys = to_groups(mask[:, None, :, None].expand(batch, heads, n, 1))  # (1, R, b, 1)
+        bias = torch.zeros(keys.shape, dtype=q.dtype, device=q.device).masked_fill_(~keys, float("-inf"))
+        bias = bias.transpose(-1, -2)  # (1, R, 1, b): the same keys for every query of a group
+    out, lse = _Grouped.apply(qg, kg, vg, bias, kernel, scale, causal)
     return to_tokens(out), to_tokens(lse[..., None])[..., 0]

@@ -294,8 +294,8 @@ def sparse_attention(
         kernel = "math"  # the only kernel that applies dropout
     chosen = pick_kernel(q.device, q.dtype, kernel, equal_widths=v.shape[-1] == d)
     fused_ok = executor == "auto" and dropout_p == 0.0 and chosen.name == "cpu_flash" and score_mod is None
-    if fused_ok and len(patterns) == 1 and patterns[0].groups is not None and mask is None:
-        return grouped_attention(q, k, v, patterns[0].groups, causal, scale, chosen)
+    if fused_ok and len(patterns) == 1 and patterns[0].groups is not None and not (causal and mask is not None):
+        return grouped_attention(q, k, v, patterns[0].groups, causal, scale, chosen, mask)
     if (
         fused_ok
         and not (detach_weights and len(patterns) > 1)
