@@ -8,6 +8,10 @@ so results and gradients equal the sparse path's. It is bounded: ``auto`` takes 
 additive mask of the call stays under :data:`DENSE_BYTES` (so N is small), never an O(N^2) mask at
 long N. The mask of each pattern (or union), causal or not, is built once and cached (at most
 :data:`CACHE_BYTES` in all).
+
+The same kernel, batched, runs patterns that are dense inside disjoint groups (a pattern's ``groups``:
+butterfly stages, blockwise windows without extension) on a view of the sequence:
+:func:`grouped_attention`.
 """
 
 from __future__ import annotations
@@ -223,7 +227,7 @@ def grouped_attention(
     kernel: Kernel,
     mask: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """Softmax inside groups of b tokens at stride s (a pattern's ``groups``) as one batched kernel call.
+    """Softmax inside groups of b tokens at stride s (a pattern's ``groups``) as batched kernel calls.
 
     Group (g, r) is tokens ``g b s + r + j s`` (j = 0 .. b-1): the ``(G, b, s) -> (G, s, b)`` transpose of
     the sequence, a view for s = 1 (no copy, no gather) and one strided copy otherwise.
