@@ -117,10 +117,8 @@ class _Run:
         return out.view(b, self.heads, self.seq_len, *tail)
 
 
-def _prepare(
-    q: Tensor, v: Tensor, pattern: SparsePattern, mask: Tensor | None, causal: bool, score_mod: ScoreMod | None
-) -> _Run:
-    b, h, n, d = q.shape
+def _check_pattern(pattern: SparsePattern, n: int, h: int) -> None:
+    """Raises ValueError when ``pattern`` was built for another length or head count than ``(N, H)``."""
     if pattern.seq_len != n:
         raise ValueError(f"pattern {pattern.name} was built for N={pattern.seq_len}, got N={n}")
     for name, heads in (
@@ -129,6 +127,12 @@ def _prepare(
     ):
         if heads not in (1, h):
             raise ValueError(f"pattern {pattern.name} has {heads} {name} heads; the input has H={h}")
+
+
+def _prepare(
+    q: Tensor, v: Tensor, pattern: SparsePattern, mask: Tensor | None, causal: bool, score_mod: ScoreMod | None
+) -> _Run:
+    b, h, n, d = q.shape
     slot_pos = pattern.slot_positions().to(q.device)
     key_ok = (slot_pos >= 0)[None]
     if mask is not None:
@@ -288,7 +292,8 @@ def sparse_attention(
     if not patterns:
         raise ValueError("sparse_attention needs at least one pattern")
     scale = d**-0.5 if scale is None else float(scale)
-    runs = [_prepare(q, v, p, mask, causal, score_mod) for p in patterns]
+    for p in patterns:
+        _check_pattern(p, n, q.shape[1])
     name = pick_executor(q, executor, [p.layout.block_size for p in patterns], dropout=dropout_p > 0.0)
     if dropout_p > 0.0 and kernel == "auto":
         kernel = "math"  # the only kernel that applies dropout
@@ -302,6 +307,7 @@ def sparse_attention(
         and prefer_dense(patterns, b, mask is not None, q.element_size())
     ):
         return dense_attention(q, k, v, patterns, mask, causal, scale, chosen)
+    runs = [_prepare(q, v, p, mask, causal, score_mod) for p in patterns]  # the block-sparse plan
     learned_bias = score_mod is not None and torch.is_grad_enabled()
     if name == "gather" and not learned_bias:
         return _FusedUnion.apply(q, k, v, runs, chosen, scale, detach_weights, float(dropout_p))

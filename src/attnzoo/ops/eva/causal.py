@@ -203,10 +203,10 @@ def _chunk_attention(q: Tensor, keys: Tensor, beta: Tensor, hidden: Tensor, drop
     seen = (~hidden).any(0)  # (N, C)
     last_seen = torch.where(seen, torch.arange(1, chunks + 1, device=seen.device), 0).amax(-1)  # (N,)
     step = max(1, CHUNK_ROWS_BYTES // max(1, b * h * chunks * q.element_size()))
+    block_seen = F.pad(last_seen, (0, -n % step)).view(-1, step).amax(-1).tolist()  # one host sync
     outs, lses = [], []
-    for i, q_rows in zip(range(0, n, step), q.split(step, dim=2), strict=True):  # split: one backward concat
-        rows = slice(i, i + step)
-        c = int(last_seen[rows].max())
+    for i, q_rows, c in zip(range(0, n, step), q.split(step, dim=2), block_seen, strict=True):
+        rows = slice(i, i + step)  # q split, not sliced: one concatenation in the backward
         logits = (q_rows @ keys[:, :, :c].transpose(-1, -2)).masked_fill(hidden[:, None, rows, :c], float("-inf"))
         lse = torch.logsumexp(logits, dim=-1)
         probs = torch.exp(logits - lse.nan_to_num(0.0, neginf=0.0)[..., None])
