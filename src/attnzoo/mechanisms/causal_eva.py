@@ -86,6 +86,7 @@ def causal_eva_flops(n: int, d: int, options: CausalEvaOptions, causal: bool) ->
         pattern="blockwise_window",
         # torch.compile(fullgraph=True) fails: the attnzoo.sparse plan decides in Python from layout tensors
         # (SparsePlan's diagonal-only check, the auto executor's density share): data-dependent under dynamo
+        # (only where the window divides N, no dropout or RPE, does the grouped path alone take the call)
         compile_fullgraph=False,
     ),
     functional=causal_eva_attention,

@@ -103,6 +103,7 @@ def eva_flops(n: int, d: int, options: EvaOptions, causal: bool) -> float:
         pattern="blockwise_window | window_2d",
         # torch.compile(fullgraph=True) fails: the attnzoo.sparse plan decides in Python from layout tensors
         # (SparsePlan's diagonal-only check, the auto executor's density share): data-dependent under dynamo
+        # (only where the window divides N, no dropout or RPE, does the grouped path alone take the call)
         compile_fullgraph=False,
     ),
     functional=eva_attention,

@@ -74,6 +74,7 @@ def scatterbrain_flops(n: int, d: int, options: ScatterBrainOptions, causal: boo
         pattern="blockwise_window",
         # torch.compile(fullgraph=True) fails: the attnzoo.sparse plan decides in Python from layout tensors
         # (SparsePlan's diagonal-only check, the auto executor's density share): data-dependent under dynamo
+        # (only where the window divides N, no dropout or RPE, does the grouped path alone take the call)
         compile_fullgraph=False,
     ),
     functional=scatterbrain_attention,
