@@ -27,6 +27,7 @@ from attnzoo.sparse.dense import dense_attention, grouped_attention, prefer_dens
 from attnzoo.sparse.executors import EXECUTORS, gather_backward, gather_forward, run_gather_autograd
 from attnzoo.sparse.kernels import Kernel, pick_kernel
 from attnzoo.sparse.layout import SparsePattern
+from attnzoo.sparse.masked_gather import masked_gather_attention
 from attnzoo.sparse.plan import ChunkPlan, ScoreMod
 
 __all__ = ["merge_partials", "pick_executor", "sparse_attention"]
@@ -292,41 +293,93 @@ def sparse_attention(
     if not patterns:
         raise ValueError("sparse_attention needs at least one pattern")
     scale = d**-0.5 if scale is None else float(scale)
+    copies = _copies(patterns, causal)
     for p in patterns:
-        _check_pattern(p, n, q.shape[1])
+        _check_pattern(p, n * copies, q.shape[1])
     name = pick_executor(q, executor, [p.layout.block_size for p in patterns], dropout=dropout_p > 0.0)
     if dropout_p > 0.0 and kernel == "auto":
         kernel = "math"  # the only kernel that applies dropout
     chosen = pick_kernel(q.device, q.dtype, kernel, equal_widths=v.shape[-1] == d)
     fused_ok = executor == "auto" and dropout_p == 0.0 and chosen.name == "cpu_flash" and score_mod is None
-    if fused_ok and len(patterns) == 1 and patterns[0].groups is not None and not (causal and mask is not None):
-        return grouped_attention(q, k, v, patterns[0].groups, causal, scale, chosen, mask)
-    if (
-        fused_ok
-        and not (detach_weights and len(patterns) > 1)
-        and prefer_dense(patterns, b, mask is not None, q.element_size())
-    ):
-        return dense_attention(q, k, v, patterns, mask, causal, scale, chosen)
-    runs = [_prepare(q, v, p, mask, causal, score_mod) for p in patterns]  # the block-sparse plan
-    learned_bias = score_mod is not None and torch.is_grad_enabled()
-    if name == "gather" and not learned_bias:
-        return _FusedUnion.apply(q, k, v, runs, chosen, scale, detach_weights, float(dropout_p))
-    if dropout_p > 0 and name not in ("gather", "gather-autograd"):
-        raise ValueError(f"executor {name!r} does not apply attention dropout; use executor='gather'")
-    outs, lses = [], []
-    for run in runs:
-        qs, ks, vs = run.slots(q), run.slots(k), run.slots(v)
-        if name in ("gather", "gather-autograd"):
-            out, lse = run_gather_autograd(qs, ks, vs, run.plan, chosen, scale, dropout_p)
-        else:
-            out, lse = EXECUTORS[name](qs, ks, vs, run.plan, chosen, scale)
-        outs.append(run.tokens(out))
-        lses.append(None if lse is None else run.tokens(lse, float("-inf")))
-    if len(runs) == 1:
-        return outs[0], lses[0]
-    if any(lse is None for lse in lses):
-        raise ValueError(f"executor {name!r} returned no log-sum-exp here; a union of patterns needs it")
-    return merge_partials(outs, lses, detach_weights=detach_weights)  # type: ignore[arg-type]
+    if fused_ok and len(patterns) == 1 and patterns[0].masked_gather:
+        return masked_gather_attention(q, k, v, patterns[0], mask, causal, scale, chosen)
+    run = _Call(name, chosen, scale, fused_ok, float(dropout_p), score_mod, detach_weights)
+    if copies == 1:
+        return run(q, k, v, patterns, mask, causal)
+    # the R copies as R * N virtual tokens, each token's copies merged by log-sum-exp
+    out, lse = run(*(x.repeat(1, 1, copies, 1) for x in (q, k, v)), patterns, _repeat(mask, copies), causal)
+    if lse is None:
+        raise ValueError(f"executor {name!r} returned no log-sum-exp; patterns with copies need it")
+    outs, lses = out.unflatten(2, (copies, n)).unbind(2), lse.unflatten(2, (copies, n)).unbind(2)
+    return merge_partials(list(outs), list(lses), detach_weights=detach_weights)
+
+
+def _copies(patterns: Sequence[SparsePattern], causal: bool) -> int:
+    """The patterns' common ``copies``.
+
+    Raises:
+        ValueError: patterns with different copies, fewer than 1, or ``causal`` with copies (the flag
+            would compare virtual positions).
+    """
+    found = {p.copies for p in patterns}
+    if len(found) != 1 or min(found) < 1:
+        raise ValueError(f"patterns must share one copies value >= 1; got {sorted(found)}")
+    copies = found.pop()
+    if copies > 1 and causal:
+        raise ValueError("causal=True is refused for patterns with copies > 1; express causality in mask_mod")
+    return copies
+
+
+def _repeat(mask: Tensor | None, copies: int) -> Tensor | None:
+    return None if mask is None else mask.repeat(1, copies)
+
+
+@dataclass
+class _Call:
+    """How one :func:`sparse_attention` call runs its patterns (executor, kernel and options chosen)."""
+
+    executor: str
+    kernel: Kernel
+    scale: float
+    fused_ok: bool
+    dropout_p: float
+    score_mod: ScoreMod | None
+    detach_weights: bool
+
+    def __call__(
+        self, q: Tensor, k: Tensor, v: Tensor, patterns: list[SparsePattern], mask: Tensor | None, causal: bool
+    ) -> tuple[Tensor, Tensor | None]:
+        """Grouped or dense fast path, else the block-sparse plan on the chosen executor."""
+        name, chosen, scale = self.executor, self.kernel, self.scale
+        union = len(patterns) > 1
+        if self.fused_ok and not union and patterns[0].groups is not None and not (causal and mask is not None):
+            return grouped_attention(q, k, v, patterns[0].groups, causal, scale, chosen, mask)
+        if (
+            self.fused_ok
+            and not (self.detach_weights and union)
+            and prefer_dense(patterns, q.shape[0], mask is not None, q.element_size())
+        ):
+            return dense_attention(q, k, v, patterns, mask, causal, scale, chosen)
+        runs = [_prepare(q, v, p, mask, causal, self.score_mod) for p in patterns]  # the block-sparse plan
+        learned_bias = self.score_mod is not None and torch.is_grad_enabled()
+        if name == "gather" and not learned_bias:
+            return _FusedUnion.apply(q, k, v, runs, chosen, scale, self.detach_weights, self.dropout_p)
+        if self.dropout_p > 0 and name not in ("gather", "gather-autograd"):
+            raise ValueError(f"executor {name!r} does not apply attention dropout; use executor='gather'")
+        outs, lses = [], []
+        for run in runs:
+            qs, ks, vs = run.slots(q), run.slots(k), run.slots(v)
+            if name in ("gather", "gather-autograd"):
+                out, lse = run_gather_autograd(qs, ks, vs, run.plan, chosen, scale, self.dropout_p)
+            else:
+                out, lse = EXECUTORS[name](qs, ks, vs, run.plan, chosen, scale)
+            outs.append(run.tokens(out))
+            lses.append(None if lse is None else run.tokens(lse, float("-inf")))
+        if not union:
+            return outs[0], lses[0]
+        if any(lse is None for lse in lses):
+            raise ValueError(f"executor {name!r} returned no log-sum-exp here; a union of patterns needs it")
+        return merge_partials(outs, lses, detach_weights=self.detach_weights)  # type: ignore[arg-type]
 
 
 def _from_mask(mask: Tensor, slot_pos: Tensor) -> Tensor:

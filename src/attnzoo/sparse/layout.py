@@ -99,6 +99,16 @@ class SparsePattern:
             transpose of the tokens and attends only itself (layout, ``positions`` and ``mask_mod`` say
             the same). The engine may then run all groups as one batched kernel call on that view
             (:func:`attnzoo.sparse.dense.grouped_attention`). ``None`` (default) for any other pattern.
+        masked_gather: declares that each token holds at most one slot per head and that (almost) no visited
+            block is fully allowed, so the engine may run every chunk of query blocks as one masked kernel call
+            (:func:`attnzoo.sparse.masked_gather.masked_gather_attention`) instead of splitting full from
+            partial blocks. False (default): the block-sparse plan.
+        copies: R >= 1. With R > 1 the pattern is over the ``seq_len = R * N`` virtual tokens of R copies of
+            the sequence (Reformer's hash rounds): virtual token ``r * N + i`` is token i. The engine takes
+            ``(B, H, N, d)`` inputs and gives each token the softmax over the multiset union of its copies'
+            keys (a key reached from two copies counts twice): the log-sum-exp merge of the copies.
+            ``mask_mod`` sees virtual positions; the engine's ``causal`` flag is refused (say it in
+            ``mask_mod``).
     """
 
     name: str
@@ -108,6 +118,8 @@ class SparsePattern:
     seq_len: int
     band: tuple[int, int] | None = None
     groups: tuple[int, int] | None = None
+    masked_gather: bool = False
+    copies: int = 1
 
     @property
     def num_slots(self) -> int:

@@ -73,23 +73,22 @@ def butterfly_groups(
     return SparsePattern(f"butterfly_groups(b={b}, s={stride})", layout, None, pos[None], seq_len, groups=groups)
 
 
-def lsh_chunks(
-    order: Tensor, lengths: Tensor, chunk: int, period: int, num_tokens: int, *, causal: bool
-) -> SparsePattern:
+def lsh_chunks(order: Tensor, lengths: Tensor, chunk: int, period: int, rounds: int, *, causal: bool) -> SparsePattern:
     """Chunked attention over per-head token orders (Reformer's sorted hash buckets).
 
     Slot t of folded head g holds virtual token ``order[g, t]`` (-1 = empty); virtual token
     ``r * period + i`` is token i in hash round r. Chunk c (slots ``[c*chunk, (c+1)*chunk)``)
     visits itself and chunk ``c - 1``; chunk 0 wraps round to the last chunk holding any of the
     first ``lengths[g]`` slots. A query never attends its own token (in any round), and with
-    ``causal`` only tokens ``<=`` its own.
+    ``causal`` only tokens ``<=`` its own. The pattern has ``copies = rounds``: the engine takes the N
+    tokens and merges each token's rounds by log-sum-exp.
 
     Args:
         order: ``(G, L)`` long, L a multiple of ``chunk``; values in ``[-1, R * period)``.
         lengths: ``(G,)`` long, the slots that count for the wrap-round (>= 1).
         chunk: chunk length (the engine block size).
         period: N, the number of tokens per round.
-        num_tokens: R * N, the number of virtual tokens.
+        rounds: R, the number of hash rounds.
         causal: keys ``j <= i`` only (on token positions).
     """
     g, length = order.shape
@@ -106,4 +105,7 @@ def lsh_chunks(
         ok = qi != ki
         return ok & (ki <= qi) if causal else ok
 
-    return SparsePattern(f"lsh_chunks(chunk={chunk})", layout, mask_mod, order, num_tokens)
+    # every chunk holds its own queries' tokens, which they must not attend: no block is full
+    return SparsePattern(
+        f"lsh_chunks(chunk={chunk})", layout, mask_mod, order, rounds * period, masked_gather=True, copies=rounds
+    )

@@ -9,7 +9,7 @@ from torch import Tensor
 
 from attnzoo.ops.common import check_padding_mask, check_qkv
 from attnzoo.ops.reformer.hashing import auto_num_buckets, hash_buckets, normalise_keys, rotation_shape
-from attnzoo.sparse import merge_partials, sparse_attention
+from attnzoo.sparse import sparse_attention
 from attnzoo.sparse.structured import lsh_chunks
 
 __all__ = ["draw_rotations", "reformer_attention", "sorted_order"]
@@ -121,19 +121,16 @@ def reformer_attention(
     order, lengths = sorted_order(buckets, real, math.prod(factors), pad_slots=pad_slots and chunked)
     slots = math.ceil(rounds * n / bucket_size) * bucket_size
     order = torch.nn.functional.pad(order, (0, slots - rounds * n), value=-1).reshape(b * h, slots)
-    pattern = lsh_chunks(order.cpu(), lengths.repeat_interleave(h).cpu(), bucket_size, n, rounds * n, causal=causal)
-
-    def virtual(x: Tensor) -> Tensor:
-        return x.reshape(1, b * h, n, x.shape[-1]).repeat(1, 1, rounds, 1)
-
-    out, lse = sparse_attention(
-        virtual(q), virtual(normalise_keys(q)), virtual(v), pattern, scale=1.0, dropout_p=dropout_p, executor=executor
-    )
-    if lse is None:
+    pattern = lsh_chunks(order.cpu(), lengths.repeat_interleave(h).cpu(), bucket_size, n, rounds, causal=causal)
+    fold = (1, b * h, n, -1)
+    out, total = sparse_attention(
+        q.reshape(fold), normalise_keys(q).reshape(fold), v.reshape(fold), pattern, scale=1.0, dropout_p=dropout_p,
+        executor=executor,
+    )  # fmt: skip
+    if total is None:
         raise ValueError(f"executor {executor!r} returned no log-sum-exp; the hash rounds need it")
-    outs = out.view(b, h, rounds, n, -1).unbind(2)
-    lses = lse.view(b, h, rounds, n).unbind(2)
-    merged, total = merge_partials(list(outs), list(lses))
+    out, total = out.view(b, h, n, -1), total.view(b, h, n)
     alone = torch.isinf(total)[..., None]  # sees nothing but itself: attends itself
-    merged = torch.where(alone, v, merged.to(v.dtype))
-    return merged * real[:, None, :, None].to(merged.dtype)
+    if bool(alone.any()):
+        out = torch.where(alone, v, out.to(v.dtype))
+    return out if mask is None else out * mask[:, None, :, None].to(out.dtype)
