@@ -130,3 +130,19 @@ def test_the_printed_command_reruns_the_same_sweep():
     assert dataclasses.replace(preset_again, mechanisms=None) == dataclasses.replace(preset, mechanisms=None)
     assert options["local"] == {"window_size": 8} and options["dilated"]["segment_lengths"] == (64, 128)
     assert preset.causal == (False, True) and preset.passes == ("fwd",) and preset.shapes[0].heads == 2
+
+
+@pytest.mark.parametrize(("flag", "folder"), [("--out", True), ("--markdown", True), ("--out-dir", False)])
+def test_an_output_path_of_the_wrong_kind_fails_before_the_sweep(tmp_path, capsys, flag, folder):
+    """A folder given for --out (or a file for --out-dir) is refused at once, not after the sweep has run."""
+    target = tmp_path / "taken"
+    if folder:
+        target.mkdir()
+    else:
+        target.write_text("keep me\n")
+    argv = ["bench", "--mechanisms", "softmax", "--lengths", "16", "--shapes", "1x1x4", flag, str(target)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert f"{flag} {str(target)!r} is {'a folder' if folder else 'a file'}" in err
+    assert "# attnzoo bench:" not in err  # the sweep never started (its header line)
+    assert folder or target.read_text() == "keep me\n"

@@ -172,6 +172,16 @@ def _progress(records: list[dict[str, Any]]) -> None:
         )
 
 
+def _check_destinations(args: argparse.Namespace) -> None:
+    """Raises ValueError before the sweep when an output path cannot be written (a folder where a file goes,
+    or a file where the folder goes)."""
+    for flag, value, folder in (("--out", args.out, False), ("--markdown", args.markdown, False),
+                                ("--out-dir", args.out_dir, True)):  # fmt: skip
+        if value and Path(value).exists() and Path(value).is_dir() != folder:
+            kind = "a file" if folder else "a folder"
+            raise ValueError(f"{flag} {value!r} is {kind}; it must name {'a folder' if folder else 'a file'}")
+
+
 def _write_records(args: argparse.Namespace, records: list[dict[str, Any]]) -> None:
     """Save the sweep's records (``--out`` appended to, ``--out-dir``'s records.jsonl and .csv)."""
     from attnzoo.bench.report import to_csv
@@ -250,6 +260,7 @@ def _run(args: argparse.Namespace) -> int:
         return _compare(args.compare, load_records(args.against), args.threshold)
     if args.docs:
         _docs_section(Path(args.docs))  # fail before the sweep, not after
+    _check_destinations(args)
     preset, mechanisms, options = _sweep(args)
     env = environment()
     print(f"# attnzoo bench: {env}", file=sys.stderr)
