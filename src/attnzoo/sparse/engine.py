@@ -9,7 +9,9 @@ the same queries by their log-sum-exp with autograd through the weights.
 
 Fast paths (same results, less work): patterns that declare a ``band`` (sliding windows) run their
 interior query blocks on shifted views of the keys with one constant mask (:mod:`.band`); short
-sequences whose visited blocks cover most of the matrix run as one dense masked call (:mod:`.dense`).
+sequences whose visited blocks cover most of the matrix run as one dense masked call (:mod:`.dense`);
+``groups`` run as batched calls on a view (:func:`.dense.grouped_attention`); ``masked_gather`` patterns
+(Reformer's chunks) as one masked call per chunk, copies merged per token (:mod:`.masked_gather`).
 Work per pattern is counted by :func:`attnzoo.sparse.dense.visited_share`.
 """
 
@@ -261,7 +263,8 @@ def sparse_attention(
 
     Args:
         q, k, v: ``(B, H, N, d)`` (v may have its own width dv).
-        pattern: one pattern or a list, each built for this N (e.g. :func:`attnzoo.sparse.patterns.sliding_window`).
+        pattern: one pattern or a list, each built for this N (e.g. :func:`attnzoo.sparse.patterns.sliding_window`),
+            or for R * N virtual tokens when it declares ``copies = R`` (each token's copies merged by log-sum-exp).
         mask: bool padding mask ``(B, N)``, True = real token. Default: None.
         causal: keys j <= i only.
         scale: default ``d ** -0.5``.
@@ -282,7 +285,8 @@ def sparse_attention(
         ``None`` from the ``flex`` executor on CPU, which cannot return it.
 
     Raises:
-        ValueError: shapes that do not match the pattern, unknown executor or kernel.
+        ValueError: shapes that do not match the pattern, unknown executor or kernel, patterns with different
+            ``copies``, or ``causal`` with copies.
     """
     check_qkv(q, k, v, cross=False)
     b, _, n, d = q.shape
