@@ -96,7 +96,7 @@ def test_window_and_gathered_chunks_both_run_and_agree_with_the_generic_path(mon
     g, n, d, chunk = 2, 64, 16, 8
     pattern = lsh_pattern(g, n, chunk, 2, seed=3)
     slots = masked_gather._Slots.build(pattern, 1, g, n, d * 8, torch.device("cpu"))
-    windows = [w for _, w in slots.chunks()]
+    windows = [chunk.window for chunk in slots.chunks()]
     assert any(windows) and not all(windows)
     q, k, v = make(g, n, d, seed=4)
     mask = torch.ones(1, n, dtype=torch.bool)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
@@ -28,6 +28,15 @@ __all__ = ["MASKED_CHUNK_BYTES", "masked_gather_attention"]
 MASKED_CHUNK_BYTES = 2 * 2**20
 """Query rows per kernel call: as many blocks as keep one chunk's gathered keys under this size (the kernel's
 working set then stays in cache, as for :data:`attnzoo.sparse.dense.GROUP_CHUNK_BYTES`)."""
+
+
+class _Chunk(NamedTuple):
+    """One kernel call: query blocks ``rows``; ``window``: its keys are a strided view (see ``_Slots``);
+    ``gaps``: some query or key slot of it is empty (the mask must then check the slots)."""
+
+    rows: slice
+    window: bool
+    gaps: bool
 
 
 @dataclass
@@ -46,6 +55,7 @@ class _Slots:
             ordered (previous, own), so that a look-back layout (Reformer's chunks) reads both as one window.
         windows: for each of :meth:`chunks`, whether every query block ``f`` in it visits exactly blocks ``f - 1``
             and ``f``: its keys are then a strided view of the slot tensor (no gather).
+        gaps: for each of :meth:`chunks`, whether it has an empty query or key slot.
     """
 
     src: Tensor
@@ -56,6 +66,7 @@ class _Slots:
     tokens: int
     rows_per_call: int
     windows: list[bool]
+    gaps: list[bool]
 
     @classmethod
     def build(cls, pattern: SparsePattern, b: int, h: int, n: int, row_bytes: int, device: torch.device) -> _Slots:
@@ -78,27 +89,38 @@ class _Slots:
             kv_blocks, kv_pos = kv_blocks.flip(1), kv_pos.flip(2)
         rows = max(1, min(b * h * nb, MASKED_CHUNK_BYTES // max(kk * bs * row_bytes, 1)))
         total = b * h * nb
-        windows = [False] * math.ceil(total / rows)
+        calls = math.ceil(total / rows)
+
+        def per_call(flags: Tensor, every: bool) -> list[bool]:
+            """``(B*H*nB,)`` flags per query block -> per kernel call: all of them (``every``) or any."""
+            flags = torch.nn.functional.pad(flags, (0, calls * rows - total), value=every).view(calls, rows)
+            return (flags.all(1) if every else flags.any(1)).tolist()
+
+        windows = [False] * calls
         if kk == 2:
             flat = torch.arange(total, device=device)
-            window = (kv_blocks[:, 0] == flat - 1) & (kv_blocks[:, 1] == flat)
-            window = torch.nn.functional.pad(window, (0, len(windows) * rows - total), value=True)
-            windows = window.view(-1, rows).all(1).tolist()
-        return cls(src, read, by_block, kv_pos.reshape(h * nb, kk * bs), kv_blocks, n, rows, windows)
+            windows = per_call((kv_blocks[:, 0] == flat - 1) & (kv_blocks[:, 1] == flat), every=True)
+        kv_pos = kv_pos.reshape(h * nb, kk * bs)
+        gaps = per_call(((by_block < 0).any(1) | (kv_pos < 0).any(1)).repeat(b), every=False)
+        return cls(src, read, by_block, kv_pos, kv_blocks, n, rows, windows, gaps)
 
-    def chunks(self) -> list[tuple[slice, bool]]:
-        """``(slice of the B*H*nB query blocks, keys are a window)``, one kernel call each."""
+    def chunks(self) -> list[_Chunk]:
+        """The kernel calls, in order over the ``B*H*nB`` query blocks."""
         total, step = self.kv_blocks.shape[0], self.rows_per_call
-        return [(slice(s, min(s + step, total)), w) for s, w in zip(range(0, total, step), self.windows, strict=True)]
+        return [
+            _Chunk(slice(s, min(s + step, total)), w, g)
+            for s, w, g in zip(range(0, total, step), self.windows, self.gaps, strict=True)
+        ]
 
 
-def _allowed(pattern: SparsePattern, slots: _Slots, rows: slice, mask: Tensor | None, causal: bool) -> Tensor:
-    """``(R, bs, K*bs)`` bool: which (query slot, key slot) pairs of query blocks ``rows`` take part.
+def _allowed(pattern: SparsePattern, slots: _Slots, chunk: _Chunk, mask: Tensor | None, causal: bool) -> Tensor:
+    """``(R, bs, K*bs)`` bool: which (query slot, key slot) pairs of the chunk's query blocks take part.
 
     A pair takes part when both slots hold tokens, ``mask_mod`` and ``causal`` allow it and the key is a real
     token of the padding ``mask`` ``(B, N)``. Each condition costs one pass over the chunk's pairs; the slot
-    checks run only for chunks that have empty slots (one small read).
+    checks run only for chunks with empty slots.
     """
+    rows = chunk.rows
     per_item = slots.q_pos.shape[0]
     block = torch.arange(rows.start, rows.stop, device=slots.q_pos.device)
     item, block = block // per_item, block % per_item
@@ -111,7 +133,7 @@ def _allowed(pattern: SparsePattern, slots: _Slots, rows: slice, mask: Tensor | 
         conditions.append(kv_pos <= q_pos)
     if mask is not None:
         conditions.append(mask[item[:, None, None], kv_pos.clamp_min(0) % slots.tokens])
-    if not conditions or bool((q_pos < 0).any() or (kv_pos < 0).any()):
+    if not conditions or chunk.gaps:
         conditions.append(q_pos >= 0)
         conditions.append(kv_pos >= 0)
     ok = conditions[0].expand(shape)
@@ -152,8 +174,8 @@ class _MaskedGather(torch.autograd.Function):
         qs, ks, vs = (_to_slots(x, slots).view(-1, bs, x.shape[-1]) for x in (q, k, v))
         out = qs.new_empty(*qs.shape[:2], v.shape[-1])
         lse = qs.new_empty(qs.shape[:2], dtype=torch.promote_types(q.dtype, torch.float32))
-        allowed = [_allowed(pattern, slots, rows, mask, causal) for rows, _ in slots.chunks()]  # kept for backward
-        for (rows, window), ok in zip(slots.chunks(), allowed, strict=True):
+        allowed = [_allowed(pattern, slots, chunk, mask, causal) for chunk in slots.chunks()]  # kept for backward
+        for (rows, window, _), ok in zip(slots.chunks(), allowed, strict=True):
             kc, vc = _keys(ks, vs, slots, rows, window)
             oc, lc = kernel.forward(qs[None, rows], kc, vc, _bias(ok, q.dtype), False, scale, None)
             out[rows] = oc[0]
@@ -186,7 +208,7 @@ class _MaskedGather(torch.autograd.Function):
         dq = qs.new_zeros(total + 1, qs.shape[-1])  # token rows + the empty slots' row
         dk, dv = torch.zeros_like(ks), torch.zeros_like(vs)  # by slot
         by_block = slots.src.view(-1, bs)
-        for (rows, window), ok in zip(slots.chunks(), allowed, strict=True):
+        for (rows, window, _), ok in zip(slots.chunks(), allowed, strict=True):
             kc, vc = _keys(ks, vs, slots, rows, window)
             dqc, dkc, dvc = ctx.kernel.backward(
                 douts[None, rows], None if dlses is None else dlses[None, rows], qs[None, rows], kc, vc,
