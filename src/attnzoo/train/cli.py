@@ -73,6 +73,25 @@ def _attention_options(name: str, items: list[str]) -> dict[str, Any]:
     return dict(parse_option_string(cls, item) for item in items)
 
 
+def _seed_workers(text: str) -> int | str:
+    if text == "auto":
+        return text
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected 'auto' or a whole number >= 1, got {text!r}")
+    return int(text)
+
+
+def _add_seed_workers(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--seed-workers",
+        type=_seed_workers,
+        default="auto",
+        metavar="N|auto",
+        help="seeds trained at once in separate processes, each with its share of the threads (auto: one per "
+        "seed up to the CPU cores, on CPU outside torchrun; 1 = one after another with all threads)",
+    )
+
+
 def train_command(args: argparse.Namespace) -> int:
     """``attnzoo train``: train one configuration (or ``--seeds K`` of them, or ``--profile-overhead``)."""
     from attnzoo.train.runs import train_seeds
@@ -93,7 +112,7 @@ def train_command(args: argparse.Namespace) -> int:
 
         print(json.dumps(measure_overhead(cfg, steps=args.profile_steps), indent=2))
         return 0
-    summary = train_seeds(cfg, args.seeds)
+    summary = train_seeds(cfg, args.seeds, workers=args.seed_workers)
     keys = ("accuracy", "exact_match", "dev_accuracy", "loss", "steps_per_s", "tokens_per_s", "peak_memory_mb")
     if int(os.environ.get("RANK", "0")) == 0:  # under torchrun only rank 0 prints
         brief = {k: summary[f"{k}_mean"] for k in keys if f"{k}_mean" in summary}
@@ -136,6 +155,7 @@ def compare_command(args: argparse.Namespace) -> int:
         preset=args.preset,
         seeds=args.seeds,
         plot=not args.no_plot,
+        workers=args.seed_workers,
     )
     print((out_dir / "compare.md").read_text(encoding="utf-8"))
     return 0
@@ -168,6 +188,7 @@ def register_commands(subparsers: Any) -> None:
         help="an option of the mechanism, e.g. window_size=16 (repeatable)",
     )
     train.add_argument("--seeds", type=int, default=1, help="train this many seeds; report mean and std")
+    _add_seed_workers(train)
     train.add_argument(
         "--profile-overhead",
         action="store_true",
@@ -196,6 +217,7 @@ def register_commands(subparsers: Any) -> None:
         help="an option for one mechanism, e.g. local:window_size=16 (repeatable)",
     )
     comp.add_argument("--seeds", type=int, default=2, help="seeds per mechanism (mean ± std in the table)")
+    _add_seed_workers(comp)
     comp.add_argument("--no-plot", action="store_true", help="skip compare.png")
     _add_config_flags(comp, skip=("model.attention", "model.attention_options"))
     comp.set_defaults(func=compare_command)

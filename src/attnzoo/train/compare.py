@@ -172,6 +172,7 @@ def compare(
     preset: str | None = None,
     seeds: int = DEFAULT_SEEDS,
     plot: bool = True,
+    workers: int | str = 1,
 ) -> list[dict[str, Any]]:
     """Train every mechanism in ``mechanisms`` on ``task`` with the same config; write the reports.
 
@@ -186,6 +187,8 @@ def compare(
         seeds: runs per mechanism (seeds 0 .. seeds-1 of the model; the data is the same); the table
             shows the mean and the sample standard deviation.
         plot: also draw ``compare.png`` (skipped with a message when matplotlib is missing).
+        workers: seeds trained at once, or ``"auto"`` (:func:`attnzoo.train.runs.seed_workers`; the
+            ``attnzoo compare`` command's default).
 
     Returns:
         One row per mechanism (the ``COLUMNS`` fields).
@@ -226,7 +229,7 @@ def compare(
         }
         cfg = load_config(config, run_overrides, task=task, preset=preset)
         print(f"[{index}/{len(names)}] {name} ({_format_options(options)})", flush=True)
-        summary = train_seeds(cfg, seeds)
+        summary = train_seeds(cfg, seeds, workers=workers)
         rows.append(_row(name, options, summary))
         last = rows[-1]
         print(
