@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from attnzoo.cli import main
 from attnzoo.train import load_config, train_seeds
 from attnzoo.train.runs import seed_workers
 
@@ -40,3 +41,11 @@ def test_seed_workers_rejects_bad_counts(bad: object) -> None:
     with pytest.raises(ValueError, match="seed workers must be 'auto' or a whole number >= 1"):
         seed_workers(cfg, 2, bad)  # type: ignore[arg-type]
     assert seed_workers(cfg, 1) == 1 and seed_workers(cfg, 3, 5) == 3
+
+
+@pytest.mark.parametrize("bad", ["0", "-2", "many"])
+def test_the_seed_workers_flag_refuses_bad_values(bad: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["compare", "--seed-workers", bad])
+    assert exit_info.value.code == 2
+    assert f"expected 'auto' or a whole number >= 1, got {bad!r}" in capsys.readouterr().err

@@ -195,6 +195,8 @@ def test_compare_writes_table_csv_and_plot(tmp_path: Path, capsys: pytest.Captur
             str(out),
             "--set",
             "progress=false",
+            "--seed-workers",
+            "1",  # the toy tasks exist in this process only (parallel seeds: test_parallel_seeds.py)
         ]
     )
     assert rc == 0
