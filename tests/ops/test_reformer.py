@@ -203,3 +203,14 @@ def test_from_official_rejects_unknown_tensors():
         attnzoo.from_official(
             "nystromformer-lra", "reformer", dim=32, num_heads=4, state_dict={**sd, "junk": sd["ff.bias"]}
         )
+
+
+def test_hash_buckets_equal_argmax_of_rotations_and_their_negatives_with_ties():
+    """HF's rule ``argmax(cat([xR, -xR]))`` per factor (first maximum wins), on integer data full of ties."""
+    gen = torch.Generator().manual_seed(0)
+    q = torch.randint(-2, 3, (1, 2, 300, 4), generator=gen).float()
+    rotations = torch.randint(-1, 2, (2, 4, 2, 4 + 2), generator=gen).float()
+    rotated = torch.einsum("bhtd,hdrk->bhrtk", q, rotations)
+    first = torch.argmax(torch.cat([rotated[..., :4], -rotated[..., :4]], -1), -1)
+    second = torch.argmax(torch.cat([rotated[..., 4:], -rotated[..., 4:]], -1), -1)
+    assert torch.equal(hash_buckets(q, rotations, (8, 4)), first + 8 * second)

@@ -39,7 +39,10 @@ def hash_buckets(q: Tensor, rotations: Tensor, factors: tuple[int, ...]) -> Tens
     for f in factors:
         part = rotated[..., start : start + f // 2]
         start += f // 2
-        found = torch.argmax(torch.cat([part, -part], dim=-1), dim=-1)
+        # argmax([part, -part]) without building it: the first maximum of part wins a tie with -part's
+        top, top_at = part.max(-1)
+        low, low_at = part.min(-1)
+        found = torch.where(top >= -low, top_at, low_at + f // 2)
         buckets = found if buckets is None else buckets + product * found
         product *= f
     assert buckets is not None
