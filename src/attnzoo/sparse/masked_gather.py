@@ -5,10 +5,11 @@ partial ones, two kernel calls merged by log-sum-exp. Where no visited block is 
 chunks: a query's own chunk holds the query itself, which it must not attend), that split buys nothing and
 costs a second call and a merge per chunk, and the slot maps of a general pattern (tokens in several slots)
 cost gathers of every tensor in both passes. A pattern that declares ``masked_gather`` (each token in at most
-one slot per head) runs here instead: q, k, v are gathered into slot order once, each chunk of query blocks
-reads its visited key blocks with one ``index_select`` and gets one additive mask built from the slots'
-positions (``mask_mod``, causality, empty slots, padding), and results are copied straight to token order.
-The backward recomputes the keys and masks chunk by chunk (memory O(N d) plus one chunk).
+one slot per head) runs here instead: each chunk of query blocks gathers its query rows and visited key rows
+from the token tensors with one ``index_select`` each (no slot-order copy of the whole sequence: on this
+CPU such temporaries cost more in fresh page mappings than the gathers themselves), gets one additive mask
+built from the slots' positions (``mask_mod``, causality, empty slots, padding), and its results go straight
+to token order. The backward gathers again chunk by chunk (memory O(N d) plus one chunk).
 """
 
 from __future__ import annotations
@@ -144,17 +145,84 @@ def _allowed(pattern: SparsePattern, slots: _Slots, chunk: _Chunk, mask: Tensor 
     return ok
 
 
-def _bias(ok: Tensor, dtype: torch.dtype) -> Tensor:
-    """Additive mask ``(1, R, bs, S)``: 0 where ``ok``, ``-inf`` elsewhere."""
-    return torch.where(ok, torch.zeros((), dtype=dtype), torch.full((), float("-inf"), dtype=dtype))[None]
+class _Scratch:
+    """Per-chunk temporaries written into buffers kept for the whole call: a fresh one per chunk (a few MiB)
+    is mapped afresh by glibc on every allocation here, which costs more than the work written into it."""
+
+    def __init__(self) -> None:
+        self.buffers: dict[str, Tensor] = {}
+
+    def take(self, name: str, shape: tuple[int, ...], like: Tensor, dtype: torch.dtype | None = None) -> Tensor:
+        """A ``shape`` tensor of ``dtype`` (default ``like``'s) on ``like``'s device, reusing ``name``'s buffer."""
+        dtype = dtype or like.dtype
+        size = math.prod(shape)
+        buffer = self.buffers.get(name)
+        if buffer is None or buffer.numel() < size or buffer.dtype != dtype:
+            buffer = self.buffers[name] = torch.empty(size, dtype=dtype, device=like.device)
+        return buffer[:size].view(shape)
+
+    def bias(self, ok: Tensor, dtype: torch.dtype) -> Tensor:
+        """Additive mask ``(1, R, bs, S)``: 0 where ``ok``, ``-inf`` elsewhere."""
+        out = self.take("bias", (1, *ok.shape), ok, dtype)
+        blocked = torch.full((), float("-inf"), dtype=dtype)
+        return torch.where(ok, torch.zeros((), dtype=dtype), blocked, out=out[0])[None]
+
+
+class _Rows:
+    """A call's token rows, flattened ``(B*H*N, e)``, read chunk by chunk in slot order (no slot-order copy of
+    the whole sequence: those would be temporaries of several times the input's size)."""
+
+    def __init__(self, slots: _Slots, bs: int) -> None:
+        self.slots, self.bs = slots, bs
+        self.read, self.src = slots.read.view(-1, bs), slots.src.view(-1, bs)
+        self.scratch = _Scratch()
+
+    def _gather(self, name: str, x: Tensor, index: Tensor) -> Tensor:
+        """``x[index]`` for a flat index, into the scratch buffer ``name``: ``(len(index), e)``."""
+        out = self.scratch.take(name, (index.numel(), x.shape[-1]), x)
+        return torch.index_select(x, 0, index, out=out)
+
+    def queries(self, name: str, x: Tensor, rows: slice) -> Tensor:
+        """Rows of query blocks ``rows``: ``(1, R, bs, e)``."""
+        return self._gather(name, x, self.read[rows].reshape(-1)).view(1, rows.stop - rows.start, self.bs, -1)
+
+    def key_blocks(self, rows: slice, window: bool) -> Tensor:
+        """Read index of the key blocks of query blocks ``rows``: blocks ``f - 1 .. f_last`` when ``window``,
+        ``(R + 1, bs)``; else the visited blocks, ``(R, K, bs)``."""
+        if window:
+            return self.read[rows.start - 1 : rows.stop]
+        return self.read[self.slots.kv_blocks[rows]]
+
+    def keys(self, name: str, x: Tensor, rows: slice, window: bool) -> Tensor:
+        """Visited keys of query blocks ``rows``: ``(1, R, K*bs, e)``; with ``window`` a strided view over the
+        ``R + 1`` gathered blocks (query block f reads blocks f - 1 and f)."""
+        r, bs = rows.stop - rows.start, self.bs
+        blocks = self._gather(name, x, self.key_blocks(rows, window).reshape(-1))
+        e = x.shape[-1]
+        if window:
+            return blocks.as_strided((1, r, 2 * bs, e), (0, bs * e, e, 1))
+        return blocks.view(1, r, -1, e)
+
+    def add_keys(self, target: Tensor, part: Tensor, rows: slice, window: bool) -> None:
+        """Add key gradients ``part (R, K*bs, e)`` of query blocks ``rows`` into token rows ``target``."""
+        bs, e = self.bs, part.shape[-1]
+        if window:  # block f - 1 + j gets the first half of row j and the second half of row j - 1
+            merged = self.scratch.take("window", (part.shape[0] + 1, bs, e), part)
+            merged[:-1] = part[:, :bs]
+            merged[-1] = 0
+            merged[1:] += part[:, bs:]
+            target.index_add_(0, self.src[rows.start - 1 : rows.stop].reshape(-1), merged.view(-1, e))
+        else:
+            target.index_add_(0, self.src[self.slots.kv_blocks[rows]].reshape(-1), part.reshape(-1, e))
 
 
 class _MaskedGather(torch.autograd.Function):
     """Slot-order attention with per-chunk masks; returns token-order ``(out, lse)``, a token's slots merged.
 
-    Backward: every slot of a token is given the token's (merged) output and log-sum-exp, the exact gradient
-    of the softmax over the union of the slots' keys (as the engine's union of patterns), so no slot needs
-    the gradient of its own log-sum-exp.
+    Each chunk gathers its query and key rows from the token tensors, so no whole-sequence slot-order copy is
+    made (the forward keeps slot-order outputs only to merge copies). Backward: every slot of a token is given
+    the token's (merged) output and log-sum-exp, the exact gradient of the softmax over the union of the
+    slots' keys (as the engine's union of patterns), so no slot needs the gradient of its own log-sum-exp.
     """
 
     @staticmethod
@@ -171,107 +239,78 @@ class _MaskedGather(torch.autograd.Function):
         kernel: Kernel,
     ):
         bs = pattern.layout.block_size
-        qs, ks, vs = (_to_slots(x, slots).view(-1, bs, x.shape[-1]) for x in (q, k, v))
-        out = qs.new_empty(*qs.shape[:2], v.shape[-1])
-        lse = qs.new_empty(qs.shape[:2], dtype=torch.promote_types(q.dtype, torch.float32))
+        rows_of = _Rows(slots, bs)
+        qf, kf, vf = (x.reshape(-1, x.shape[-1]) for x in (q, k, v))
+        shape, total = q.shape[:3], q.shape[:3].numel()
+        lse_dtype = torch.promote_types(q.dtype, torch.float32)
+        if pattern.copies == 1:  # straight to token rows (+ the empty slots' row)
+            out = v.new_zeros(total + 1, v.shape[-1])
+            lse = q.new_full((total + 1,), float("-inf"), dtype=lse_dtype)
+        else:
+            out = v.new_empty(slots.src.numel(), v.shape[-1])
+            lse = q.new_empty(slots.src.numel(), dtype=lse_dtype)
         allowed = [_allowed(pattern, slots, chunk, mask, causal) for chunk in slots.chunks()]  # kept for backward
         for (rows, window, _), ok in zip(slots.chunks(), allowed, strict=True):
-            kc, vc = _keys(ks, vs, slots, rows, window)
-            oc, lc = kernel.forward(qs[None, rows], kc, vc, _bias(ok, q.dtype), False, scale, None)
-            out[rows] = oc[0]
-            lse[rows] = lc[0].masked_fill(~ok.any(-1), float("-inf"))
-        shape = q.shape[:3]
+            kc, vc = rows_of.keys("k", kf, rows, window), rows_of.keys("v", vf, rows, window)
+            bias = rows_of.scratch.bias(ok, q.dtype)
+            oc, lc = kernel.forward(rows_of.queries("q", qf, rows), kc, vc, bias, False, scale, None)
+            lc = lc[0].masked_fill(~ok.any(-1), float("-inf"))
+            if pattern.copies == 1:
+                where = rows_of.src[rows].reshape(-1)
+                out.index_copy_(0, where, oc.reshape(-1, oc.shape[-1]))
+                lse.index_copy_(0, where, lc.reshape(-1))
+            else:
+                at = slice(rows.start * bs, rows.stop * bs)
+                out[at], lse[at] = oc.reshape(-1, oc.shape[-1]), lc.reshape(-1)
         if pattern.copies == 1:
-            out_t, lse_t = _to_tokens(out, slots, shape, 0.0), _to_tokens(lse, slots, shape, float("-inf"))
+            out_t, lse_t = out[:total].view(*shape, -1), lse[:total].view(shape)
         else:
             out_t, lse_t = _merge_copies(out, lse, slots, shape)
-        ctx.save_for_backward(qs, ks, vs, out_t, lse_t, *allowed)
+        ctx.save_for_backward(q, k, v, out_t, lse_t, *allowed)
         ctx.slots, ctx.scale, ctx.kernel = slots, scale, kernel
         ctx.set_materialize_grads(False)
         return out_t, lse_t
 
     @staticmethod
     def backward(ctx: Any, dout: Tensor | None, dlse: Tensor | None):  # type: ignore[override]
-        qs, ks, vs, out_t, lse_t, *allowed = ctx.saved_tensors
+        q, k, v, out_t, lse_t, *allowed = ctx.saved_tensors
         slots: _Slots = ctx.slots
-        bs = qs.shape[1]
+        rows_of = _Rows(slots, allowed[0].shape[1])
+        qf, kf, vf = (x.reshape(-1, x.shape[-1]) for x in (q, k, v))
         empty = torch.isinf(lse_t)
-
-        def per_slot(x: Tensor) -> Tensor:
-            return _to_slots(x, slots).view(*qs.shape[:2], *x.shape[3:])
-
-        out = per_slot(out_t)
-        lse = per_slot(lse_t.masked_fill(empty, 0.0)[..., None])[..., 0]
-        douts = torch.zeros_like(out) if dout is None else per_slot(dout)
-        dlses = None if dlse is None else per_slot(dlse.masked_fill(empty, 0.0)[..., None])[..., 0]
+        out, lse = out_t.reshape(-1, out_t.shape[-1]), lse_t.masked_fill(empty, 0.0).reshape(-1, 1)
+        douts = None if dout is None else dout.reshape(out.shape)
+        dlses = None if dlse is None else dlse.masked_fill(empty, 0.0).reshape(-1, 1)
         total = lse_t.numel()
-        dq = qs.new_zeros(total + 1, qs.shape[-1])  # token rows + the empty slots' row
-        dk, dv = torch.zeros_like(ks), torch.zeros_like(vs)  # by slot
-        by_block = slots.src.view(-1, bs)
+        dq, dk, dv = (x.new_zeros(total + 1, x.shape[-1]) for x in (q, k, v))  # token rows + the empty slots' row
         for (rows, window, _), ok in zip(slots.chunks(), allowed, strict=True):
-            kc, vc = _keys(ks, vs, slots, rows, window)
-            dqc, dkc, dvc = ctx.kernel.backward(
-                douts[None, rows], None if dlses is None else dlses[None, rows], qs[None, rows], kc, vc,
-                out[None, rows], lse[None, rows], _bias(ok, qs.dtype), False, ctx.scale, None,
+            kc, vc = rows_of.keys("k", kf, rows, window), rows_of.keys("v", vf, rows, window)
+            outc = rows_of.queries("out", out, rows)
+            dq_c, dk_c, dv_c = ctx.kernel.backward(
+                torch.zeros_like(outc) if douts is None else rows_of.queries("dout", douts, rows),
+                None if dlses is None else rows_of.queries("dlse", dlses, rows)[..., 0],
+                rows_of.queries("q", qf, rows), kc, vc, outc, rows_of.queries("lse", lse, rows)[..., 0],
+                rows_of.scratch.bias(ok, q.dtype), False, ctx.scale, None,
             )  # fmt: skip
-            dq.index_add_(0, by_block[rows].reshape(-1), dqc.reshape(-1, dqc.shape[-1]))
-            for full, part in ((dk, dkc[0]), (dv, dvc[0])):
-                if window:  # blocks f - 1 and f of each query block f
-                    full[rows.start - 1 : rows.stop - 1] += part[:, :bs]
-                    full[rows] += part[:, bs:]
-                else:
-                    full.index_add_(0, slots.kv_blocks[rows].reshape(-1), part.reshape(-1, bs, part.shape[-1]))
+            dq.index_add_(0, rows_of.src[rows].reshape(-1), dq_c.reshape(-1, dq_c.shape[-1]))
+            rows_of.add_keys(dk, dk_c[0], rows, window)
+            rows_of.add_keys(dv, dv_c[0], rows, window)
         shape = lse_t.shape
-        grads = [dq[:total]] + [
-            g.new_zeros(total + 1, g.shape[-1]).index_add_(0, slots.src, g.view(-1, g.shape[-1]))[:total]
-            for g in (dk, dv)
-        ]
-        return (*(g.view(*shape, -1) for g in grads), None, None, None, None, None, None)
-
-
-def _to_slots(x: Tensor, slots: _Slots) -> Tensor:
-    """``(B, H, N, e)`` tokens -> ``(B*H*L, e)`` slots (empty slots read token row 0)."""
-    return x.reshape(-1, x.shape[-1]).index_select(0, slots.read)
-
-
-def _to_tokens(x: Tensor, slots: _Slots, shape: torch.Size, fill: float) -> Tensor:
-    """Slot values ``(B*H*nB, bs[, e])`` -> tokens ``(B, H, N[, e])`` when each token holds at most one slot;
-    tokens in no slot get ``fill``."""
-    tail = x.shape[2:]
-    total = shape.numel()
-    rows = x.new_full((total + 1, *tail), fill)
-    rows.index_copy_(0, slots.src, x.reshape(-1, *tail))  # the empty slots all land in the extra row
-    return rows[:total].view(*shape, *tail)
+        return (*(g[:total].view(*shape, -1) for g in (dq, dk, dv)), None, None, None, None, None, None)
 
 
 def _merge_copies(out: Tensor, lse: Tensor, slots: _Slots, shape: torch.Size) -> tuple[Tensor, Tensor]:
-    """Log-sum-exp merge of each token's slots: ``out (B*H*nB, bs, e)``, ``lse (B*H*nB, bs)`` -> token ``(out,
-    lse)``: the softmax over the union of the slots' keys; 0 and ``-inf`` where no slot sees a key."""
+    """Log-sum-exp merge of each token's slots: ``out (B*H*L, e)``, ``lse (B*H*L,)`` -> token ``(out, lse)``: the
+    softmax over the union of the slots' keys; 0 and ``-inf`` where no slot sees a key. Scales ``out`` in place."""
     total = shape.numel()
-    lse = lse.reshape(-1)
     top = lse.new_full((total + 1,), float("-inf")).scatter_reduce_(0, slots.src, lse, "amax")
     top = top.masked_fill_(torch.isinf(top), 0.0)
     weight = torch.exp(lse - top[slots.src])  # 0 for slots without keys
     norm = lse.new_zeros(total + 1).index_add_(0, slots.src, weight)
     merged_lse = top + torch.log(norm)  # -inf where no slot has a key
     weight = weight / norm.clamp_min(torch.finfo(norm.dtype).tiny)[slots.src]
-    flat = out.reshape(-1, out.shape[-1])
-    merged = flat.new_zeros(total + 1, flat.shape[-1]).index_add_(0, slots.src, flat * weight[:, None].to(flat.dtype))
+    merged = out.new_zeros(total + 1, out.shape[-1]).index_add_(0, slots.src, out.mul_(weight[:, None].to(out.dtype)))
     return merged[:total].view(*shape, -1), merged_lse[:total].view(shape)
-
-
-def _keys(ks: Tensor, vs: Tensor, slots: _Slots, rows: slice, window: bool) -> tuple[Tensor, Tensor]:
-    """Visited key and value blocks of query blocks ``rows``: each ``(1, R, K*bs, e)``; a strided view of blocks
-    ``f - 1, f`` per query block f when ``window``, else gathered."""
-    r = rows.stop - rows.start
-    if window:
-        return tuple(  # type: ignore[return-value]
-            x.as_strided((1, r, 2 * x.shape[1], x.shape[2]), (0, x.stride(0), x.stride(1), x.stride(2)),
-                         x.storage_offset() + (rows.start - 1) * x.stride(0))
-            for x in (ks, vs)
-        )  # fmt: skip
-    flat = slots.kv_blocks[rows].reshape(-1)
-    return ks.index_select(0, flat).view(1, r, -1, ks.shape[-1]), vs.index_select(0, flat).view(1, r, -1, vs.shape[-1])
 
 
 def masked_gather_attention(

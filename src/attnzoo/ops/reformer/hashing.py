@@ -51,4 +51,6 @@ def hash_buckets(q: Tensor, rotations: Tensor, factors: tuple[int, ...]) -> Tens
 
 def normalise_keys(q: Tensor) -> Tensor:
     """Shared-QK keys: ``q / sqrt(mean(q^2) + 1e-6) / sqrt(d)`` (HF ``_len_and_dim_norm``)."""
-    return q * (torch.rsqrt(q.pow(2).mean(-1, keepdim=True) + 1e-6) / math.sqrt(q.shape[-1]))
+    d = q.shape[-1]
+    mean_square = torch.linalg.vector_norm(q, dim=-1, keepdim=True).square() / d  # no (B, H, N, d) temporary
+    return q * (torch.rsqrt(mean_square + 1e-6) / math.sqrt(d))
