@@ -112,7 +112,7 @@ def nystrom_attention(
     if min(n, s_len) <= m:
         out = softmax_attention(q, k, v, mask=mask)
     else:
-        out = _approximate(q * d**-0.25, k * d**-0.25, v, query_mask, mask, m, pinv_iterations, lra)
+        out = _approximate(q, k, v, query_mask, mask, m, pinv_iterations, lra)
         if not lra and (mask is not None or query_mask is not None):
             q_real = torch.ones(b, n, dtype=torch.bool, device=q.device) if query_mask is None else query_mask
             k_real = torch.ones(b, s_len, dtype=torch.bool, device=q.device) if mask is None else mask
@@ -131,20 +131,28 @@ def nystrom_attention(
 def _approximate(
     q: Tensor, k: Tensor, v: Tensor, q_real: Tensor | None, k_real: Tensor | None, m: int, iterations: int, lra: bool
 ) -> Tensor:
-    """The Nystrom product on pre-scaled q, k (``q_real``: (B, N), ``k_real``: (B, S) bool; None = all real)."""
+    """The Nystrom product, scores scaled by d^-1/2 (``q_real``: (B, N), ``k_real``: (B, S) bool; None = all real).
+
+    The two long factors run as fused attention calls (no (N x m) or (m x S) matrix is built, forward or
+    backward): ``softmax(Q~ K^T) V`` is attention of the m landmark queries over the keys, and
+    ``softmax(Q K~^T) W`` attention of the queries over the m landmark keys with values
+    ``W = pinv(softmax(Q~ K~^T)) softmax(Q~ K^T) V``.
+    """
     q_segments, k_segments = q_real, k_real
     if lra:  # pads zeroed and averaged into segments of the padded sequences
         q = q if q_real is None else q * q_real[:, None, :, None].to(q.dtype)
         k = k if k_real is None else k * k_real[:, None, :, None].to(k.dtype)
         q_segments = k_segments = None
+    scale = q.shape[-1] ** -0.5
     q_land, k_land = segment_means(q, q_segments, m), segment_means(k, k_segments, m)  # (B, H, m, d)
-    kernel_1 = torch.softmax(q @ k_land.transpose(-1, -2), dim=-1)  # (B, H, N, m)
-    kernel_2 = torch.softmax(q_land @ k_land.transpose(-1, -2), dim=-1)  # (B, H, m, m)
-    scores_3 = q_land @ k.transpose(-1, -2)
-    if k_real is not None:
-        scores_3 = scores_3.masked_fill(~k_real[:, None, None, :], torch.finfo(q.dtype).min)
-    kernel_3 = torch.softmax(scores_3, dim=-1)  # (B, H, m, S)
-    return kernel_1 @ (iterative_pinv(kernel_2, iterations, global_init=lra) @ (kernel_3 @ v))
+    kernel_2 = torch.softmax(q_land @ k_land.transpose(-1, -2) * scale, dim=-1)  # (B, H, m, m)
+    bias = None
+    if k_real is not None:  # the official large negative, not -inf: a row without real keys stays finite
+        bias = torch.zeros(k_real.shape, dtype=q.dtype, device=q.device)
+        bias = bias.masked_fill(~k_real, torch.finfo(q.dtype).min)[:, None, None, :]
+    land_out = F.scaled_dot_product_attention(q_land, k, v, attn_mask=bias, scale=scale)  # (B, H, m, dv)
+    values = iterative_pinv(kernel_2, iterations, global_init=lra) @ land_out
+    return F.scaled_dot_product_attention(q, k_land, values, scale=scale)
 
 
 def _first_real(real: Tensor, m: int) -> Tensor:
