@@ -10,13 +10,13 @@ from attnzoo.testing import assert_close, make_qkv
 F64 = torch.float64
 
 
-@pytest.mark.parametrize("shared", ["kv", "headwise", "none"])
+@pytest.mark.parametrize("shared", ["kv", "headwise", "headwise-kv", "none"])
 def test_matches_naive(shared):
     q, k, v = make_qkv(2, 3, 29, 8, seed=1)
     gen = torch.Generator().manual_seed(0)
-    heads = 1 if shared == "headwise" else 3
+    heads = 1 if shared.startswith("headwise") else 3  # one E for all heads: one GEMM over their columns
     e = torch.randn(heads, 6, 40, generator=gen, dtype=F64).requires_grad_()
-    f = None if shared == "kv" else torch.randn(heads, 6, 40, generator=gen, dtype=F64).requires_grad_()
+    f = None if shared.endswith("kv") else torch.randn(heads, 6, 40, generator=gen, dtype=F64).requires_grad_()
     mask = torch.arange(29)[None] < torch.tensor([[29], [17]])
     out = linformer_attention(q, k, v, mask=mask, e_proj=e, f_proj=f)
     ref = naive_linformer_attention(q, k, v, mask=mask, e_proj=e, f_proj=f)

@@ -252,8 +252,8 @@ PEERS: tuple[Peer, ...] = (
         "linformer",
         _linformer,
         False,
-        "one E (and F) shared by all heads, attnzoo's sharing='headwise' (its default 'kv' keeps one per head; "
-        "same FLOPs); its own random parameters, so outputs differ",
+        "share_kv=True: one E for keys, values and all heads, as attnzoo's sharing='headwise-kv' (the benchmark's "
+        "setting; the default 'kv' keeps one E per head, same FLOPs); its own random parameters, so outputs differ",
     ),
     Peer(
         "reformer-pytorch",

@@ -42,7 +42,12 @@ BENCH_SETTINGS: dict[str, BenchSetting] = {
         {"segment_lengths": (2048, 4096, 8192), "dilation_rates": (1, 2, 4)},
         "issue 2's reference: LongNet's first three (segment, dilation) pairs",
     ),
-    "linformer": BenchSetting({}, "defaults (k = 256); E and F sized to each case's N", per_length=("max_length",)),
+    "linformer": BenchSetting(
+        {"sharing": "headwise-kv"},
+        "k = 256 with the linformer package's sharing (one E for keys and values and for all heads, as its "
+        "share_kv=True); E sized to each case's N",
+        per_length=("max_length",),
+    ),
     "eva": BenchSetting(
         {"window_size": 256, "num_landmarks": 64},
         "issue 8's reference: the official EVA timed at window 256 with 64 landmarks (defaults are LRA-image sizes)",

@@ -83,6 +83,17 @@ def linformer_attention(
     if mask is not None:
         real = mask[:, None, :, None].to(k.dtype)
         k, v = k * real, v * real
-    k_proj = e_proj[..., :s_len].to(k.dtype) @ k  # (B, H, k, d)
-    v_proj = f_proj[..., :s_len].to(v.dtype) @ v
+    k_proj, v_proj = _project(e_proj, k), _project(f_proj, v)  # (B, H, k, d), (B, H, k, dv)
     return F.scaled_dot_product_attention(q, k_proj, v_proj, dropout_p=dropout_p, scale=scale)
+
+
+def _project(proj: Tensor, x: Tensor) -> Tensor:
+    """``E x`` along the sequence with E's first S columns: ``proj (H or 1, k, L)``, ``x (B, H, S, e)`` ->
+    ``(B, H, k, e)``. One E for every head is one GEMM over all heads' columns (a per-head product of the
+    shared E would also make its gradient per head, H times its size, before summing it)."""
+    b, h, s_len, width = x.shape
+    e = proj[..., :s_len].to(x.dtype)
+    if e.shape[0] > 1 or h == 1:
+        return e @ x
+    columns = x.transpose(1, 2).reshape(b, s_len, h * width)  # (B, S, H*e)
+    return (e[0] @ columns).view(b, -1, h, width).transpose(1, 2)
