@@ -411,6 +411,7 @@ def merge_partials(outs: list[Tensor], lses: list[Tensor], *, detach_weights: bo
     weights = torch.exp(stacked - total.nan_to_num(0.0, neginf=0.0)).nan_to_num(0.0)
     if detach_weights:
         weights = weights.detach()
-    out = sum(w[..., None] * o for w, o in zip(weights, outs, strict=True))
-    assert isinstance(out, Tensor)
+    out = outs[0] * weights[0][..., None]
+    for w, o in zip(weights[1:], outs[1:], strict=True):
+        out = out.addcmul_(o, w[..., None])  # in place: one (B, H, N, dv) result, no temporary per part
     return out, total

@@ -52,7 +52,8 @@ def chunk_summaries(
         index = seg.ids.reshape(b, 1, kk * n, 1).expand(b, h, kk * n, d)
         omega_j = omega.gather(2, index).view(b, h, kk, n, d)  # the sample of the chunk token j joins
         logits = (omega_j * k[:, :, None]).sum(-1)
-    logits = scale * (logits - 0.5 * k.square().sum(-1)[:, :, None])
+    squares = torch.linalg.vector_norm(k, dim=-1).square()  # |k_j|^2 without a (B, H, N, d) temporary
+    logits = scale * (logits - 0.5 * squares[:, :, None])
     return k_hat, segment_softmax(logits, v, seg, mask)
 
 

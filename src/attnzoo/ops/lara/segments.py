@@ -142,7 +142,8 @@ def strided_segments(
     k = ids.shape[0]
     full = torch.full((batch, count), denom, device=device)
     ids, member = ids[None].expand(batch, k, n), member[None].expand(batch, k, n)
-    return Segments(ids, member, count, full if count_slots else None)
+    tiled = grid is None and extension == 0 and count * size == n  # chunk c is exactly [c r, (c+1) r)
+    return Segments(ids, member, count, full if count_slots else None, size=size if tiled else None)
 
 
 def _scatter(values: Tensor, seg: Segments) -> Tensor:

@@ -79,7 +79,6 @@ def linformer_attention(
         e_proj = default_projections(q.shape[1], proj_dim, k.shape[-2], seed, q)
     f_proj = e_proj if f_proj is None else f_proj
     check_linformer_args(q, k, v, mask, causal, e_proj, f_proj)
-    s_len = k.shape[-2]
     if mask is not None:
         real = mask[:, None, :, None].to(k.dtype)
         k, v = k * real, v * real

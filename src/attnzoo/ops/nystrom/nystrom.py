@@ -107,7 +107,7 @@ def nystrom_attention(
     out_dtype = q.dtype
     work = torch.promote_types(q.dtype, torch.float32)
     q, k, v = q.to(work), k.to(work), v.to(work)
-    b, _, n, d = q.shape
+    b, _, n, _ = q.shape
     s_len, m, lra = k.shape[-2], num_landmarks, compat == "nystromformer-lra"
     if min(n, s_len) <= m:
         out = softmax_attention(q, k, v, mask=mask)
