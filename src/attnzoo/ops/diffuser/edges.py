@@ -118,13 +118,30 @@ def _spmm(values: Tensor, x: Tensor, csr: _Csr, n: int, *, ordered: bool = False
     return out
 
 
-def _sddmm(a: Tensor, b: Tensor, csr: _Csr, n: int, num_edges: int) -> Tensor:
-    """``out[:, :, e] = <a[:, :, row[e]], b[:, :, col[e]]>`` -> ``(B, H, E)`` in edge order."""
-    pattern = csr.matrix(a.new_zeros(csr.col.numel()), n, ordered=True)
-    out = a.new_empty(*a.shape[:2], num_edges)
+def _sddmm(
+    a: Tensor, b: Tensor, csr: _Csr, n: int, num_edges: int, *, into: Tensor | None = None, alpha: float = 1.0
+) -> Tensor:
+    """``out[:, :, e] = alpha <a[:, :, row[e]], b[:, :, col[e]]>`` -> ``(B, H, E)`` in edge order; with ``into``
+    the products are added to it in place and it is returned.
+
+    When the edges are the CSR entries in order (each once, sorted), the kernel writes straight into the
+    result (a CSR view of each row of it; with ``into`` accumulating through ``beta = 1``): no per-head copy.
+    """
+    if csr.slot is not None:
+        pattern = csr.matrix(a.new_zeros(csr.col.numel()), n, ordered=True)
+        out = a.new_empty(*a.shape[:2], num_edges)
+        for i in range(a.shape[0]):
+            for h in range(a.shape[1]):
+                sampled = torch.sparse.sampled_addmm(pattern, a[i, h], b[i, h].mT, beta=0.0, alpha=alpha)
+                out[i, h] = csr.edge_values(sampled.values())
+        return out if into is None else into.add_(out)
+    out = a.new_empty(*a.shape[:2], num_edges) if into is None else into
+    pattern = None if into is not None else csr.matrix(a.new_zeros(num_edges), n, ordered=True)
     for i in range(a.shape[0]):
         for h in range(a.shape[1]):
-            out[i, h] = csr.edge_values(torch.sparse.sampled_addmm(pattern, a[i, h], b[i, h].mT, beta=0.0).values())
+            target = csr.matrix(out[i, h], n, ordered=True)  # shares out[i, h]'s storage
+            source, beta = (target, 1.0) if pattern is None else (pattern, 0.0)
+            torch.sparse.sampled_addmm(source, a[i, h], b[i, h].mT, beta=beta, alpha=alpha, out=target)
     return out
 
 
@@ -188,7 +205,7 @@ class _EdgeDiffusion(torch.autograd.Function):
         for h in reversed(states):
             d_v.add_(g, alpha=ctx.alpha)
             if d_values is not None:
-                d_values.add_(_sddmm(g, h, lay.by_dst, n, lay.num_edges), alpha=keep)
+                _sddmm(g, h, lay.by_dst, n, lay.num_edges, into=d_values, alpha=keep)
             g = keep * _spmm(by_src, g, lay.by_src, n, ordered=True)
         return d_values, d_v + g, None, None, None
 
