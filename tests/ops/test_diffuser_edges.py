@@ -36,6 +36,9 @@ def test_products_and_dots_equal_dense_fp64(duplicates):
     torch.testing.assert_close(edge_dots(q, k, layout), (q[:, :, dst] * k[:, :, src]).sum(-1), rtol=1e-12, atol=1e-12)
     assert torch.autograd.gradcheck(lambda v, y: edge_matmul(v, y, layout), (values, x))
     assert torch.autograd.gradcheck(lambda a, c: edge_dots(a, c, layout), (q, k))
+    scaled = (q[:, :, dst] * k[:, :, src]).sum(-1) * 0.3  # the scale applied inside the kernel, and its gradient
+    torch.testing.assert_close(edge_dots(q, k, layout, 0.3), scaled, rtol=1e-12, atol=1e-12)
+    assert torch.autograd.gradcheck(lambda a, c: edge_dots(a, c, layout, 0.3), (q, k))
 
 
 @pytest.mark.parametrize("duplicates", [False, True])

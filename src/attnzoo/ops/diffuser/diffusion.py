@@ -67,7 +67,7 @@ def edge_scores(q: Tensor, k: Tensor, graph: DiffuserGraph, scale: float | None)
     """``(src, dst, scores)``: the graph's edges on q's device and ``<q_dst, k_src> * scale`` ``(B, H, E)``
     (default scale ``d ** -0.5``)."""
     src, dst = graph.src.to(q.device), graph.dst.to(q.device)
-    return src, dst, edge_dots(q, k, graph.layout) * (q.shape[-1] ** -0.5 if scale is None else scale)
+    return src, dst, edge_dots(q, k, graph.layout, q.shape[-1] ** -0.5 if scale is None else scale)
 
 
 def edge_softmax(scores: Tensor, dst: Tensor, n: int) -> Tensor:

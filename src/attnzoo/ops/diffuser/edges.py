@@ -164,19 +164,19 @@ class _EdgeMatmul(torch.autograd.Function):
 
 class _EdgeDots(torch.autograd.Function):
     @staticmethod
-    def forward(ctx: Any, q: Tensor, k: Tensor, layout: EdgeLayout) -> Tensor:  # type: ignore[override]
+    def forward(ctx: Any, q: Tensor, k: Tensor, layout: EdgeLayout, scale: float) -> Tensor:  # type: ignore[override]
         ctx.save_for_backward(q, k)
-        ctx.layout = layout
-        return _sddmm(q, k, layout.by_dst, layout.num_nodes, layout.num_edges)
+        ctx.layout, ctx.scale = layout, scale
+        return _sddmm(q, k, layout.by_dst, layout.num_nodes, layout.num_edges, alpha=scale)
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor):  # type: ignore[override]
         q, k = ctx.saved_tensors
         lay: EdgeLayout = ctx.layout
         grad = grad.contiguous()
-        d_q = _spmm(grad, k, lay.by_dst, lay.num_nodes) if ctx.needs_input_grad[0] else None
-        d_k = _spmm(grad, q, lay.by_src, lay.num_nodes) if ctx.needs_input_grad[1] else None
-        return d_q, d_k, None
+        d_q = _spmm(grad, k, lay.by_dst, lay.num_nodes).mul_(ctx.scale) if ctx.needs_input_grad[0] else None
+        d_k = _spmm(grad, q, lay.by_src, lay.num_nodes).mul_(ctx.scale) if ctx.needs_input_grad[1] else None
+        return d_q, d_k, None, None
 
 
 class _EdgeDiffusion(torch.autograd.Function):
@@ -250,8 +250,9 @@ def edge_matmul(values: Tensor, x: Tensor, layout: EdgeLayout) -> Tensor:
     return out.to(x.dtype)
 
 
-def edge_dots(q: Tensor, k: Tensor, layout: EdgeLayout) -> Tensor:
-    """Sampled dot products ``<q[dst[e]], k[src[e]]>``: ``q, k (B, H, N, d) -> (B, H, E)`` in q's dtype."""
+def edge_dots(q: Tensor, k: Tensor, layout: EdgeLayout, scale: float = 1.0) -> Tensor:
+    """Sampled dot products ``scale <q[dst[e]], k[src[e]]>``: ``q, k (B, H, N, d) -> (B, H, E)`` in q's dtype
+    (the scale is applied inside the kernel: no E-sized product)."""
     work = _compute_dtype(q)
-    out = _EdgeDots.apply(q.to(work).contiguous(), k.to(work).contiguous(), layout.to(q.device))
+    out = _EdgeDots.apply(q.to(work).contiguous(), k.to(work).contiguous(), layout.to(q.device), float(scale))
     return out.to(q.dtype)
