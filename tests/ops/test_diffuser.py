@@ -13,6 +13,7 @@ from attnzoo.ops.diffuser import (
     diffuser_attention,
     diffuser_graph,
     diffusion_coefficients,
+    edge_softmax,
     naive_diffuser_attention,
     official_graph,
     resolve_graph,
@@ -93,6 +94,28 @@ def test_matches_dense_closed_form_fp32_outputs_and_grads(n, hops):
     ref_grads = torch.autograd.grad(ref.square().sum(), (q, k, v))
     for g, r in zip(grads, ref_grads, strict=True):
         torch.testing.assert_close(g.double(), r.double(), rtol=1e-5, atol=1e-5)
+
+
+def test_edge_softmax_equals_dense_masked_softmax_and_its_gradient():
+    n = 7
+    dst = torch.tensor([0, 0, 0, 2, 2, 3, 5, 5, 5, 5])  # sorted by destination; nodes 1, 4, 6 have no in-edge
+    src = torch.tensor([1, 3, 6, 0, 2, 3, 0, 1, 4, 6])
+
+    def dense_reference(scores: torch.Tensor) -> torch.Tensor:
+        dense = torch.full((2, 3, n, n), float("-inf"), dtype=torch.float64)
+        dense[:, :, dst, src] = scores
+        return torch.softmax(dense, -1).nan_to_num(0.0)[:, :, dst, src]
+
+    scores = torch.randn(2, 3, dst.numel(), dtype=torch.float64) * 3
+    scores[0, 1, 5] = float("-inf")  # node 3's only in-edge masked: its row gets zero weights
+    out = edge_softmax(scores, dst, n)
+    torch.testing.assert_close(out, dense_reference(scores), rtol=1e-12, atol=1e-12)
+    assert float(out[0, 1, 5]) == 0.0 and torch.isfinite(out).all()
+    finite = (torch.randn(2, 3, dst.numel(), dtype=torch.float64) * 3).requires_grad_()
+    out, ref = edge_softmax(finite, dst, n), dense_reference(finite)
+    grad = torch.randn_like(out)
+    torch.testing.assert_close(*(torch.autograd.grad(x, finite, grad)[0] for x in (out, ref)), rtol=1e-10, atol=1e-12)
+    assert torch.autograd.gradcheck(lambda x: edge_softmax(x, dst, n), (finite,))
 
 
 def test_bad_options_and_causal():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -73,13 +74,33 @@ def edge_scores(q: Tensor, k: Tensor, graph: DiffuserGraph, scale: float | None)
 def edge_softmax(scores: Tensor, dst: Tensor, n: int) -> Tensor:
     """Softmax of ``scores (B, H, E)`` over the in-edges of each destination (``-inf`` = no edge);
     destinations without a finite in-edge get all-zero weights."""
-    index = dst.expand_as(scores)
-    peak = scores.new_full((*scores.shape[:2], n), float("-inf"))
-    peak = peak.scatter_reduce(2, index, scores.detach(), "amax", include_self=True)
-    peak = peak.masked_fill(torch.isinf(peak), 0.0)
-    weights = torch.exp(scores - peak.gather(2, index))
-    total = weights.new_zeros(*scores.shape[:2], n).index_add(2, dst, weights)
-    return weights / total.masked_fill(total == 0, 1.0).gather(2, index)
+    return _EdgeSoftmax.apply(scores, dst, n)
+
+
+class _EdgeSoftmax(torch.autograd.Function):
+    """:func:`edge_softmax` saving only its result: ``ds = w * (g - sum_row(w * g))``. (Composed from autograd
+    ops it keeps several E-sized tensors and makes as many again in its backward; E is about 290 N.)"""
+
+    @staticmethod
+    def forward(ctx: Any, scores: Tensor, dst: Tensor, n: int) -> Tensor:  # type: ignore[override]
+        rows = (*scores.shape[:2], n)
+        peak = scores.new_full(rows, float("-inf")).scatter_reduce_(
+            2, dst.expand_as(scores), scores, "amax", include_self=True
+        )
+        peak.masked_fill_(torch.isinf(peak), 0.0)
+        weights = (scores - peak.index_select(2, dst)).exp_()
+        total = weights.new_zeros(rows).index_add_(2, dst, weights)
+        weights.div_(total.masked_fill_(total == 0, 1.0).index_select(2, dst))
+        ctx.save_for_backward(weights, dst)
+        ctx.n = n
+        return weights
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor):  # type: ignore[override]
+        weights, dst = ctx.saved_tensors
+        product = weights * grad
+        per_row = product.new_zeros(*weights.shape[:2], ctx.n).index_add_(2, dst, product)
+        return product.addcmul_(weights, per_row.index_select(2, dst), value=-1.0), None, None
 
 
 def diffuser_attention(
