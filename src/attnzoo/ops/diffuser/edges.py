@@ -188,7 +188,7 @@ class _EdgeDiffusion(torch.autograd.Function):
         states, h = [], v
         for _ in range(hops):
             states.append(h)
-            h = (1.0 - alpha) * _spmm(values, h, layout.by_dst, layout.num_nodes) + alpha * v
+            h = _spmm(values, h, layout.by_dst, layout.num_nodes).mul_(1.0 - alpha).add_(v, alpha=alpha)
         ctx.save_for_backward(values, *states)
         ctx.layout, ctx.alpha = layout, alpha
         return h
@@ -200,14 +200,16 @@ class _EdgeDiffusion(torch.autograd.Function):
         n, keep = lay.num_nodes, 1.0 - ctx.alpha
         by_src = lay.by_src.entry_values(values)
         g = grad.contiguous()
-        d_values = torch.zeros_like(values) if ctx.needs_input_grad[0] else None
+        d_values = None  # the first hop's products start it, the others add into it
         d_v = torch.zeros_like(g)
         for h in reversed(states):
             d_v.add_(g, alpha=ctx.alpha)
-            if d_values is not None:
-                _sddmm(g, h, lay.by_dst, n, lay.num_edges, into=d_values, alpha=keep)
-            g = keep * _spmm(by_src, g, lay.by_src, n, ordered=True)
-        return d_values, d_v + g, None, None, None
+            if ctx.needs_input_grad[0]:
+                d_values = _sddmm(g, h, lay.by_dst, n, lay.num_edges, into=d_values, alpha=keep)
+            g = _spmm(by_src, g, lay.by_src, n, ordered=True).mul_(keep)
+        if d_values is None and ctx.needs_input_grad[0]:  # no hops: the output is v
+            d_values = torch.zeros_like(values)
+        return d_values, d_v.add_(g), None, None, None
 
 
 def edge_diffusion(values: Tensor, v: Tensor, layout: EdgeLayout, hops: int, alpha: float) -> Tensor:
