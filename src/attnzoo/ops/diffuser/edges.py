@@ -75,7 +75,13 @@ class _Csr:
         """``values (B, H, E)`` in edge order -> ``(B, H, U)`` in entry order."""
         if self.slot is None:
             return values
-        return torch.stack([torch.stack([self.entries(row) for row in batch]) for batch in values])
+        if self.gather is None:  # duplicate edges: summed per entry
+            return torch.stack([torch.stack([self.entries(row) for row in batch]) for batch in values])
+        out = values.new_empty(*values.shape[:2], self.col.numel())
+        for b in range(values.shape[0]):
+            for h in range(values.shape[1]):  # 1D selects into the result (a last-dim index_select is slow)
+                torch.index_select(values[b, h], 0, self.gather, out=out[b, h])
+        return out
 
     def edge_values(self, entries: Tensor) -> Tensor:
         """``(U,)`` in entry order -> ``(E,)`` in edge order."""
