@@ -80,13 +80,14 @@ def test_closed_form_coefficients():
     assert sum(diffusion_coefficients(7, 0.3)) == pytest.approx(1.0)
 
 
-@pytest.mark.parametrize("hops", [1, 5])
-@pytest.mark.parametrize("n", [33, 70])
-def test_matches_dense_closed_form_fp32_outputs_and_grads(n, hops):
+@pytest.mark.parametrize(
+    ("n", "hops", "global_tokens"), [(33, 1, None), (70, 5, None), (33, 5, (0, 5, 32)), (70, 1, (9,))]
+)
+def test_matches_dense_closed_form_fp32_outputs_and_grads(n, hops, global_tokens):
     torch.manual_seed(0)
     q, k, v = (torch.randn(2, 2, n, 8, requires_grad=True) for _ in range(3))
-    mask = torch.arange(n)[None] < torch.tensor([[n], [n - 11]])
-    kw = dict(mask=mask, attention_window=8, num_rand=6, num_glob=2, hops=hops, alpha=0.2)
+    mask = torch.arange(n)[None] < torch.tensor([[n], [n - 11]])  # (32 is a padded global token)
+    kw = dict(mask=mask, attention_window=8, num_rand=6, num_glob=2, hops=hops, alpha=0.2, global_tokens=global_tokens)
     out = diffuser_attention(q, k, v, **kw)
     ref = naive_diffuser_attention(*(t.double() for t in (q, k, v)), **kw)
     torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=1e-6)

@@ -148,12 +148,13 @@ def diffuser_attention(
     b, _, n, _ = q.shape
     if b == 0 or n == 0:
         return v.clone()
-    g = resolve_graph(n, graph, attention_window, num_rand, num_glob, seed, global_tokens)
-    src, dst, scores = edge_scores(q, k, g, scale)
+    split = resolve_graph(n, graph, attention_window, num_rand, num_glob, seed, global_tokens).split.to(q.device)
+    scores = edge_dots(q, k, split, q.shape[-1] ** -0.5 if scale is None else scale)
+    scores = scores.index_fill_(-1, split.phantom, float("-inf"))  # slots that duplicate an edge
     if mask is not None:
-        scores = scores.masked_fill(~mask[:, src][:, None, :], float("-inf"))
-    weights = edge_softmax(scores, dst, n)
+        scores = scores.masked_fill_(~mask[:, split.src][:, None, :], float("-inf"))
+    weights = edge_softmax(scores, split.dst, n)
     if dropout_p > 0:
         weights = F.dropout(weights, dropout_p)
-    h = edge_diffusion(weights, v, g.layout, hops, alpha)
+    h = edge_diffusion(weights, v, split, hops, alpha)
     return h if mask is None else h * mask[:, None, :, None].to(h.dtype)

@@ -17,12 +17,12 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor
 
-__all__ = ["EdgeLayout", "edge_diffusion", "edge_dots", "edge_matmul"]
+__all__ = ["EdgeLayout", "Layout", "edge_diffusion", "edge_dots", "edge_matmul"]
 
 _NATIVE = (torch.float32, torch.float64)
 warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state")
@@ -77,15 +77,36 @@ class _Csr:
             return values
         if self.gather is None:  # duplicate edges: summed per entry
             return torch.stack([torch.stack([self.entries(row) for row in batch]) for batch in values])
-        out = values.new_empty(*values.shape[:2], self.col.numel())
-        for b in range(values.shape[0]):
-            for h in range(values.shape[1]):  # 1D selects into the result (a last-dim index_select is slow)
-                torch.index_select(values[b, h], 0, self.gather, out=out[b, h])
-        return out
+        return values.gather(2, self.gather.expand_as(values))  # (a 1D index_select per row is 1.7x slower)
 
     def edge_values(self, entries: Tensor) -> Tensor:
         """``(U,)`` in entry order -> ``(E,)`` in edge order."""
         return entries if self.slot is None else entries.index_select(0, self.slot)
+
+
+class Layout(Protocol):
+    """What the edge primitives need of a graph's layout: its sampled and sparse products
+    (:class:`EdgeLayout`; Diffuser's :class:`~attnzoo.ops.diffuser.split.GlobalSplitLayout`)."""
+
+    @property
+    def num_nodes(self) -> int: ...
+
+    @property
+    def num_edges(self) -> int:
+        """The length of a ``values`` tensor's last dim."""
+        ...
+
+    def to(self, device: torch.device) -> Layout: ...
+
+    def sampled(
+        self, a: Tensor, b: Tensor, *, alpha: float = 1.0, out: Tensor | None = None, accumulate: bool = False
+    ) -> Tensor: ...
+
+    def product(self, values: Tensor, x: Tensor) -> Tensor: ...
+
+    def transposed(self, values: Tensor) -> Any: ...
+
+    def product_t(self, transposed: Any, x: Tensor) -> Tensor: ...
 
 
 @dataclass(frozen=True)
@@ -113,6 +134,26 @@ class EdgeLayout:
             return self
         return EdgeLayout(self.num_nodes, self.num_edges, self.by_dst.to(device), self.by_src.to(device))
 
+    def sampled(
+        self, a: Tensor, b: Tensor, *, alpha: float = 1.0, out: Tensor | None = None, accumulate: bool = False
+    ) -> Tensor:
+        """``alpha <a[dst[e]], b[src[e]]>``: ``a, b (B, H, N, d) -> (B, H, E)`` in edge order, written into
+        ``out`` (added to it when ``accumulate``) or a new tensor."""
+        out = a.new_empty(*a.shape[:2], self.num_edges) if out is None else out
+        return _sddmm(a, b, self.by_dst, self.num_nodes, out, alpha=alpha, accumulate=accumulate)
+
+    def product(self, values: Tensor, x: Tensor) -> Tensor:
+        """``A x``: ``values (B, H, E)``, ``x (B, H, N, d) -> (B, H, N, d)``."""
+        return _spmm(values, x, self.by_dst, self.num_nodes)
+
+    def transposed(self, values: Tensor) -> Tensor:
+        """``values`` made ready for :meth:`product_t` (in by-source order; do it once for many products)."""
+        return self.by_src.entry_values(values)
+
+    def product_t(self, transposed: Tensor, x: Tensor) -> Tensor:
+        """``A^T x`` from :meth:`transposed` values: ``x (B, H, N, d) -> (B, H, N, d)``."""
+        return _spmm(transposed, x, self.by_src, self.num_nodes, ordered=True)
+
 
 def _spmm(values: Tensor, x: Tensor, csr: _Csr, n: int, *, ordered: bool = False) -> Tensor:
     """``out[:, :, row[e]] += values[:, :, e] * x[:, :, col[e]]`` -> ``(B, H, N, d)`` (values in edge
@@ -124,25 +165,22 @@ def _spmm(values: Tensor, x: Tensor, csr: _Csr, n: int, *, ordered: bool = False
     return out
 
 
-def _sddmm(
-    a: Tensor, b: Tensor, csr: _Csr, n: int, num_edges: int, *, into: Tensor | None = None, alpha: float = 1.0
-) -> Tensor:
-    """``out[:, :, e] = alpha <a[:, :, row[e]], b[:, :, col[e]]>`` -> ``(B, H, E)`` in edge order; with ``into``
-    the products are added to it in place and it is returned.
+def _sddmm(a: Tensor, b: Tensor, csr: _Csr, n: int, out: Tensor, *, alpha: float, accumulate: bool) -> Tensor:
+    """``out[:, :, e] (+)= alpha <a[:, :, row[e]], b[:, :, col[e]]>`` into ``out (B, H, E)`` in edge order
+    (added to it when ``accumulate``); returns ``out``.
 
-    When the edges are the CSR entries in order (each once, sorted), the kernel writes straight into the
-    result (a CSR view of each row of it; with ``into`` accumulating through ``beta = 1``): no per-head copy.
+    When the edges are the CSR entries in order (each once, sorted), the kernel writes straight into
+    ``out`` (a CSR view of each of its rows; accumulating through ``beta = 1``): no per-head copy.
     """
     if csr.slot is not None:
         pattern = csr.matrix(a.new_zeros(csr.col.numel()), n, ordered=True)
-        out = a.new_empty(*a.shape[:2], num_edges)
         for i in range(a.shape[0]):
             for h in range(a.shape[1]):
                 sampled = torch.sparse.sampled_addmm(pattern, a[i, h], b[i, h].mT, beta=0.0, alpha=alpha)
-                out[i, h] = csr.edge_values(sampled.values())
-        return out if into is None else into.add_(out)
-    out = a.new_empty(*a.shape[:2], num_edges) if into is None else into
-    pattern = None if into is not None else csr.matrix(a.new_zeros(num_edges), n, ordered=True)
+                values = csr.edge_values(sampled.values())
+                out[i, h].add_(values) if accumulate else out[i, h].copy_(values)
+        return out
+    pattern = None if accumulate else csr.matrix(a.new_zeros(csr.col.numel()), n, ordered=True)
     for i in range(a.shape[0]):
         for h in range(a.shape[1]):
             target = csr.matrix(out[i, h], n, ordered=True)  # shares out[i, h]'s storage
@@ -153,48 +191,48 @@ def _sddmm(
 
 class _EdgeMatmul(torch.autograd.Function):
     @staticmethod
-    def forward(ctx: Any, values: Tensor, x: Tensor, layout: EdgeLayout) -> Tensor:  # type: ignore[override]
+    def forward(ctx: Any, values: Tensor, x: Tensor, layout: Layout) -> Tensor:  # type: ignore[override]
         ctx.save_for_backward(values, x)
         ctx.layout = layout
-        return _spmm(values, x, layout.by_dst, layout.num_nodes)
+        return layout.product(values, x)
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor):  # type: ignore[override]
         values, x = ctx.saved_tensors
-        lay: EdgeLayout = ctx.layout
+        lay: Layout = ctx.layout
         grad = grad.contiguous()
-        d_values = _sddmm(grad, x, lay.by_dst, lay.num_nodes, lay.num_edges) if ctx.needs_input_grad[0] else None
-        d_x = _spmm(values, grad, lay.by_src, lay.num_nodes) if ctx.needs_input_grad[1] else None
+        d_values = lay.sampled(grad, x) if ctx.needs_input_grad[0] else None
+        d_x = lay.product_t(lay.transposed(values), grad) if ctx.needs_input_grad[1] else None
         return d_values, d_x, None
 
 
 class _EdgeDots(torch.autograd.Function):
     @staticmethod
-    def forward(ctx: Any, q: Tensor, k: Tensor, layout: EdgeLayout, scale: float) -> Tensor:  # type: ignore[override]
+    def forward(ctx: Any, q: Tensor, k: Tensor, layout: Layout, scale: float) -> Tensor:  # type: ignore[override]
         ctx.save_for_backward(q, k)
         ctx.layout, ctx.scale = layout, scale
-        return _sddmm(q, k, layout.by_dst, layout.num_nodes, layout.num_edges, alpha=scale)
+        return layout.sampled(q, k, alpha=scale)
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor):  # type: ignore[override]
         q, k = ctx.saved_tensors
-        lay: EdgeLayout = ctx.layout
+        lay: Layout = ctx.layout
         grad = grad.contiguous()
-        d_q = _spmm(grad, k, lay.by_dst, lay.num_nodes).mul_(ctx.scale) if ctx.needs_input_grad[0] else None
-        d_k = _spmm(grad, q, lay.by_src, lay.num_nodes).mul_(ctx.scale) if ctx.needs_input_grad[1] else None
+        d_q = lay.product(grad, k).mul_(ctx.scale) if ctx.needs_input_grad[0] else None
+        d_k = lay.product_t(lay.transposed(grad), q).mul_(ctx.scale) if ctx.needs_input_grad[1] else None
         return d_q, d_k, None, None
 
 
 class _EdgeDiffusion(torch.autograd.Function):
     """``h <- (1 - alpha) A h + alpha v`` for ``hops`` steps from ``h = v``, one node for all hops
-    (the backward permutes A's values to the by-source order once, not once per hop)."""
+    (the backward readies A's values for ``A^T`` products once, not once per hop)."""
 
     @staticmethod
-    def forward(ctx: Any, values: Tensor, v: Tensor, layout: EdgeLayout, hops: int, alpha: float) -> Tensor:  # type: ignore[override]
+    def forward(ctx: Any, values: Tensor, v: Tensor, layout: Layout, hops: int, alpha: float) -> Tensor:  # type: ignore[override]
         states, h = [], v
         for _ in range(hops):
             states.append(h)
-            h = _spmm(values, h, layout.by_dst, layout.num_nodes).mul_(1.0 - alpha).add_(v, alpha=alpha)
+            h = layout.product(values, h).mul_(1.0 - alpha).add_(v, alpha=alpha)
         ctx.save_for_backward(values, *states)
         ctx.layout, ctx.alpha = layout, alpha
         return h
@@ -202,23 +240,23 @@ class _EdgeDiffusion(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad: Tensor):  # type: ignore[override]
         values, *states = ctx.saved_tensors
-        lay: EdgeLayout = ctx.layout
-        n, keep = lay.num_nodes, 1.0 - ctx.alpha
-        by_src = lay.by_src.entry_values(values)
+        lay: Layout = ctx.layout
+        keep = 1.0 - ctx.alpha
+        transposed = lay.transposed(values)
         g = grad.contiguous()
         d_values = None  # the first hop's products start it, the others add into it
         d_v = torch.zeros_like(g)
         for h in reversed(states):
             d_v.add_(g, alpha=ctx.alpha)
             if ctx.needs_input_grad[0]:
-                d_values = _sddmm(g, h, lay.by_dst, n, lay.num_edges, into=d_values, alpha=keep)
-            g = _spmm(by_src, g, lay.by_src, n, ordered=True).mul_(keep)
+                d_values = lay.sampled(g, h, alpha=keep, out=d_values, accumulate=d_values is not None)
+            g = lay.product_t(transposed, g).mul_(keep)
         if d_values is None and ctx.needs_input_grad[0]:  # no hops: the output is v
             d_values = torch.zeros_like(values)
         return d_values, d_v.add_(g), None, None, None
 
 
-def edge_diffusion(values: Tensor, v: Tensor, layout: EdgeLayout, hops: int, alpha: float) -> Tensor:
+def edge_diffusion(values: Tensor, v: Tensor, layout: Layout, hops: int, alpha: float) -> Tensor:
     """Personalised-PageRank diffusion ``h <- (1 - alpha) A h + alpha v``, ``hops`` times from ``h = v``,
     with ``A[dst[e], src[e]] = values[:, :, e]``.
 
@@ -242,7 +280,7 @@ def _compute_dtype(*tensors: Tensor) -> torch.dtype:
     return dtype if dtype in _NATIVE else torch.float32
 
 
-def edge_matmul(values: Tensor, x: Tensor, layout: EdgeLayout) -> Tensor:
+def edge_matmul(values: Tensor, x: Tensor, layout: Layout) -> Tensor:
     """Sparse ``A x`` with ``A[dst[e], src[e]] = values[:, :, e]`` (duplicate edges add).
 
     Args:
@@ -258,7 +296,7 @@ def edge_matmul(values: Tensor, x: Tensor, layout: EdgeLayout) -> Tensor:
     return out.to(x.dtype)
 
 
-def edge_dots(q: Tensor, k: Tensor, layout: EdgeLayout, scale: float = 1.0) -> Tensor:
+def edge_dots(q: Tensor, k: Tensor, layout: Layout, scale: float = 1.0) -> Tensor:
     """Sampled dot products ``scale <q[dst[e]], k[src[e]]>``: ``q, k (B, H, N, d) -> (B, H, E)`` in q's dtype
     (the scale is applied inside the kernel: no E-sized product)."""
     work = _compute_dtype(q)

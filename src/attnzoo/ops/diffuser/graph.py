@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from attnzoo.ops.diffuser.edges import EdgeLayout
+from attnzoo.ops.diffuser.split import GlobalSplitLayout
 
 __all__ = ["DiffuserGraph", "diffuser_graph", "official_graph"]
 
@@ -49,6 +50,11 @@ class DiffuserGraph:
     def layout(self) -> EdgeLayout:
         """The edges in CSR form both ways (built on first use, then kept with the cached graph)."""
         return EdgeLayout.build(self.src, self.dst, self.num_nodes)
+
+    @functools.cached_property
+    def split(self) -> GlobalSplitLayout:
+        """The edges as a sparse remainder plus the global tokens' dense rows and columns (built on first use)."""
+        return GlobalSplitLayout.build(self.src, self.dst, self.num_nodes, self.globals)
 
     def to_dense(self) -> Tensor:
         """``(N, N)`` bool, entry ``[t, s]`` True when query t reads key s (tests and figures only)."""
