@@ -155,3 +155,33 @@ def test_unmasked_segment_means_equal_the_masked_path_and_nystromformer_split(n)
     torch.testing.assert_close(fast, manual, rtol=1e-12, atol=1e-12)
     with pytest.raises(ValueError, match="N >= num_landmarks"):
         segment_means(x[:, :, :10], None, m)
+
+
+@pytest.mark.parametrize("dv", [8, 6], ids=["flash", "math"])
+def test_unmasked_gradients_match_naive_in_the_inputs_layout(dv):
+    """No mask (contiguous segments of unequal sizes, 45 = 4 x 6 + 3 x 7), projection-style
+    inputs ``(B, N, H, d)`` viewed as ``(B, H, N, d)``; dv != d runs the math kernel."""
+    gen = torch.Generator().manual_seed(11)
+    q, k = (torch.randn(2, 45, 3, 8, generator=gen, dtype=F64).transpose(1, 2).requires_grad_() for _ in range(2))
+    v = torch.randn(2, 45, 3, dv, generator=gen, dtype=F64).transpose(1, 2).requires_grad_()
+    out, ref = nystrom_attention(q, k, v, num_landmarks=7), naive_nystrom_attention(q, k, v, num_landmarks=7)
+    assert_close("out", ref, out, 1e-12)
+    grads = torch.autograd.grad(out.square().sum(), (q, k, v))
+    for g, g_ref in zip(grads, torch.autograd.grad(ref.square().sum(), (q, k, v)), strict=True):
+        assert_close("grad", g_ref, g, 1e-9)
+    assert grads[0].stride() == q.stride() and grads[1].stride() == k.stride()  # gradients in the inputs' layout
+
+
+@pytest.mark.parametrize(("n", "m", "masked"), [(64, 8, False), (70, 8, False), (70, 8, True), (10, 16, True)])
+def test_segment_means_gradient_helper_equals_autograd(n, m, masked):
+    from attnzoo.ops.nystrom.landmarks import add_segment_means_grad
+
+    gen = torch.Generator().manual_seed(n + m)
+    x = torch.randn(2, 3, n, 4, generator=gen, dtype=F64, requires_grad=True)
+    real = torch.rand(2, n, generator=gen) > 0.3 if masked else None
+    grad = torch.randn(2, 3, m, 4, generator=gen, dtype=F64)
+    (expected,) = torch.autograd.grad(segment_means(x, real, m), x, grad)
+    base = torch.randn(2, 3, n, 4, generator=gen, dtype=F64)
+    out = torch.empty(2, n, 3, 4, dtype=F64).transpose(1, 2)  # any layout
+    assert add_segment_means_grad(base, grad, real, out) is out
+    torch.testing.assert_close(out, base + expected, rtol=1e-12, atol=1e-12)

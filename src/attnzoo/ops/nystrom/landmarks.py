@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["iterative_pinv", "segment_ids", "segment_means"]
+__all__ = ["add_segment_means_grad", "iterative_pinv", "segment_ids", "segment_means"]
 
 
 def _segment_ends(real: Tensor, num_landmarks: int) -> Tensor:
@@ -65,6 +65,40 @@ def segment_means(x: Tensor, real: Tensor | None, num_landmarks: int) -> Tensor:
     sums = totals - torch.cat([totals.new_zeros(b, h, 1, d), totals[:, :, :-1]], dim=2)
     counts = (ends - torch.cat([ends.new_zeros(b, 1), ends[:, :-1]], dim=1)).clamp_min(1)
     return sums / counts[:, None, :, None].to(x.dtype)
+
+
+def add_segment_means_grad(base: Tensor, grad: Tensor, real: Tensor | None, out: Tensor) -> Tensor:
+    """``out = base + J^T grad``, J the Jacobian of :func:`segment_means` ``(x, real, m)``: each token gets
+    its segment's gradient over the segment's real-token count (pads get none). One pass, written into ``out``.
+
+    Args:
+        base: ``(B, H, N, d)``; grad: ``(B, H, m, d)``, the gradient of the landmarks; real: ``(B, N)`` bool or None
+            (every token real); out: ``(B, H, N, d)``, any strides (it may be ``base``).
+
+    Returns:
+        ``out``.
+    """
+    n, m = base.shape[-2], grad.shape[-2]
+    if real is None:  # contiguous segments of `per` tokens, then of `per + 1`: broadcast adds on split views
+        per = n // m
+        short = (per + 1) * m - n
+        for tokens, segments, size in (
+            (slice(0, short * per), slice(0, short), per),
+            (slice(short * per, n), slice(short, m), per + 1),
+        ):
+            count = segments.stop - segments.start
+            if count:
+                part_base, part_out = (t[..., tokens, :].unflatten(-2, (count, size)) for t in (base, out))
+                torch.add(part_base, (grad[..., segments, :] / size)[..., None, :], out=part_out)
+        return out
+    ends = _segment_ends(real, m)
+    counts = (ends - torch.cat([ends.new_zeros(ends.shape[0], 1), ends[:, :-1]], dim=1)).clamp_min(1)
+    scaled = torch.cat(
+        [grad / counts[:, None, :, None].to(grad.dtype), grad.new_zeros(*grad.shape[:2], 1, grad.shape[-1])], 2
+    )
+    ids = segment_ids(real, m).masked_fill(~real, m)  # pads read the zero row
+    spread = scaled.gather(2, ids[:, None, :, None].expand(-1, base.shape[1], -1, base.shape[-1]))
+    return torch.add(base, spread, out=out)
 
 
 def iterative_pinv(a: Tensor, iterations: int, *, global_init: bool = False) -> Tensor:

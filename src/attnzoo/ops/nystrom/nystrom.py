@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from attnzoo.ops.common import check_padding_mask, check_qkv, zero_masked_rows
-from attnzoo.ops.nystrom.landmarks import iterative_pinv, segment_means
+from attnzoo.ops.nystrom.landmarks import add_segment_means_grad, iterative_pinv, segment_means
 from attnzoo.ops.softmax import softmax_attention
+from attnzoo.sparse.kernels import Kernel, pick_kernel
 
 __all__ = ["COMPAT", "check_nystrom_args", "conv_skip", "nystrom_attention"]
 
@@ -136,23 +139,73 @@ def _approximate(
     The two long factors run as fused attention calls (no (N x m) or (m x S) matrix is built, forward or
     backward): ``softmax(Q~ K^T) V`` is attention of the m landmark queries over the keys, and
     ``softmax(Q K~^T) W`` attention of the queries over the m landmark keys with values
-    ``W = pinv(softmax(Q~ K~^T)) softmax(Q~ K^T) V``.
+    ``W = pinv(softmax(Q~ K~^T)) softmax(Q~ K^T) V`` (see :class:`_NystromProduct`).
     """
     q_segments, k_segments = q_real, k_real
     if lra:  # pads zeroed and averaged into segments of the padded sequences
         q = q if q_real is None else q * q_real[:, None, :, None].to(q.dtype)
         k = k if k_real is None else k * k_real[:, None, :, None].to(k.dtype)
         q_segments = k_segments = None
-    scale = q.shape[-1] ** -0.5
-    q_land, k_land = segment_means(q, q_segments, m), segment_means(k, k_segments, m)  # (B, H, m, d)
-    kernel_2 = torch.softmax(q_land @ k_land.transpose(-1, -2) * scale, dim=-1)  # (B, H, m, m)
     bias = None
     if k_real is not None:  # the official large negative, not -inf: a row without real keys stays finite
         bias = torch.zeros(k_real.shape, dtype=q.dtype, device=q.device)
         bias = bias.masked_fill(~k_real, torch.finfo(q.dtype).min)[:, None, None, :]
-    land_out = F.scaled_dot_product_attention(q_land, k, v, attn_mask=bias, scale=scale)  # (B, H, m, dv)
-    values = iterative_pinv(kernel_2, iterations, global_init=lra) @ land_out
-    return F.scaled_dot_product_attention(q, k_land, values, scale=scale)
+    kernel = pick_kernel(q.device, q.dtype, equal_widths=q.shape[-1] == v.shape[-1])
+    return _NystromProduct.apply(q, k, v, q_segments, k_segments, bias, m, iterations, lra, kernel)
+
+
+def _landmark_values(q_land: Tensor, k_land: Tensor, land_out: Tensor, iterations: int, global_init: bool) -> Tensor:
+    """``W = pinv(softmax(Q~ K~^T / sqrt(d))) softmax(Q~ K^T / sqrt(d)) V`` from its last factor: ``(B, H, m, dv)``."""
+    kernel_2 = torch.softmax(q_land @ k_land.transpose(-1, -2) * q_land.shape[-1] ** -0.5, dim=-1)  # (B, H, m, m)
+    return iterative_pinv(kernel_2, iterations, global_init=global_init) @ land_out
+
+
+class _NystromProduct(torch.autograd.Function):
+    """The Nystrom product with a hand-written backward for its long parts: the two attention calls' backwards
+    and the landmark means' (their gradients go straight into the attention gradients, in the inputs' layout:
+    no (B, H, N, d) temporaries beyond the results). The small m x m part is differentiated by autograd,
+    recomputed in the backward."""
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any,
+        q: Tensor,
+        k: Tensor,
+        v: Tensor,
+        q_real: Tensor | None,
+        k_real: Tensor | None,
+        bias: Tensor | None,
+        m: int,
+        iterations: int,
+        global_init: bool,
+        kernel: Kernel,
+    ) -> Tensor:
+        scale = q.shape[-1] ** -0.5
+        q_land, k_land = segment_means(q, q_real, m), segment_means(k, k_real, m)  # (B, H, m, d)
+        land_out, land_lse = kernel.forward(q_land, k, v, bias, False, scale)  # softmax(Q~ K^T) V
+        values = _landmark_values(q_land, k_land, land_out, iterations, global_init)
+        out, lse = kernel.forward(q, k_land, values, None, False, scale)
+        ctx.save_for_backward(q, k, v, q_real, k_real, bias, q_land, k_land, land_out, land_lse, values, out, lse)
+        ctx.iterations, ctx.global_init, ctx.kernel, ctx.scale = iterations, global_init, kernel, scale
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, dout: Tensor):  # type: ignore[override]
+        q, k, v, q_real, k_real, bias, q_land, k_land, land_out, land_lse, values, out, lse = ctx.saved_tensors
+        kernel, scale = ctx.kernel, ctx.scale
+        dq, dk_land, d_values = kernel.backward(
+            dout.contiguous(), None, q, k_land, values, out, lse, None, False, scale
+        )
+        with torch.enable_grad():
+            small = [t.detach().requires_grad_() for t in (q_land, k_land, land_out)]
+            recomputed = _landmark_values(*small, ctx.iterations, ctx.global_init)
+            dq_land, dk_land_small, d_land_out = torch.autograd.grad(recomputed, small, d_values)
+        dq_land_long, dk, dv = kernel.backward(
+            d_land_out.contiguous(), None, q_land, k, v, land_out, land_lse, bias, False, scale
+        )
+        dq = add_segment_means_grad(dq, dq_land + dq_land_long, q_real, torch.empty_like(q))
+        dk = add_segment_means_grad(dk, dk_land + dk_land_small, k_real, torch.empty_like(k))
+        return dq, dk, dv.to(v.dtype), None, None, None, None, None, None, None
 
 
 def _first_real(real: Tensor, m: int) -> Tensor:
