@@ -214,3 +214,20 @@ def test_hash_buckets_equal_argmax_of_rotations_and_their_negatives_with_ties():
     first = torch.argmax(torch.cat([rotated[..., :4], -rotated[..., :4]], -1), -1)
     second = torch.argmax(torch.cat([rotated[..., 4:], -rotated[..., 4:]], -1), -1)
     assert torch.equal(hash_buckets(q, rotations, (8, 4)), first + 8 * second)
+
+
+def test_shared_keys_equal_hf_norm_and_their_gradient():
+    """``normalise_keys`` (hand-written backward) against the composed formula, values and gradients."""
+    gen = torch.Generator().manual_seed(3)
+    q = torch.randn(2, 3, 10, 8, generator=gen, dtype=torch.float64, requires_grad=True)
+    q.data[0, 0, 0] = 0.0  # a zero row: the 1e-6 keeps it finite
+
+    def composed(x):
+        return x / torch.sqrt(x.square().mean(-1, keepdim=True) + 1e-6) / 8**0.5
+
+    torch.testing.assert_close(normalise_keys(q), composed(q), rtol=1e-12, atol=1e-12)
+    grad = torch.randn(2, 3, 10, 8, generator=gen, dtype=torch.float64)
+    (ours,) = torch.autograd.grad(normalise_keys(q), q, grad)
+    (expected,) = torch.autograd.grad(composed(q), q, grad)
+    torch.testing.assert_close(ours, expected, rtol=1e-10, atol=1e-12)
+    assert torch.autograd.gradcheck(normalise_keys, (q,))

@@ -6,6 +6,7 @@ Shape legend: B batch, H heads, N tokens, d head width, R hash rounds, nb bucket
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -50,7 +51,30 @@ def hash_buckets(q: Tensor, rotations: Tensor, factors: tuple[int, ...]) -> Tens
 
 
 def normalise_keys(q: Tensor) -> Tensor:
-    """Shared-QK keys: ``q / sqrt(mean(q^2) + 1e-6) / sqrt(d)`` (HF ``_len_and_dim_norm``)."""
+    """Shared-QK keys: ``q / sqrt(mean(q^2) + 1e-6) / sqrt(d)`` (HF ``_len_and_dim_norm``), same shape as q."""
+    return _SharedKeys.apply(q)
+
+
+def _key_factor(q: Tensor) -> Tensor:
+    """``f = (mean(q^2) + 1e-6)^(-1/2) d^(-1/2)``: ``(..., N, 1)`` (no full-size temporary)."""
     d = q.shape[-1]
-    mean_square = torch.linalg.vector_norm(q, dim=-1, keepdim=True).square() / d  # no (B, H, N, d) temporary
-    return q * (torch.rsqrt(mean_square + 1e-6) / math.sqrt(d))
+    mean_square = torch.linalg.vector_norm(q, dim=-1, keepdim=True).square_().div_(d)
+    return mean_square.add_(1e-6).rsqrt_().div_(math.sqrt(d))
+
+
+class _SharedKeys(torch.autograd.Function):
+    """``q f(q)`` with the gradient ``f g - f^3 (g . q) q`` (``df/dq = -f^3 q``) in two passes over the result
+    (autograd's composition makes five full-size tensors)."""
+
+    @staticmethod
+    def forward(ctx: Any, q: Tensor) -> Tensor:  # type: ignore[override]
+        factor = _key_factor(q)
+        ctx.save_for_backward(q, factor)
+        return q * factor
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> Tensor:  # type: ignore[override]
+        q, factor = ctx.saved_tensors
+        dot = grad.unsqueeze(-2) @ q.unsqueeze(-1)  # (..., N, 1, 1): g . q per token, as a batched product
+        coef = factor.pow(3).mul_(dot.squeeze(-1)).neg_()
+        return torch.mul(grad, factor).addcmul_(q, coef)
