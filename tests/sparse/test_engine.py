@@ -60,6 +60,24 @@ def test_kernel_gradient_through_lse(kernel):
         assert_close(f"d{name}", a, b, 1e-10)
 
 
+@pytest.mark.parametrize("zero_row", [False, True], ids=["shifted-output", "column-fallback"])
+def test_flash_backward_with_dlse_equals_math(zero_row):
+    """The fused backward given d(out) and d(lse) together (the output shifted along dO; a row with dO = 0 and
+    d(lse) != 0 falls back to the extra value column) equals the math kernel's, with a mask."""
+    gen = torch.Generator().manual_seed(4)
+    q, k, v, out_grad = (torch.randn(2, 3, 20, 8, generator=gen, dtype=torch.float64) for _ in range(4))
+    bias = torch.zeros(20, 20, dtype=torch.float64).masked_fill(torch.rand(20, 20, generator=gen) < 0.3, float("-inf"))
+    bias[:, 0] = 0.0  # every row keeps a key
+    out, lse = KERNELS["math"].forward(q, k, v, bias, False, 0.35)
+    dlse = torch.randn(2, 3, 20, generator=gen, dtype=torch.float64)
+    if zero_row:
+        out_grad[1, 2, 5] = 0.0
+    expected = KERNELS["math"].backward(out_grad, dlse, q, k, v, out, lse, bias, False, 0.35)
+    got = KERNELS["cpu_flash"].backward(out_grad, dlse, q, k, v, out, lse, bias, False, 0.35)
+    for name, a, b in zip("qkv", expected, got, strict=True):
+        assert_close(f"d{name}", a, b, 1e-10)
+
+
 def test_merge_partials_of_disjoint_keys_is_full_softmax():
     q, k, v = make_qkv(2, 2, 30, 8, seed=4)
     halves = [torch.arange(30) < 12, torch.arange(30) >= 12]

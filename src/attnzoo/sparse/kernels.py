@@ -123,10 +123,15 @@ def _flash_backward(
     grad = _aten._scaled_dot_product_flash_attention_for_cpu_backward
     if dlse is None:
         return grad(dout, q, k, v, out, lse, 0.0, causal, attn_mask=bias, scale=scale)
-    # d lse / d score_ij = p_ij, so dscores = p * (dP - rowsum(dO * O) + dlse). The fused backward has
-    # no dlse input; append a value column of ones whose output-gradient is dlse and whose recorded
-    # output is 0: then dP gains + dlse while rowsum(dO * O) is unchanged. q, k get a zero column so
-    # the scores (and the explicit scale) stay the same.
+    # d lse / d score_ij = p_ij, so dscores = p * (dP - rowsum(dO * O) + dlse). The fused backward has no
+    # dlse input, and reads O only through D = rowsum(dO * O): O shifted along dO by -dlse / |dO|^2 gives
+    # D - dlse (error ~ eps |dlse|, as computing D - dlse directly). Rows with dO = 0 cannot carry dlse
+    # that way; then the whole call takes the column trick below.
+    shifted = _shift_output(dout, dlse, out)
+    if shifted is not None:
+        return grad(dout, q, k, v, shifted, lse, 0.0, causal, attn_mask=bias, scale=scale)
+    # Append a value column of ones whose output-gradient is dlse and whose recorded output is 0: then dP
+    # gains + dlse while rowsum(dO * O) is unchanged. q, k get a zero column so the scores stay the same.
     zero_col = q.new_zeros(*q.shape[:-1], 1)
     dq, dk, dv = grad(
         torch.cat([dout, dlse[..., None].to(dout.dtype)], -1),
@@ -142,6 +147,15 @@ def _flash_backward(
     )
     d = q.shape[-1]
     return dq[..., :d], dk[..., :d], dv[..., : v.shape[-1]]
+
+
+def _shift_output(dout: Tensor, dlse: Tensor, out: Tensor) -> Tensor | None:
+    """``O - (dlse / |dO|^2) dO`` per row (rows with ``dlse = 0`` unchanged), or ``None`` when a row with
+    ``dlse != 0`` has ``dO = 0`` (or so small that the shift overflows)."""
+    norm = (dout.unsqueeze(-2) @ dout.unsqueeze(-1)).squeeze(-1)  # (..., M, 1), no full-size square
+    step = torch.where(dlse[..., None] == 0, 0.0, -dlse[..., None].to(norm.dtype) / norm)
+    shifted = torch.addcmul(out, dout, step.to(out.dtype))
+    return shifted if bool(torch.isfinite(shifted).all()) else None
 
 
 class Kernel:
