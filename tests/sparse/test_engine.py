@@ -198,3 +198,29 @@ def test_dropout_refused_by_kernels_that_cannot_apply_it():
     q, k, v = make_qkv(1, 1, 16, 4, dtype=torch.float32)
     with pytest.raises(ValueError, match="kernel 'cpu_flash' does not apply attention dropout"):
         sparse_attention(q, k, v, sliding_window(16, 2, 2), dropout_p=0.1, kernel="cpu_flash")
+
+
+def test_attention_with_lse_equals_dense_softmax_with_gradients():
+    """The fused call with a broadcast key bias: out, lse (-inf and 0 on a fully masked row) and gradients
+    through both against plain softmax algebra."""
+    from attnzoo.sparse.dense import attention_with_lse
+
+    gen = torch.Generator().manual_seed(8)
+    q = torch.randn(2, 3, 10, 8, generator=gen, dtype=torch.float64, requires_grad=True)
+    k, v = (torch.randn(2, 3, 6, 8, generator=gen, dtype=torch.float64, requires_grad=True) for _ in range(2))
+    hidden = torch.rand(2, 10, 6, generator=gen) < 0.4
+    hidden[1, 4] = True  # a query with no visible key
+    bias = torch.zeros(2, 1, 10, 6, dtype=torch.float64).masked_fill(hidden[:, None], float("-inf"))
+    out, lse = attention_with_lse(q, k, v, bias, 0.3)
+    finite = ~hidden.all(-1)[:, None].expand(2, 3, 10)
+    scores = (0.3 * q @ k.transpose(-1, -2) + bias).masked_fill(~finite[..., None], 0.0)  # no NaN in the reference
+    ref_lse = torch.logsumexp(scores, -1)
+    ref = torch.softmax(scores, -1) @ v * finite[..., None]
+    assert torch.isneginf(lse[1, :, 4]).all() and not out[1, :, 4].any()
+    assert_close("out", ref, out, 1e-12)
+    assert_close("lse", ref_lse[finite], lse[finite], 1e-12)
+    w_out, w_lse = torch.randn_like(out), torch.randn_like(lse)
+    ours = torch.autograd.grad((out * w_out).sum() + (lse.masked_fill(~finite, 0) * w_lse).sum(), (q, k, v))
+    theirs = torch.autograd.grad((ref * w_out).sum() + (ref_lse.masked_fill(~finite, 0) * w_lse).sum(), (q, k, v))
+    for name, a, b in zip("qkv", theirs, ours, strict=True):
+        assert_close(f"d{name}", a, b, 1e-10)

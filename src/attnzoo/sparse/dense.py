@@ -22,10 +22,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from attnzoo.sparse.kernels import Kernel
+from attnzoo.sparse.kernels import Kernel, pick_kernel
 from attnzoo.sparse.layout import SparsePattern
 
-__all__ = ["DENSE_BYTES", "DENSE_SHARE", "dense_attention", "grouped_attention", "prefer_dense"]
+__all__ = ["DENSE_BYTES", "DENSE_SHARE", "attention_with_lse", "dense_attention", "grouped_attention", "prefer_dense"]
 
 DENSE_BYTES = 32 * 2**20
 """Largest additive mask (``B|1 x Hp x N x N`` in the input's dtype) the dense fallback may build: 8 heads
@@ -165,6 +165,24 @@ def dense_attention(
     has_key = rows.expand(b, h, n)
     q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
     return _Dense.apply(q, k, v, bias, has_key, kernel, scale, kernel_causal)
+
+
+def attention_with_lse(q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None, scale: float) -> tuple[Tensor, Tensor]:
+    """``softmax(s q k^T + bias) v`` and its log-sum-exp in one fused kernel call, differentiable through both
+    (for attention parts merged by log-sum-exp, without an ``N x S`` score tensor).
+
+    Args:
+        q: ``(B, H, N, d)``; k: ``(B, H, S, d)``; v: ``(B, H, S, dv)``; bias: additive, broadcastable to
+            ``(B, H, N, S)`` (``-inf`` = masked), or None; scale: s.
+
+    Returns:
+        ``(out (B, H, N, dv), lse (B, H, N))``, 0 and ``-inf`` on rows whose keys are all masked.
+    """
+    b, h, n = q.shape[:3]
+    kernel = pick_kernel(q.device, q.dtype, equal_widths=q.shape[-1] == v.shape[-1])
+    has_key = q.new_ones((), dtype=torch.bool) if bias is None else torch.isfinite(bias).any(-1)
+    q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+    return _Dense.apply(q, k, v, bias, has_key.expand(b, h, n), kernel, scale, False)
 
 
 GROUP_CHUNK_BYTES = 2 * 2**20

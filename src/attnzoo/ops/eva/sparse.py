@@ -14,6 +14,7 @@ from attnzoo.ops.local import LocalWindow
 from attnzoo.ops.local.sparse import local_pattern, rpe_score_mod
 from attnzoo.options import check_int
 from attnzoo.sparse import merge_partials, sparse_attention
+from attnzoo.sparse.dense import attention_with_lse
 from attnzoo.sparse.plan import ScoreMod
 
 __all__ = ["ChunkKeys", "chunk_summaries", "default_chunk_keys", "eva_attention", "t5_score_mod"]
@@ -160,15 +161,14 @@ def eva_attention(
     if noise is not None and tuple(noise.shape) != (b, h, seg.count, d):
         raise ValueError(f"noise must have shape {(b, h, seg.count, d)}, got {tuple(noise.shape)}")
     k_hat, beta = chunk_summaries(q, k, v, seg, mask, chunk_keys or default_chunk_keys, noise, scale)
-    logits = scale * q @ k_hat.transpose(-1, -2)  # (B, H, N, C)
+    bias = None  # the chunk summaries as keys and values of one fused call (no (B, H, N, C) logits)
     if not compat:
         nonempty = (
             seg.nonempty() if mask is None else Segments(seg.ids, seg.member & mask[:, None], seg.count).nonempty()
         )
         hidden = contained_chunks(seg, mask, window_size, e, grid) | ~nonempty[:, None, :]
-        logits = logits.masked_fill(hidden[:, None], float("-inf"))
-    global_lse = torch.logsumexp(logits, dim=-1)
-    global_out = torch.exp(logits - global_lse.nan_to_num(0.0, neginf=0.0)[..., None]) @ beta
+        bias = torch.zeros(hidden.shape, dtype=q.dtype, device=q.device).masked_fill_(hidden, float("-inf"))[:, None]
+    global_out, global_lse = attention_with_lse(q, k_hat.to(q.dtype), beta.to(q.dtype), bias, scale)
     out, _ = merge_partials([local_out.to(q.dtype), global_out], [local_lse.to(global_lse.dtype), global_lse])
     out = out.to(q.dtype)
     return out if mask is None else out * mask[:, None, :, None].to(out.dtype)
