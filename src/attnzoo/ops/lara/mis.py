@@ -44,7 +44,21 @@ def lara_landmarks(q: Tensor, k: Tensor, mask: Tensor | None, num_landmarks: int
     return Landmarks(segment_mean(q, seg, mask), segment_mean(k, seg, mask), seg.nonempty())
 
 
-def _mixture_logits(
+QUERY_CHUNK_BYTES = 4 * 2**20
+"""Queries per step of the mixture: as many as keep one ``(B, H, S, rows)`` tensor under this size (whole-sequence
+ones are 32 MiB at N = 16384, 8 heads, 64 samples, and glibc maps those afresh on every call here)."""
+
+
+class _Mixture(NamedTuple):
+    """The query-independent parts of spec §5 step 7: ``cross_lse``, ``own`` ``(B, H, S)`` (``logsumexp_c'
+    Lambda[c, c']``, ``Lambda[c, c]``) and, for ``mis-opt``, the query softmax's normaliser ``(B, H, C)``."""
+
+    total: Tensor
+    own: Tensor
+    query_lse: Tensor | None
+
+
+def _mixture(
     omega: Tensor,
     mu: Tensor,
     q: Tensor,
@@ -52,29 +66,55 @@ def _mixture_logits(
     valid: Tensor,
     query_ok: Tensor | None,
     mis_type: str,
-    alpha_coeff: float,
     scale: float,
-) -> Tensor:
-    """``log alpha[c, n] - log g_c`` of spec §5 step 7: ``(B, H, S, N)`` (S samples)."""
-    s_count = omega.shape[2]
+    rows: int,
+) -> _Mixture:
+    """:class:`_Mixture` (the query softmax's normaliser over all queries, ``rows`` at a time)."""
     bias = torch.zeros(valid.shape, dtype=omega.dtype, device=omega.device).masked_fill(~valid, float("-inf"))
     cross = rf_log(omega, mu, scale) + bias[:, None, None, :]  # Lambda[c, c'] over valid c'
     own = torch.diagonal(cross, dim1=-2, dim2=-1)  # Lambda[c, c]
     total = torch.logsumexp(cross, dim=-1)
+    if mis_type != "mis-opt":
+        return _Mixture(total, own, None)
+    parts = [
+        torch.logsumexp(_query_scores(lm.q, q_rows, None if query_ok is None else query_ok[:, i : i + rows], scale), -1)
+        for i, q_rows in zip(range(0, q.shape[2], rows), q.split(rows, dim=2), strict=True)
+    ]
+    return _Mixture(total, own, torch.logsumexp(torch.stack(parts, -1), -1))
+
+
+def _query_scores(landmarks: Tensor, q_rows: Tensor, ok_rows: Tensor | None, scale: float) -> Tensor:
+    """``s q~_c . q_n`` for the rows' queries, ``-inf`` at padding: ``(B, H, C, rows)``."""
+    t = (scale * landmarks) @ q_rows.transpose(-1, -2)
+    return t if ok_rows is None else t.masked_fill(~ok_rows[:, None, None, :], float("-inf"))
+
+
+def _mixture_logits(
+    mix: _Mixture,
+    omega: Tensor,
+    mu: Tensor,
+    q_rows: Tensor,
+    ok_rows: Tensor | None,
+    lm: Landmarks,
+    mis_type: str,
+    alpha_coeff: float,
+    scale: float,
+) -> Tensor:
+    """``log alpha[c, n] - log g_c`` of spec §5 step 7 for a block of queries: ``(B, H, S, rows)`` (S samples)."""
+    s_count = omega.shape[2]
     if mis_type == "mis-bh":
-        return (-total)[..., None]
+        return (-mix.total)[..., None]
     if mis_type == "mis-biased":
-        return scale * mu @ q.transpose(-1, -2) - total[..., None]
-    balance = torch.exp(own - total.nan_to_num(0.0, neginf=0.0))  # (B, H, S)
-    t = (scale * lm.q) @ q.transpose(-1, -2)  # softmax over queries n
-    if query_ok is not None:
-        t = t.masked_fill(~query_ok[:, None, None, :], float("-inf"))
-    t = torch.softmax(t, dim=-1).nan_to_num(0.0)
+        return scale * mu @ q_rows.transpose(-1, -2) - mix.total[..., None]
+    assert mix.query_lse is not None
+    balance = torch.exp(mix.own - mix.total.nan_to_num(0.0, neginf=0.0))  # (B, H, S)
+    shift = mix.query_lse.nan_to_num(0.0, neginf=0.0)[..., None]  # no real query: every t is exp(-inf) = 0
+    t = torch.exp(_query_scores(lm.q, q_rows, ok_rows, scale) - shift)  # softmax over all queries n
     weights = lm.valid[:, None, :, None].to(t.dtype)
     t_mean = (t * weights).sum(2, keepdim=True) / weights.sum(2, keepdim=True).clamp(min=1)
     t = t.repeat(1, 1, s_count // t.shape[2], 1)
     alpha = (balance[..., None] + alpha_coeff * (t - t_mean)).clamp(min=1e-8)
-    return alpha.log() - own[..., None]
+    return alpha.log() - mix.own[..., None]
 
 
 def lara_attention(
@@ -158,9 +198,15 @@ def lara_attention(
     kappa = (key_feat @ v) / key_sum.clamp(min=torch.finfo(key_sum.dtype).tiny)  # (B, H, S, dv)
     key_lse = torch.where(key_sum > 0, torch.log(key_sum.clamp(min=torch.finfo(key_sum.dtype).tiny)) + peak, 0.0)
     query_ok = None if count_padding else mask
-    logits = _mixture_logits(omega, mu, q, lm, valid, query_ok, mis_type, alpha_coeff, scale)
-    logits = logits + (scale * omega) @ q.transpose(-1, -2) + key_lse
-    logits = logits.masked_fill(~valid[:, None, :, None], float("-inf"))
-    weights = torch.softmax(logits, dim=2).nan_to_num(0.0)
-    out = weights.transpose(-1, -2) @ kappa
+    rows = max(1, QUERY_CHUNK_BYTES // (b * q.shape[1] * omega.shape[2] * q.element_size()))
+    mix = _mixture(omega, mu, q, lm, valid, query_ok, mis_type, scale, rows)
+    outs = []
+    for i, q_rows in zip(range(0, n, rows), q.split(rows, dim=2), strict=True):
+        ok_rows = None if query_ok is None else query_ok[:, i : i + rows]
+        logits = _mixture_logits(mix, omega, mu, q_rows, ok_rows, lm, mis_type, alpha_coeff, scale)
+        logits = logits + (scale * omega) @ q_rows.transpose(-1, -2) + key_lse
+        logits = logits.masked_fill(~valid[:, None, :, None], float("-inf"))
+        weights = torch.softmax(logits, dim=2).nan_to_num(0.0)
+        outs.append(weights.transpose(-1, -2) @ kappa)
+    out = torch.cat(outs, dim=2)
     return out if mask is None else out * mask[:, None, :, None].to(out.dtype)
