@@ -16,11 +16,14 @@ def qkv(n=45, seed=0, scale=0.7):
     return [(torch.randn(2, 2, n, 8, generator=gen, dtype=F64) * scale).requires_grad_() for _ in range(3)]
 
 
+@pytest.mark.parametrize("chunked", [False, True], ids=["whole", "block-steps"])
 @pytest.mark.parametrize("compat", [False, True])
 @pytest.mark.parametrize(
     ("w", "overlap", "rpe"), [(4, False, False), (5, True, False), (6, True, True), (8, False, True)]
 )
-def test_matches_naive(w, overlap, rpe, compat):
+def test_matches_naive(w, overlap, rpe, compat, chunked, monkeypatch):
+    if chunked:  # the low-rank part one query/key block per step
+        monkeypatch.setattr("attnzoo.ops.scatterbrain.sparse_lowrank.CHUNK_BYTES", 1)
     q, k, v = qkv()
     e = max(1, w // 2) if overlap else 0
     table = torch.randn(2, w, w + 2 * e, generator=torch.Generator().manual_seed(1), dtype=F64).requires_grad_()
@@ -42,6 +45,14 @@ def test_matches_naive(w, overlap, rpe, compat):
         torch.autograd.grad((out * cot).sum(), inputs), torch.autograd.grad((ref * cot).sum(), inputs), strict=True
     ):
         torch.testing.assert_close(g, gr, atol=1e-9, rtol=1e-8)
+
+
+def test_matches_naive_without_mask_at_a_length_blocks_do_not_divide(monkeypatch):
+    monkeypatch.setattr("attnzoo.ops.scatterbrain.sparse_lowrank.CHUNK_BYTES", 1)
+    q, k, v = qkv(45, seed=4)
+    proj = draw_projection(2, 16, 8, generator=torch.Generator().manual_seed(2), dtype=F64)
+    out = scatterbrain_attention(q, k, v, window_size=8, projection=proj)
+    torch.testing.assert_close(out, naive_scatterbrain_attention(q, k, v, window_size=8, projection=proj))
 
 
 def test_window_covering_everything_is_exact_softmax():

@@ -17,6 +17,11 @@ from attnzoo.sparse import merge_partials, sparse_attention
 __all__ = ["scatterbrain_attention", "window_feature_sums"]
 
 
+CHUNK_BYTES = 4 * 2**20
+"""Tokens per step of the low-rank part: as many as keep one ``(B, H, rows, m)`` feature tensor under this size
+(whole-sequence ones are 32 MiB at N = 16384, 8 heads, m = 64, and glibc maps those afresh on every call here)."""
+
+
 def window_feature_sums(phi: Tensor, v: Tensor, window: int, extension: int) -> tuple[Tensor, Tensor]:
     """Per query block t, ``sum phi(k_j)`` and ``sum phi(k_j) v_j^T`` over its key block ``[tw - e, tw + w + e)``.
 
@@ -29,18 +34,69 @@ def window_feature_sums(phi: Tensor, v: Tensor, window: int, extension: int) -> 
     Returns:
         ``(B, H, T, m)`` and ``(B, H, T, m, d)`` for T = N / w blocks.
     """
+    u = _sub_block(window, extension)
+    return _window_sums(*_sub_block_sums(phi, v, u), window, extension)
+
+
+def _sub_block(window: int, extension: int) -> int:
+    return math.gcd(window, extension) if extension else window
+
+
+def _sub_block_sums(phi: Tensor, v: Tensor, u: int) -> tuple[Tensor, Tensor]:
+    """``sum phi`` ``(B, H, S, m)`` and ``sum phi v^T`` ``(B, H, S, m, d)`` over sub-blocks of u tokens (N = S u)."""
     b, h, n, m = phi.shape
-    u = math.gcd(window, extension) if extension else window
+    blocks = phi.view(b, h, n // u, u, m)
+    return blocks.sum(3), torch.einsum("bhsum,bhsud->bhsmd", blocks, v.reshape(b, h, n // u, u, -1))
+
+
+def _window_sums(sub_z: Tensor, sub_s: Tensor, window: int, extension: int) -> tuple[Tensor, Tensor]:
+    """:func:`window_feature_sums` from the sub-block sums."""
+    u = _sub_block(window, extension)
     per, reach = window // u, extension // u
-    sub_z = phi.view(b, h, n // u, u, m).sum(3)  # (B, H, S, m)
-    sub_s = torch.einsum("bhsum,bhsud->bhsmd", phi.view(b, h, n // u, u, m), v.reshape(b, h, n // u, u, -1))
+    blocks = sub_z.shape[2] // per
     sub_z, sub_s = F.pad(sub_z, (0, 0, reach, reach)), F.pad(sub_s, (0, 0, 0, 0, reach, reach))
-    blocks = n // window
     span = per + 2 * reach
     z = sum(sub_z[:, :, j : j + blocks * per : per] for j in range(span))
     s = sum(sub_s[:, :, j : j + blocks * per : per] for j in range(span))
     assert isinstance(z, Tensor) and isinstance(s, Tensor)
     return z, s
+
+
+def _key_features(
+    k: Tensor,
+    v: Tensor,
+    real: Tensor | None,
+    proj: Tensor,
+    scale: float,
+    window: int,
+    extension: int,
+    rows: int,
+    compat: bool,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Feature sums of the keys, ``rows`` at a time (padded length, a multiple of w and of rows' sub-blocks):
+    per block ``Z_t, S_t`` ``(B, H, T, m)``, ``(B, H, T, m, d)``; in all ``Z, S`` ``(B, H, 1, m)``, ``(B, H, m, d)``;
+    and the features' shift ``(B, H, 1, m)`` (their largest log over the real keys)."""
+
+    def log_features(i: int, k_rows: Tensor) -> Tensor:
+        log_k = favor_log_features(k_rows, proj, scale)
+        return log_k if real is None else log_k.masked_fill(~real[:, None, i : i + rows, None], float("-inf"))
+
+    # split, not sliced: a slice's backward writes a zero-filled full-size gradient per step
+    steps = list(zip(range(0, k.shape[2], rows), k.split(rows, dim=2), v.split(rows, dim=2), strict=True))
+    with torch.no_grad():
+        peak = torch.stack([log_features(i, k_rows).amax(2, keepdim=True) for i, k_rows, _ in steps]).amax(0)
+        peak = peak.nan_to_num(0.0, neginf=0.0)
+        if compat and extension:
+            peak = peak.clamp(min=0.0)  # official: out-of-range window slots hold log-feature 0
+    u = _sub_block(window, extension)
+    sums = [_sub_block_sums(torch.exp(log_features(i, k_rows) - peak), v_rows, u) for i, k_rows, v_rows in steps]
+    sub_z, sub_s = torch.cat([z for z, _ in sums], 2), torch.cat([s for _, s in sums], 2)
+    z_local, s_local = _window_sums(sub_z, sub_s, window, extension)
+    return z_local, s_local, sub_z.sum(2, keepdim=True), sub_s.sum(2), peak
+
+
+def _real(mask: Tensor | None, b: int, n: int, device: torch.device) -> Tensor:
+    return torch.ones(b, n, dtype=torch.bool, device=device) if mask is None else mask
 
 
 def scatterbrain_attention(
@@ -110,29 +166,27 @@ def scatterbrain_attention(
     if local_lse is None:
         raise ValueError(f"executor {executor!r} returns no log-sum-exp; ScatterBrain needs it (use 'gather')")
     proj = projection.to(q.device)
-    log_q, log_k = favor_log_features(q, proj, scale), favor_log_features(k, proj, scale)  # (B, H, N, m)
-    if mask is not None:
-        log_k = log_k.masked_fill(~mask[:, None, :, None], float("-inf"))
-    with torch.no_grad():
-        peak = log_k.amax(2, keepdim=True).nan_to_num(0.0, neginf=0.0)  # (B, H, 1, m)
-        if compat and e:
-            peak = peak.clamp(min=0.0)  # official: out-of-range window slots hold log-feature 0
-    phi = pad_to_multiple(torch.exp(log_k - peak), w)
-    z_local, s_local = window_feature_sums(phi, pad_to_multiple(v, w), w, e)
-    z_rest = phi.sum(2, keepdim=True) - z_local  # (B, H, T, m)
-    s_rest = torch.einsum("bhnm,bhnd->bhmd", phi, pad_to_multiple(v, w))[:, :, None] - s_local
+    q, k, v = (pad_to_multiple(x, w) for x in (q, k, v))
+    real = None if mask is None and k.shape[2] == n else pad_to_multiple(_real(mask, b, n, q.device), w, dim=-1)
+    rows = max(1, CHUNK_BYTES // (b * h * proj.shape[1] * q.element_size()) // w) * w
+    z_local, s_local, z_all, s_all, peak = _key_features(k, v, real, proj, scale, w, e, rows, compat)
+    z_rest, s_rest = z_all - z_local, s_all[:, :, None] - s_local  # (B, H, T, m), (B, H, T, m, d)
     denom = z_rest.clamp(min=1e-3) if compat else z_rest
     kv = s_rest / torch.where(denom > 0, denom, torch.ones_like(denom))[..., None]  # (B, H, T, m, d)
-    mass = z_rest + 1e-5 * phi.sum(2, keepdim=True) if compat else z_rest
+    mass = z_rest + 1e-5 * z_all if compat else z_rest
     left = mass > 0
     none = torch.finfo(mass.dtype).min / 4  # no key left: weight exp(none) = 0, with finite gradients
     log_mass = torch.where(left, torch.log(torch.where(left, mass, 1.0)) + peak, none)
-    blocks = kv.shape[2]
-    logits = pad_to_multiple(log_q, w).view(b, h, blocks, w, -1) + log_mass[:, :, :, None]  # (B, H, T, w, m)
-    lr_lse = torch.logsumexp(logits, dim=-1)
-    probs = torch.exp(logits - lr_lse.nan_to_num(0.0, neginf=0.0)[..., None])
-    lr_out = (probs @ kv).reshape(b, h, blocks * w, v.shape[-1])[:, :, :n]
-    lr_lse = lr_lse.reshape(b, h, blocks * w)[:, :, :n]
+    outs, lses = [], []
+    for i, q_rows in zip(range(0, q.shape[2], rows), q.split(rows, dim=2), strict=True):  # the mixture, by rows
+        log_q = favor_log_features(q_rows, proj, scale)
+        blocks = slice(i // w, i // w + log_q.shape[2] // w)
+        logits = log_q.unflatten(2, (-1, w)) + log_mass[:, :, blocks, None]  # (B, H, rows / w, w, m)
+        lse = torch.logsumexp(logits, dim=-1)
+        probs = torch.exp(logits - lse.nan_to_num(0.0, neginf=0.0)[..., None])
+        outs.append((probs @ kv[:, :, blocks]).flatten(2, 3))
+        lses.append(lse.flatten(2, 3))
+    lr_out, lr_lse = torch.cat(outs, 2)[:, :, :n], torch.cat(lses, 2)[:, :, :n]
     out, _ = merge_partials([local_out.to(q.dtype), lr_out], [local_lse.to(lr_lse.dtype), lr_lse])
     out = out.to(q.dtype)
     return out if mask is None else out * mask[:, None, :, None].to(out.dtype)
