@@ -129,10 +129,9 @@ def feature_attention(
 
 def _parallel(q, k, v, query_features, key_features, mask, normalize, eps, global_frame, min_den, chunk):
     sums, norms, scales = [], [], []
-    for start in range(0, k.shape[-2], chunk):
-        stop = start + chunk
-        feats, log_scale = key_features(k[:, :, start:stop], None if mask is None else mask[:, start:stop])
-        sums.append(feats.transpose(-1, -2) @ v[:, :, start:stop])  # (B, H, m, dv)
+    for _, kc, vc, mc in _chunks(k, k, v, mask, chunk):  # (keys only; q may have another length)
+        feats, log_scale = key_features(kc, mc)
+        sums.append(feats.transpose(-1, -2) @ vc)  # (B, H, m, dv)
         norms.append(feats.sum(-2))  # (B, H, m)
         scales.append(log_scale)
     kv, z = torch.stack(sums), torch.stack(norms)
@@ -148,8 +147,7 @@ def _parallel(q, k, v, query_features, key_features, mask, normalize, eps, globa
         kv = kv + eps * real_v.sum(-2, keepdim=True)
         z = z + eps * count
     outs = []
-    for start in range(0, q.shape[-2], chunk):
-        fq = query_features(q[:, :, start : start + chunk])
+    for fq in map(query_features, q.split(chunk, -2)):
         outs.append(_divide(fq @ kv, (fq @ z[..., None])[..., 0], normalize, min_den))
     return torch.cat(outs, dim=-2)
 
