@@ -39,7 +39,7 @@ CASES = [
 @pytest.mark.parametrize("masked", [False, True], ids=["nomask", "masked"])
 @pytest.mark.parametrize(("b", "h", "n", "d", "L", "mis", "count_padding"), CASES)
 def test_matches_naive(b, h, n, d, L, mis, count_padding, masked, chunked, monkeypatch):
-    if chunked:  # one query row per step of the mixture (the query softmax normalised over all steps)
+    if chunked:  # one query (and key) row per step (softmaxes over all queries / keys merged across steps)
         monkeypatch.setattr("attnzoo.ops.lara.mis.QUERY_CHUNK_BYTES", 1)
     q, k, v = qkv(b, h, n, d, seed=n + L)
     mask = lengths_mask(n, [n - 9] + [n] * (b - 1)) if masked else None

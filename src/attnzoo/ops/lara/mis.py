@@ -117,6 +117,30 @@ def _mixture_logits(
     return alpha.log() - mix.own[..., None]
 
 
+def _sample_attention(
+    omega: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, scale: float, rows: int
+) -> tuple[Tensor, Tensor]:
+    """``kappa_c = sum_m softmax_m(l(w_c, k_m)) v_m`` ``(B, H, S, dv)`` and ``logsumexp_m l(w_c, k_m)`` ``(B, H, S, 1)``
+    (0 where no key is real), by blocks of ``rows`` keys merged by their log-sum-exp (spec §5 steps 5-6)."""
+    kappas, lses = [], []
+    masks = [None] * len(range(0, k.shape[2], rows)) if mask is None else mask.split(rows, -1)
+    for k_rows, v_rows, real in zip(k.split(rows, dim=2), v.split(rows, dim=2), masks, strict=True):
+        logits = rf_log(omega, k_rows, scale)  # l(w_c, k_m): (B, H, S, rows)
+        if real is not None:
+            logits = logits.masked_fill(~real[:, None, None, :], float("-inf"))
+        lse = torch.logsumexp(logits, dim=-1, keepdim=True)
+        kappas.append(torch.exp(logits - lse.nan_to_num(0.0, neginf=0.0)) @ v_rows)
+        lses.append(lse)
+    if len(kappas) == 1:
+        kappa, total = kappas[0], lses[0]
+    else:
+        stacked = torch.stack(lses)  # (blocks, B, H, S, 1)
+        total = torch.logsumexp(stacked, dim=0)
+        share = torch.exp(stacked - total.nan_to_num(0.0, neginf=0.0))  # 0 for blocks without a real key
+        kappa = (torch.stack(kappas) * share).sum(0)
+    return kappa, total.nan_to_num(0.0, neginf=0.0)
+
+
 def lara_attention(
     q: Tensor,
     k: Tensor,
@@ -187,18 +211,9 @@ def lara_attention(
     mu = mu.repeat(1, 1, repeats, 1)
     omega = mu if eps is None else mu + eps
     valid = lm.valid.repeat(1, repeats)  # (B, S)
-    key_bias = (-0.5 * scale) * k.square().sum(-1)[:, :, None, :]  # (B, H, 1, N)
-    if mask is not None:
-        key_bias = key_bias.masked_fill(~mask[:, None, None, :], float("-inf"))
-    key_logits = torch.matmul(scale * omega, k.transpose(-1, -2)) + key_bias  # l(w_c, k_m): (B, H, S, N)
-    with torch.no_grad():
-        peak = key_logits.amax(-1, keepdim=True).nan_to_num(0.0, neginf=0.0)
-    key_feat = torch.exp(key_logits - peak)
-    key_sum = key_feat.sum(-1, keepdim=True)
-    kappa = (key_feat @ v) / key_sum.clamp(min=torch.finfo(key_sum.dtype).tiny)  # (B, H, S, dv)
-    key_lse = torch.where(key_sum > 0, torch.log(key_sum.clamp(min=torch.finfo(key_sum.dtype).tiny)) + peak, 0.0)
-    query_ok = None if count_padding else mask
     rows = max(1, QUERY_CHUNK_BYTES // (b * q.shape[1] * omega.shape[2] * q.element_size()))
+    kappa, key_lse = _sample_attention(omega, k, v, mask, scale, rows)
+    query_ok = None if count_padding else mask
     mix = _mixture(omega, mu, q, lm, valid, query_ok, mis_type, scale, rows)
     outs = []
     for i, q_rows in zip(range(0, n, rows), q.split(rows, dim=2), strict=True):
