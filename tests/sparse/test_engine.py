@@ -224,3 +224,5 @@ def test_attention_with_lse_equals_dense_softmax_with_gradients():
     theirs = torch.autograd.grad((ref * w_out).sum() + (ref_lse.masked_fill(~finite, 0) * w_lse).sum(), (q, k, v))
     for name, a, b in zip("qkv", theirs, ours, strict=True):
         assert_close(f"d{name}", a, b, 1e-10)
+    out, lse = attention_with_lse(q, k[:, :, :0], v[:, :, :0], None, 0.3)  # no key: zeros, -inf (no kernel call)
+    assert not out.any() and out.shape == (2, 3, 10, 8) and torch.isneginf(lse).all()

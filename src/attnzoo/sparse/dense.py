@@ -179,6 +179,8 @@ def attention_with_lse(q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None, sca
         ``(out (B, H, N, dv), lse (B, H, N))``, 0 and ``-inf`` on rows whose keys are all masked.
     """
     b, h, n = q.shape[:3]
+    if k.shape[-2] == 0:  # no key at all (the fused CPU kernel would divide by zero)
+        return q.new_zeros(b, h, n, v.shape[-1]), q.new_full((b, h, n), float("-inf"))
     kernel = pick_kernel(q.device, q.dtype, equal_widths=q.shape[-1] == v.shape[-1])
     has_key = q.new_ones((), dtype=torch.bool) if bias is None else torch.isfinite(bias).any(-1)
     q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
