@@ -226,3 +226,28 @@ def test_attention_with_lse_equals_dense_softmax_with_gradients():
         assert_close(f"d{name}", a, b, 1e-10)
     out, lse = attention_with_lse(q, k[:, :, :0], v[:, :, :0], None, 0.3)  # no key: zeros, -inf (no kernel call)
     assert not out.any() and out.shape == (2, 3, 10, 8) and torch.isneginf(lse).all()
+
+
+@pytest.mark.parametrize("padded", [False, True])
+def test_dense_fallback_groups_heads_with_equal_masks(padded, monkeypatch):
+    """LongNet heads repeat their offsets: when all heads' masks would not fit, the dense fallback runs one call
+    per group of equal heads (one mask each). Out, lse and gradients through both equal the block-sparse path's;
+    the output stays the buffer the backward reads (sequence-parallel LongNet overwrites it with the merged
+    output)."""
+    from attnzoo.sparse import dense
+
+    monkeypatch.setattr(dense, "DENSE_BYTES", 30_000)  # 4 heads' fp64 masks: 51 KB (102 KB padded); one: 13-26 KB
+    n, heads = 40, 4
+    patterns = [dilated_segments(n, 64, 1, (0,) * heads), dilated_segments(n, 64, 2, (0, 1, 0, 1))]
+    assert dense._mask_heads(patterns, 2, padded, 8)[1].tolist() == [0, 1, 0, 1]
+    assert dense.prefer_dense(patterns, 2, padded, 8)
+    q, k, v = make_qkv(2, heads, n, 8, seed=9)
+    mask = torch.arange(n)[None] < torch.tensor([[n], [27]]) if padded else None
+    results = []
+    for executor in ("auto", "gather"):
+        out, lse = sparse_attention(q, k, v, patterns, mask=mask, executor=executor)
+        finite = torch.isfinite(lse)
+        loss = (out * torch.sin(out)).sum() + (lse.masked_fill(~finite, 0) ** 2).sum()
+        results.append((out, lse.masked_fill(~finite, 0), *torch.autograd.grad(loss, (q, k, v))))
+    for name, a, b in zip(("out", "lse", "dq", "dk", "dv"), *results, strict=True):
+        assert_close(name, b, a, 1e-10)

@@ -28,7 +28,8 @@ from attnzoo.sparse.layout import SparsePattern
 __all__ = ["DENSE_BYTES", "DENSE_SHARE", "attention_with_lse", "dense_attention", "grouped_attention", "prefer_dense"]
 
 DENSE_BYTES = 32 * 2**20
-"""Largest additive mask (``B|1 x Hp x N x N`` in the input's dtype) the dense fallback may build: 8 heads
+"""Largest additive mask of one kernel call (``B|1 x Hp x N x N`` in the input's dtype, or ``B|1 x 1 x N x N`` when
+heads with equal masks share one, see :func:`_head_groups`) the dense fallback may build: 8 heads
 at N = 1024, where LongNet's default segments compute 1.31x softmax's scores sparsely (dense: 1.09x
 softmax's time there, sparse 1.61x). Larger masks were measured too: at N = 2048 the 128 MiB mask made
 the dense call swing between 1.1x and 2.3x softmax from call to call (fresh page mappings)."""
@@ -62,10 +63,42 @@ def prefer_dense(patterns: Sequence[SparsePattern], batch: int, padded: bool, it
     Causal or not: the masked dense call computes all N x N scores, but measured (2026-12-01, fwd+bwd,
     8 heads) it still beats the causal sparse path where the rule picks it (causal dilated at N = 1024:
     1.4x causal softmax dense, 1.9x sparse; causal local at N = 256: 1.1x dense, 2.0x sparse)."""
+    heads, _ = _mask_heads(patterns, batch, padded, itemsize)
     n = patterns[0].seq_len
-    heads = max(p.slot_positions().shape[0] for p in patterns)
     mask_bytes = (batch if padded else 1) * heads * n * n * max(itemsize, 4)
     return mask_bytes <= DENSE_BYTES and visited_share(patterns) >= DENSE_SHARE
+
+
+def _mask_heads(
+    patterns: Sequence[SparsePattern], batch: int, padded: bool, itemsize: int
+) -> tuple[int, Tensor | None]:
+    """Heads in one call's mask and the head groups: every pattern head in one call while its mask fits
+    :data:`DENSE_BYTES` (a call per group costs more at short N: 1.35x softmax at N = 256 against 0.73x),
+    else one call per group of heads with equal masks, when there are such groups (:func:`_head_groups`)."""
+    n = patterns[0].seq_len
+    heads = max(p.slot_positions().shape[0] for p in patterns)
+    if (batch if padded else 1) * heads * n * n * max(itemsize, 4) <= DENSE_BYTES:
+        return heads, None
+    group = _head_groups(patterns)
+    return (heads, None) if group is None else (1, group)
+
+
+def _head_groups(patterns: Sequence[SparsePattern]) -> Tensor | None:
+    """``(Hp,)`` group of each pattern head, heads whose slot positions and visited blocks agree in every pattern
+    sharing one (their masks are equal: LongNet's heads repeat their offsets every r heads), or None when that
+    saves nothing (every head its own group, one head) or a ``mask_mod`` may tell heads apart."""
+    if any(p.mask_mod is not None for p in patterns):
+        return None
+    heads = max(max(p.slot_positions().shape[0], p.layout.kv_indices.shape[0]) for p in patterns)
+    if heads == 1:
+        return None
+    rows = torch.cat(
+        [p.slot_positions().expand(heads, -1) for p in patterns]
+        + [p.layout.to_dense().long().flatten(1).expand(heads, -1) for p in patterns],
+        dim=1,
+    )
+    unique, group = torch.unique(rows, dim=0, return_inverse=True)
+    return None if unique.shape[0] == heads else group
 
 
 def _every_pair_once(patterns: Sequence[SparsePattern]) -> bool:
@@ -78,18 +111,22 @@ def _every_pair_once(patterns: Sequence[SparsePattern]) -> bool:
 
 
 def _multiplicity(
-    patterns: Sequence[SparsePattern], causal: bool, dtype: torch.dtype, device: torch.device
+    patterns: Sequence[SparsePattern], causal: bool, dtype: torch.dtype, device: torch.device, group: Tensor | None
 ) -> tuple[Tensor | None, Tensor]:
     """``(Hp, N, N)`` ``log`` of how many patterns allow each pair (``-inf`` for none), or ``None`` when
     every pair is allowed exactly once (plain softmax), and ``(Hp, N)`` rows with a key. ``causal``
     drops the pairs with key after query. Cached per pattern list, causality, dtype and device."""
-    key = (*(id(p) for p in patterns), causal, str(dtype), str(device))
+    key = (*(id(p) for p in patterns), causal, str(dtype), str(device), group is not None)
     hit = _CACHE.get(key)
     if hit is not None:
         return hit[1], hit[2]
     count = patterns[0].to_dense(causal=causal).to(torch.uint8 if len(patterns) < 256 else torch.int32)
     for p in patterns[1:]:
         count = count + p.to_dense(causal=causal)  # broadcasts over pattern heads
+    if group is not None:  # one mask per group of equal heads (its first head's)
+        first = torch.full((int(group.max()) + 1,), count.shape[0], dtype=torch.long)
+        first = first.scatter_reduce(0, group, torch.arange(len(group)), "amin")
+        count = count[first]
     rows = (count > 0).any(-1).to(device)
     bias = None if bool((count == 1).all()) else count.to(device, dtype).log_()
     size = _bytes(bias)
@@ -106,7 +143,8 @@ def _bytes(bias: Tensor | None) -> int:
 
 class _Dense(torch.autograd.Function):
     """One kernel call with a dense additive mask (or none and the kernel's causal flag); rows without keys
-    give 0 and ``lse = -inf``."""
+    give 0 and ``lse = -inf``. With ``group`` (``(H,)``, each head's row of a ``(B|1, G, N, N)`` bias), one call
+    per group of heads, results written into one output (the buffer its backward reads, as without groups)."""
 
     @staticmethod
     def forward(  # type: ignore[override]
@@ -119,9 +157,17 @@ class _Dense(torch.autograd.Function):
         kernel: Kernel,
         scale: float,
         causal: bool,
+        group: Tensor | None = None,
     ):
-        out, lse = kernel.forward(q, k, v, bias, causal, scale, None)
-        ctx.kernel, ctx.scale, ctx.causal = kernel, scale, causal
+        if group is None:
+            out, lse = kernel.forward(q, k, v, bias, causal, scale, None)
+        else:
+            out = q.new_empty(*q.shape[:3], v.shape[-1])
+            lse = q.new_empty(q.shape[:3], dtype=torch.promote_types(q.dtype, torch.float32))
+            for heads, bias_g in _groups(group, bias):
+                part_out, part_lse = kernel.forward(*_heads(heads, q, k, v), bias_g, causal, scale, None)
+                out[:, heads], lse[:, heads] = part_out, part_lse
+        ctx.kernel, ctx.scale, ctx.causal, ctx.group = kernel, scale, causal, group
         ctx.set_materialize_grads(False)
         ctx.save_for_backward(q, k, v, bias, has_key, out, lse)
         return out, lse.masked_fill(~has_key, float("-inf"))
@@ -132,8 +178,32 @@ class _Dense(torch.autograd.Function):
         dout = torch.zeros_like(out) if dout is None else dout.contiguous()
         if dlse is not None:
             dlse = dlse.masked_fill(~has_key, 0.0)
-        dq, dk, dv = ctx.kernel.backward(dout, dlse, q, k, v, out, lse, bias, ctx.causal, ctx.scale, None)
-        return dq, dk, dv, None, None, None, None, None
+        if ctx.group is None:
+            dq, dk, dv = ctx.kernel.backward(dout, dlse, q, k, v, out, lse, bias, ctx.causal, ctx.scale, None)
+            return dq, dk, dv, None, None, None, None, None, None
+        dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+        for heads, bias_g in _groups(ctx.group, bias):
+            part_dlse = None if dlse is None else dlse[:, heads]
+            grads = ctx.kernel.backward(
+                *_heads(heads, dout), part_dlse, *_heads(heads, q, k, v, out), lse[:, heads], bias_g, ctx.causal,
+                ctx.scale, None,
+            )  # fmt: skip
+            for full, part in zip((dq, dk, dv), grads, strict=True):
+                full[:, heads] = part
+        return dq, dk, dv, None, None, None, None, None, None
+
+
+def _groups(group: Tensor, bias: Tensor | None) -> list[tuple[Tensor, Tensor | None]]:
+    """``(heads, bias)`` of each group: the heads' indices and the group's ``(B|1, 1, N, N)`` bias."""
+    return [
+        ((group == g).nonzero()[:, 0], None if bias is None else bias[:, g : g + 1])
+        for g in range(int(group.max()) + 1)
+    ]
+
+
+def _heads(heads: Tensor, *tensors: Tensor) -> tuple[Tensor, ...]:
+    """``tensors`` at ``heads`` (dim 1), contiguous."""
+    return tuple(t.index_select(1, heads) for t in tensors)
 
 
 def dense_attention(
@@ -156,15 +226,18 @@ def dense_attention(
     """
     b, h, n = q.shape[:3]
     kernel_causal = causal and mask is None and _every_pair_once(patterns)  # plain causal softmax
-    bias, rows = _multiplicity(patterns, causal and not kernel_causal, q.dtype, q.device)
+    _, group = _mask_heads(patterns, b, mask is not None, q.element_size())
+    bias, rows = _multiplicity(patterns, causal and not kernel_causal, q.dtype, q.device, group)
     if mask is not None:
         bias = torch.zeros(n, n, dtype=q.dtype, device=q.device) if bias is None else bias
         bias = bias.masked_fill(~mask[:, None, None, :], float("-inf"))
         rows = torch.isfinite(bias).any(-1)
-    bias = None if bias is None else bias[(None,) * (4 - bias.dim())]  # (B|1, Hp|1, N, N)
-    has_key = rows.expand(b, h, n)
+    bias = None if bias is None else bias[(None,) * (4 - bias.dim())]  # (B|1, Hp|G|1, N, N)
+    if group is not None:  # the masks of heads in one group are equal: one (B|1, 1, N, N) bias per group
+        group = group.to(q.device)
+        rows = rows.expand(b, -1, n).index_select(1, group)
     q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
-    return _Dense.apply(q, k, v, bias, has_key, kernel, scale, kernel_causal)
+    return _Dense.apply(q, k, v, bias, rows.expand(b, h, n), kernel, scale, kernel_causal, group)
 
 
 def attention_with_lse(q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None, scale: float) -> tuple[Tensor, Tensor]:
