@@ -10,6 +10,7 @@ from torch import Tensor
 from attnzoo.ops.common import check_padding_mask, check_qkv
 from attnzoo.ops.lara.segments import real_token_segments, segment_mean
 from attnzoo.options import check_choice, check_float, check_int
+from attnzoo.sparse import merge_partials
 
 __all__ = ["MIS_TYPES", "Landmarks", "lara_attention", "lara_landmarks", "rf_log"]
 
@@ -128,17 +129,11 @@ def _sample_attention(
         logits = rf_log(omega, k_rows, scale)  # l(w_c, k_m): (B, H, S, rows)
         if real is not None:
             logits = logits.masked_fill(~real[:, None, None, :], float("-inf"))
-        lse = torch.logsumexp(logits, dim=-1, keepdim=True)
-        kappas.append(torch.exp(logits - lse.nan_to_num(0.0, neginf=0.0)) @ v_rows)
+        lse = torch.logsumexp(logits, dim=-1)
+        kappas.append(torch.exp(logits - lse.nan_to_num(0.0, neginf=0.0)[..., None]) @ v_rows)
         lses.append(lse)
-    if len(kappas) == 1:
-        kappa, total = kappas[0], lses[0]
-    else:
-        stacked = torch.stack(lses)  # (blocks, B, H, S, 1)
-        total = torch.logsumexp(stacked, dim=0)
-        share = torch.exp(stacked - total.nan_to_num(0.0, neginf=0.0))  # 0 for blocks without a real key
-        kappa = (torch.stack(kappas) * share).sum(0)
-    return kappa, total.nan_to_num(0.0, neginf=0.0)
+    kappa, total = (kappas[0], lses[0]) if len(kappas) == 1 else merge_partials(kappas, lses)
+    return kappa, total.nan_to_num(0.0, neginf=0.0)[..., None]
 
 
 def lara_attention(
