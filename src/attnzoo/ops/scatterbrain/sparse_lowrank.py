@@ -95,10 +95,6 @@ def _key_features(
     return z_local, s_local, sub_z.sum(2, keepdim=True), sub_s.sum(2), peak
 
 
-def _real(mask: Tensor | None, b: int, n: int, device: torch.device) -> Tensor:
-    return torch.ones(b, n, dtype=torch.bool, device=device) if mask is None else mask
-
-
 def scatterbrain_attention(
     q: Tensor,
     k: Tensor,
@@ -167,7 +163,9 @@ def scatterbrain_attention(
         raise ValueError(f"executor {executor!r} returns no log-sum-exp; ScatterBrain needs it (use 'gather')")
     proj = projection.to(q.device)
     q, k, v = (pad_to_multiple(x, w) for x in (q, k, v))
-    real = None if mask is None and k.shape[2] == n else pad_to_multiple(_real(mask, b, n, q.device), w, dim=-1)
+    real = None  # real keys of the padded length (None: all of them)
+    if mask is not None or k.shape[2] != n:
+        real = pad_to_multiple(torch.ones(b, n, dtype=torch.bool, device=q.device) if mask is None else mask, w, dim=-1)
     rows = max(1, CHUNK_BYTES // (b * h * proj.shape[1] * q.element_size()) // w) * w
     z_local, s_local, z_all, s_all, peak = _key_features(k, v, real, proj, scale, w, e, rows, compat)
     z_rest, s_rest = z_all - z_local, s_all[:, :, None] - s_local  # (B, H, T, m), (B, H, T, m, d)
