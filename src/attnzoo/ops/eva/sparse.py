@@ -7,7 +7,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from attnzoo.ops.common import check_padding_mask, check_qkv
+from attnzoo.ops.common import check_padding_mask, check_qkv, key_mask_bias
 from attnzoo.ops.eva.chunks import contained_chunks, eva_segments, t5_bucket, t5_num_buckets
 from attnzoo.ops.lara.segments import Segments, segment_mean, segment_softmax
 from attnzoo.ops.local import LocalWindow
@@ -167,7 +167,7 @@ def eva_attention(
             seg.nonempty() if mask is None else Segments(seg.ids, seg.member & mask[:, None], seg.count).nonempty()
         )
         hidden = contained_chunks(seg, mask, window_size, e, grid) | ~nonempty[:, None, :]
-        bias = torch.zeros(hidden.shape, dtype=q.dtype, device=q.device).masked_fill_(hidden, float("-inf"))[:, None]
+        bias = key_mask_bias(~hidden, q.dtype)[:, None]
     global_out, global_lse = attention_with_lse(q, k_hat.to(q.dtype), beta.to(q.dtype), bias, scale)
     out, _ = merge_partials([local_out.to(q.dtype), global_out], [local_lse.to(global_lse.dtype), global_lse])
     out = out.to(q.dtype)
