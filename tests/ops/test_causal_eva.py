@@ -111,3 +111,30 @@ def test_module_draws_dropout_and_gradients():
         t5_table=module.rel_pos_bias.weight,
     )
     torch.testing.assert_close(module(x, draws=[noise]), module.merge(expected))
+
+
+@pytest.mark.parametrize("row_bytes", [None, 1], ids=["one-block", "row-by-row"])
+def test_chunk_branch_dropout_gradients_and_mean(row_bytes, monkeypatch):
+    """The chunk branch's written-out backward with dropout (keep masks saved) against finite differences
+    under a fixed seed, and dropout keeps the output's expectation."""
+    if row_bytes is not None:
+        monkeypatch.setattr(causal_module, "CHUNK_ROWS_BYTES", row_bytes)
+    gen = torch.Generator().manual_seed(4)
+    q, keys, beta = (torch.randn(1, 2, 7, 3, generator=gen, dtype=F64).requires_grad_() for _ in range(3))
+    keys, beta = keys[:, :, :4].detach().requires_grad_(), beta[:, :, :4].detach().requires_grad_()
+    hidden = torch.rand(1, 7, 4, generator=gen) < 0.3
+    hidden[0, 2] = True  # a row that sees no chunk: output 0, lse -inf, no gradient
+
+    def branch(*inputs, p=0.3, seed=0):
+        torch.manual_seed(seed)
+        out, lse = causal_module._chunk_attention(*inputs, hidden, p)
+        return out, lse.masked_fill(lse.isinf(), 0.0)
+
+    assert torch.autograd.gradcheck(branch, (q, keys, beta))
+    out, lse = branch(q, keys, beta)
+    assert out[0, :, 2].abs().max() == 0
+    exact, exact_lse = branch(q, keys, beta, p=0.0)
+    torch.testing.assert_close(lse, exact_lse)  # dropout acts after the normaliser
+    assert not torch.allclose(out, exact)
+    mean = torch.stack([branch(q, keys, beta, seed=s)[0] for s in range(4000)]).mean(0)
+    torch.testing.assert_close(mean, exact, atol=0.05 * exact.abs().max().item(), rtol=0)
