@@ -251,3 +251,29 @@ def test_dense_fallback_groups_heads_with_equal_masks(padded, monkeypatch):
         results.append((out, lse.masked_fill(~finite, 0), *torch.autograd.grad(loss, (q, k, v))))
     for name, a, b in zip(("out", "lse", "dq", "dk", "dv"), *results, strict=True):
         assert_close(name, b, a, 1e-10)
+
+
+@pytest.mark.parametrize("first", ["sliding", "dilated"])
+def test_union_of_token_order_and_permuted_patterns_with_gradients(first):
+    """A union whose parts differ in slot order (a padded token-order window, dilated's permuted slots),
+    in both orders (the backward takes the first token-order part's gradients as its totals): out and
+    gradients equal one softmax over the multiset union (a key allowed twice counts twice)."""
+    n = 120  # not a multiple of the window's 16-token blocks: its slots are padded
+    parts = [PATTERNS["sliding"](n), PATTERNS["dilated"](n)]
+    parts = parts if first == "sliding" else parts[::-1]
+    q, k, v = make_qkv(2, 3, n, 8, seed=13)
+    mask = random_padding_mask(2, n, seed=6)
+    out, _ = sparse_attention(q, k, v, parts, mask=mask, executor="gather")
+    count = sum(p.to_dense(causal=False).double() for p in parts)[None]  # (1, H|1, N, N)
+    keep = (count > 0) & mask[:, None, None, :]
+    scores = ((q @ k.transpose(-1, -2)) * 8**-0.5 + count.clamp_min(1).log()).masked_fill(~keep, -1e300)
+    ref = (torch.softmax(scores, -1) * keep) @ v  # rows that see no key: 0
+    assert_close("out", ref, out, 1e-10)
+    g = torch.randn_like(out)
+    for name, a, b in zip(
+        "qkv",
+        torch.autograd.grad((ref * g).sum(), (q, k, v)),
+        torch.autograd.grad((out * g).sum(), (q, k, v)),
+        strict=True,
+    ):
+        assert_close("d" + name, a, b, 1e-9)

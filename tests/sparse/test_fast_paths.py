@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+import attnzoo.sparse.band as band
 import attnzoo.sparse.dense as dense
 import attnzoo.sparse.engine as engine
 import attnzoo.sparse.executors as executors
@@ -73,7 +74,12 @@ def check_against_reference(q, k, v, patterns, mask, causal, **kwargs):
         (256, 16, 16, 16, False, True),  # padding: only the clean run takes the band path
     ],
 )
-def test_band_path_matches_dense_with_gradients(calls, n, before, after, bs, causal, padded):
+@pytest.mark.parametrize("one_block_per_call", [False, True], ids=["chunked", "block-by-block"])
+def test_band_path_matches_dense_with_gradients(
+    calls, n, before, after, bs, causal, padded, one_block_per_call, monkeypatch
+):
+    if one_block_per_call:  # the backward's window gradients added back across many kernel calls
+        monkeypatch.setattr(band, "BACKWARD_CHUNK_BYTES", 1)
     q, k, v = make_qkv(2, 3, n, 8, seed=1)
     mask = None
     if padded:

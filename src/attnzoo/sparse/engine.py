@@ -203,7 +203,7 @@ class _FusedUnion(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, dout: Tensor | None, dlse: Tensor | None):  # type: ignore[override]
         q, k, v, out, lse, *kept = ctx.saved_tensors
-        dq, dk, dv = torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
+        totals: list[Tensor] = []  # (dq, dk, dv); the first run's own when its slots are the tokens
         dout = torch.zeros_like(out) if dout is None else dout.contiguous()
         for i, run in enumerate(ctx.runs):
             grad = run.slots(dout, zero_empty=True)
@@ -226,10 +226,13 @@ class _FusedUnion(torch.autograd.Function):
                 ctx.scale,
                 ctx.drops[i],
             )
-            run.add_to_tokens(dq, dqs)
-            run.add_to_tokens(dk, dks)
-            run.add_to_tokens(dv, dvs)
-        return dq, dk, dv, None, None, None, None, None
+            if not totals and run.src is None:  # fresh, in token order: no zeros (a copy only if padded)
+                totals = [part[:, :, : run.seq_len].contiguous() for part in (dqs, dks, dvs)]
+                continue
+            totals = totals or [torch.zeros_like(x) for x in (q, k, v)]
+            for total, part in zip(totals, (dqs, dks, dvs), strict=True):
+                run.add_to_tokens(total, part)
+        return *totals, None, None, None, None, None
 
 
 def _weights(part_lse: Tensor, run: _Run, total_lse: Tensor) -> Tensor:

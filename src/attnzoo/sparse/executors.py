@@ -146,7 +146,7 @@ def gather_backward(
     ``dlse`` (or ``None``) is the gradient flowing into ``lse``.
     """
     b, h = q.shape[:2]
-    dq, dk, dv = torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
+    dq, dk, dv = torch.empty_like(q), torch.zeros_like(k), torch.zeros_like(v)  # every query block writes dq
     dk_blocks, dv_blocks = dk.view(b, h * plan.nb, plan.bs, -1), dv.view(b, h * plan.nb, plan.bs, -1)
     empty = torch.isinf(lse)
     safe_lse = lse.masked_fill(empty, 0.0)  # rows without keys: any finite value (their p is 0)
