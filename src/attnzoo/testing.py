@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["assert_close", "make_qkv", "random_padding_mask"]
+__all__ = ["assert_close", "assert_same_gradients", "make_qkv", "random_padding_mask"]
 
 
 def assert_close(name: str, ref: Tensor, out: Tensor, tol: float) -> None:
@@ -28,6 +28,22 @@ def assert_close(name: str, ref: Tensor, out: Tensor, tol: float) -> None:
     max_abs = float(diff.abs().max()) if diff.numel() else 0.0
     if rel_rms > tol or max_abs > 10 * tol * scale:
         raise AssertionError(f"{name}: relative RMS error {rel_rms:.3e}, max abs diff {max_abs:.3e} (tol {tol:.1e})")
+
+
+def assert_same_gradients(ref: Tensor, out: Tensor, inputs: tuple[Tensor, ...], tol: float, names: str = "qkv") -> None:
+    """Fail unless ``sum(ref * g)`` and ``sum(out * g)``, for one random cotangent ``g``, have the same gradients
+    with respect to ``inputs`` (each compared by :func:`assert_close`, named ``d`` + its letter in ``names``).
+
+    Args:
+        ref, out: the reference and the tested output, same shape, both depending on ``inputs``.
+        inputs: the tensors to differentiate against (``requires_grad``).
+        tol: as in :func:`assert_close`. names: one letter per input.
+    """
+    g = torch.randn_like(out)
+    ref_grads = torch.autograd.grad((ref * g).sum(), inputs)
+    out_grads = torch.autograd.grad((out * g).sum(), inputs)
+    for name, a, b in zip(names, ref_grads, out_grads, strict=True):
+        assert_close(f"d{name}", a, b, tol)
 
 
 def make_qkv(
