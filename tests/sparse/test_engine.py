@@ -95,6 +95,46 @@ def test_merge_partials_all_empty_rows_give_zero():
     assert merged.abs().max() == 0 and torch.isneginf(total).all()
 
 
+@pytest.mark.parametrize("detach", [False, True], ids=["exact", "detached-weights"])
+def test_merge_partials_gradients(detach):
+    """The merge's written-out backward against autograd through its formula (softmax weights of the lses,
+    detached or not), with a row one part misses, a row all parts miss (autograd's lse gradients are NaN
+    there, the merge's 0), and gradients into out and lse; gradcheck where the weights are kept."""
+    gen = torch.Generator().manual_seed(7)
+    outs = [torch.randn(2, 2, 5, 3, generator=gen, dtype=torch.float64, requires_grad=True) for _ in range(3)]
+    lses = [torch.randn(2, 2, 5, generator=gen, dtype=torch.float64) for _ in range(3)]
+    lses[1][0, 0, 1] = float("-inf")  # part 1 saw no key in this row
+    for lse in lses:
+        lse[1, 1, 4] = float("-inf")  # no part saw a key: out 0, lse -inf, no gradient
+    lses = [lse.requires_grad_() for lse in lses]
+
+    def reference(*tensors):
+        stacked = torch.stack(tensors[3:])
+        total = torch.logsumexp(stacked, 0)
+        weights = torch.exp(stacked - total.nan_to_num(0.0, neginf=0.0)).nan_to_num(0.0)
+        weights = weights.detach() if detach else weights
+        return sum(w[..., None] * o for w, o in zip(weights, tensors[:3], strict=True)), total
+
+    cot_out, cot_lse = torch.randn(2, 2, 5, 3, generator=gen, dtype=torch.float64), torch.randn(2, 2, 5, generator=gen)
+    results = []
+    for fn in (reference, lambda *t: merge_partials(list(t[:3]), list(t[3:]), detach_weights=detach)):
+        out, total = fn(*outs, *lses)
+        loss = (out * cot_out).sum() + (total.masked_fill(total.isinf(), 0.0) * cot_lse).sum()
+        results.append((out, total, torch.autograd.grad(loss, (*outs, *lses))))
+    (ref_out, ref_total, ref_grads), (out, total, grads) = results
+    assert_close("out", ref_out, out, 1e-14)
+    assert torch.equal(ref_total.isinf(), total.isinf()) and out[1, 1, 4].abs().max() == 0
+    for i, (a, b) in enumerate(zip(ref_grads, grads, strict=True)):
+        assert_close(f"grad {i}", a.nan_to_num(0.0), b, 1e-12)  # autograd: NaN lse gradients where no part saw a key
+    if not detach:
+
+        def finite(*t):
+            out, total = merge_partials(list(t[:3]), list(t[3:]))
+            return out, total.masked_fill(total.isinf(), 0.0)
+
+        assert torch.autograd.gradcheck(finite, (*outs, *lses))
+
+
 def test_pattern_length_mismatch():
     q, k, v = make_qkv(1, 1, 10, 4)
     with pytest.raises(ValueError, match="was built for N=12, got N=10"):

@@ -409,12 +409,42 @@ def merge_partials(outs: list[Tensor], lses: list[Tensor], *, detach_weights: bo
     Returns:
         ``(out, lse)`` of the union: ``(B, H, N, dv)``, ``(B, H, N)``.
     """
-    stacked = torch.stack(lses)
-    total = torch.logsumexp(stacked, dim=0)
-    weights = torch.exp(stacked - total.nan_to_num(0.0, neginf=0.0)).nan_to_num(0.0)
-    if detach_weights:
-        weights = weights.detach()
-    out = outs[0] * weights[0][..., None]
-    for w, o in zip(weights[1:], outs[1:], strict=True):
-        out = out.addcmul_(o, w[..., None])  # in place: one (B, H, N, dv) result, no temporary per part
-    return out, total
+    return _Merge.apply(detach_weights, *outs, *lses)
+
+
+class _Merge(torch.autograd.Function):
+    """:func:`merge_partials` with a written-out backward: ``d out_i = w_i dO`` and
+    ``d lse_i = w_i (dO.out_i - dO.out) + w_i d(total)`` (without the first term when the weights are
+    detached), the row dot products by ``einsum`` (no (B, H, N, dv) product temporaries)."""
+
+    @staticmethod
+    def forward(ctx: Any, detach: bool, *parts: Tensor) -> tuple[Tensor, Tensor]:  # type: ignore[override]
+        outs, lses = parts[: len(parts) // 2], parts[len(parts) // 2 :]
+        stacked = torch.stack(lses)
+        total = torch.logsumexp(stacked, dim=0)
+        weights = torch.exp(stacked - total.nan_to_num(0.0, neginf=0.0)).nan_to_num(0.0)
+        out = outs[0] * weights[0][..., None]
+        for w, o in zip(weights[1:], outs[1:], strict=True):
+            out.addcmul_(o, w[..., None])  # in place: one (B, H, N, dv) result, no temporary per part
+        ctx.detach = detach
+        ctx.set_materialize_grads(False)
+        ctx.save_for_backward(weights, out, *outs)
+        return out, total
+
+    @staticmethod
+    def backward(ctx: Any, dout: Tensor | None, dtotal: Tensor | None):  # type: ignore[override]
+        weights, out, *outs = ctx.saved_tensors
+        dlses = torch.zeros_like(weights) if dtotal is None else weights * dtotal
+        douts: list[Tensor | None] = [None] * len(outs)
+        if dout is not None:
+            douts = [(dout * w[..., None]).to(o.dtype) for w, o in zip(weights, outs, strict=True)]
+            if not ctx.detach:
+                mean = _row_dot(dout, out)
+                for i, o in enumerate(outs):
+                    dlses[i] += weights[i] * (_row_dot(dout, o) - mean)
+        return None, *douts, *dlses.unbind(0)
+
+
+def _row_dot(a: Tensor, b: Tensor) -> Tensor:
+    """``(a * b).sum(-1)`` without the product tensor (one batched matmul), in ``a``'s dtype."""
+    return torch.einsum("...d,...d->...", a, b.to(a.dtype))
