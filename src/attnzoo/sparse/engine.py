@@ -428,20 +428,19 @@ class _Merge(torch.autograd.Function):
             out.addcmul_(o, w[..., None])  # in place: one (B, H, N, dv) result, no temporary per part
         ctx.detach = detach
         ctx.set_materialize_grads(False)
-        ctx.save_for_backward(weights, out, *outs)
+        ctx.save_for_backward(weights, *outs)  # not out: sum_i w_i dO.out_i gives dO.out
         return out, total
 
     @staticmethod
     def backward(ctx: Any, dout: Tensor | None, dtotal: Tensor | None):  # type: ignore[override]
-        weights, out, *outs = ctx.saved_tensors
+        weights, *outs = ctx.saved_tensors
         dlses = torch.zeros_like(weights) if dtotal is None else weights * dtotal
         douts: list[Tensor | None] = [None] * len(outs)
         if dout is not None:
             douts = [(dout * w[..., None]).to(o.dtype) for w, o in zip(weights, outs, strict=True)]
             if not ctx.detach:
-                mean = _row_dot(dout, out)
-                for i, o in enumerate(outs):
-                    dlses[i] += weights[i] * (_row_dot(dout, o) - mean)
+                dots = torch.stack([_row_dot(dout, o) for o in outs]).to(weights.dtype)
+                dlses += weights * (dots - (weights * dots).sum(0))
         return None, *douts, *dlses.unbind(0)
 
 
