@@ -135,6 +135,14 @@ def test_merge_partials_gradients(detach):
         assert torch.autograd.gradcheck(finite, (*outs, *lses))
 
 
+def test_merge_partials_refuses_unpaired_parts():
+    out, lse = torch.zeros(1, 1, 2, 3), torch.zeros(1, 1, 2)
+    with pytest.raises(ValueError, match="one lse per output and at least one part, got 2 and 1"):
+        merge_partials([out, out], [lse])
+    with pytest.raises(ValueError, match="got 0 and 0"):
+        merge_partials([], [])
+
+
 def test_pattern_length_mismatch():
     q, k, v = make_qkv(1, 1, 10, 4)
     with pytest.raises(ValueError, match="was built for N=12, got N=10"):

@@ -408,7 +408,14 @@ def merge_partials(outs: list[Tensor], lses: list[Tensor], *, detach_weights: bo
 
     Returns:
         ``(out, lse)`` of the union: ``(B, H, N, dv)``, ``(B, H, N)``.
+
+    Raises:
+        ValueError: no parts, or not one lse per output.
     """
+    if not outs or len(outs) != len(lses):
+        raise ValueError(
+            f"merge_partials needs one lse per output and at least one part, got {len(outs)} and {len(lses)}"
+        )
     return _Merge.apply(detach_weights, *outs, *lses)
 
 
