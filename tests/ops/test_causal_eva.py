@@ -47,6 +47,22 @@ def test_matches_naive(kw, causal, row_bytes, monkeypatch):
         torch.testing.assert_close(g, gr, atol=1e-9, rtol=1e-8)
 
 
+@pytest.mark.parametrize("causal", [True, False], ids=["causal", "bidir"])
+def test_matches_naive_when_chunks_tile_the_sequence(causal):
+    """No mask and chunks that tile N exactly (the summaries' reshape path), outputs and gradients."""
+    q, k, v = qkv(2, 2, 48, 8, seed=5)
+    args = dict(window_size=8, chunk_size=4, causal=causal)
+    out, ref = causal_eva_attention(q, k, v, **args), naive_causal_eva_attention(q, k, v, **args)
+    torch.testing.assert_close(out, ref, atol=1e-10, rtol=1e-9)
+    cot = torch.randn(out.shape, generator=torch.Generator().manual_seed(6), dtype=F64)
+    for g, gr in zip(
+        torch.autograd.grad((out * cot).sum(), (q, k, v)),
+        torch.autograd.grad((ref * cot).sum(), (q, k, v)),
+        strict=True,
+    ):
+        torch.testing.assert_close(g, gr, atol=1e-9, rtol=1e-8)
+
+
 @pytest.mark.parametrize("kw", CASES)
 def test_causal_output_equals_each_prefix_alone(kw):
     """No leakage: the causal output on tokens < t is the computation on the prefix of length t alone."""

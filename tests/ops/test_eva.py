@@ -48,6 +48,13 @@ def test_matches_naive(kw, masked):
     check({**kw, "mask": mask})
 
 
+@pytest.mark.parametrize("overlap", [False, True])
+def test_matches_naive_when_chunks_tile_the_sequence(overlap):
+    """No mask and chunks that tile N exactly: the chunk summaries take the reshape path (their proposal
+    logits with a written-out key gradient)."""
+    check(dict(window_size=4, num_landmarks=6, overlap_window=overlap), n=48)
+
+
 @pytest.mark.parametrize("compat", [False, True])
 @pytest.mark.parametrize("overlap", [False, True])
 def test_biases_and_learned_maps_match_naive(compat, overlap):

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 from attnzoo.ops.common import check_padding_mask, check_qkv, key_mask_bias
 from attnzoo.ops.eva.chunks import contained_chunks, eva_segments, t5_bucket, t5_num_buckets
@@ -47,15 +49,38 @@ def chunk_summaries(
     b, h, c, d = omega.shape
     kk, n = seg.ids.shape[1], q.shape[2]
     if seg.size is not None and mask is None:  # contiguous equal chunks: (C, r) reshape
-        k_chunks = k.reshape(b, h, c, seg.size, d)
-        logits = (omega[:, :, :, None] @ k_chunks.transpose(-1, -2)).reshape(b, h, 1, n)
+        logits = _ProposalLogits.apply(k.reshape(b, h, c, seg.size, d), omega, scale).reshape(b, h, 1, n)
     else:
         index = seg.ids.reshape(b, 1, kk * n, 1).expand(b, h, kk * n, d)
         omega_j = omega.gather(2, index).view(b, h, kk, n, d)  # the sample of the chunk token j joins
-        logits = (omega_j * k[:, :, None]).sum(-1)
-    squares = torch.linalg.vector_norm(k, dim=-1).square()  # |k_j|^2 without a (B, H, N, d) temporary
-    logits = scale * (logits - 0.5 * squares[:, :, None])
+        squares = torch.linalg.vector_norm(k, dim=-1).square()  # |k_j|^2 without a (B, H, N, d) temporary
+        logits = scale * ((omega_j * k[:, :, None]).sum(-1) - 0.5 * squares[:, :, None])
     return k_hat, segment_softmax(logits, v, seg, mask)
+
+
+class _ProposalLogits(torch.autograd.Function):
+    """``s (w_c . k_j - |k_j|^2 / 2)`` for the r tokens j of each chunk c: ``(B, H, C, r, d)`` keys and
+    ``(B, H, C, d)`` samples -> ``(B, H, C, r)``. The key gradient ``s dl_j (w_c - k_j)`` is one tensor
+    (autograd's composition made three full-size ones and their sum)."""
+
+    @staticmethod
+    def forward(ctx: Any, k_chunks: Tensor, omega: Tensor, scale: float) -> Tensor:  # type: ignore[override]
+        logits = (omega[..., None, :] @ k_chunks.transpose(-1, -2)).squeeze(-2)
+        logits -= 0.5 * torch.linalg.vector_norm(k_chunks, dim=-1).square()
+        ctx.save_for_backward(k_chunks, omega)
+        ctx.scale = scale
+        return logits.mul_(scale)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, dlogits: Tensor) -> tuple[Tensor, Tensor, None]:  # type: ignore[override]
+        k_chunks, omega = ctx.saved_tensors
+        r, d = k_chunks.shape[-2:]
+        scaled = dlogits * ctx.scale  # (B, H, C, r)
+        dk = torch.mul(k_chunks, -scaled[..., None], out=k_chunks.new_empty(k_chunks.shape))  # contiguous
+        dk.view(-1, r, d).baddbmm_(scaled.reshape(-1, r, 1), omega.reshape(-1, 1, d))  # + s dl_j w_c, in place
+        domega = (scaled[..., None, :] @ k_chunks).squeeze(-2)
+        return dk, domega, None
 
 
 def t5_score_mod(table: Tensor, window: LocalWindow, scale: float, shift: int) -> ScoreMod:
