@@ -16,6 +16,18 @@ def qkv(b, h, n, d, seed=0):
     return [torch.randn(b, h, n, d, generator=gen, dtype=F64).requires_grad_() for _ in range(3)]
 
 
+def check_against_naive(q, k, v, args, extra=()):
+    """Fast path vs dense reference: outputs, and gradients into q, k, v and ``extra`` for one cotangent."""
+    out, ref = causal_eva_attention(q, k, v, **args), naive_causal_eva_attention(q, k, v, **args)
+    torch.testing.assert_close(out, ref, atol=1e-10, rtol=1e-9)
+    cot = torch.randn(out.shape, generator=torch.Generator().manual_seed(2), dtype=F64)
+    inputs = (q, k, v, *extra)
+    for g, gr in zip(
+        torch.autograd.grad((out * cot).sum(), inputs), torch.autograd.grad((ref * cot).sum(), inputs), strict=True
+    ):
+        torch.testing.assert_close(g, gr, atol=1e-9, rtol=1e-8)
+
+
 CASES = [
     pytest.param(dict(window_size=4, chunk_size=2), id="w4-r2"),
     pytest.param(dict(window_size=6, num_chunks=5), id="w6-nc5"),
@@ -36,31 +48,14 @@ def test_matches_naive(kw, causal, row_bytes, monkeypatch):
     e = w if kw.get("overlap_window") else 0
     t5 = torch.randn(t5_num_buckets(w, e), 1, generator=torch.Generator().manual_seed(1), dtype=F64).requires_grad_()
     mask = torch.arange(37)[None] < torch.tensor([[37], [29]])
-    args = dict(kw, causal=causal, mask=mask, t5_table=t5)
-    out, ref = causal_eva_attention(q, k, v, **args), naive_causal_eva_attention(q, k, v, **args)
-    torch.testing.assert_close(out, ref, atol=1e-10, rtol=1e-9)
-    cot = torch.randn(out.shape, generator=torch.Generator().manual_seed(2), dtype=F64)
-    inputs = (q, k, v, t5)
-    for g, gr in zip(
-        torch.autograd.grad((out * cot).sum(), inputs), torch.autograd.grad((ref * cot).sum(), inputs), strict=True
-    ):
-        torch.testing.assert_close(g, gr, atol=1e-9, rtol=1e-8)
+    check_against_naive(q, k, v, dict(kw, causal=causal, mask=mask, t5_table=t5), (t5,))
 
 
 @pytest.mark.parametrize("causal", [True, False], ids=["causal", "bidir"])
 def test_matches_naive_when_chunks_tile_the_sequence(causal):
     """No mask and chunks that tile N exactly (the summaries' reshape path), outputs and gradients."""
     q, k, v = qkv(2, 2, 48, 8, seed=5)
-    args = dict(window_size=8, chunk_size=4, causal=causal)
-    out, ref = causal_eva_attention(q, k, v, **args), naive_causal_eva_attention(q, k, v, **args)
-    torch.testing.assert_close(out, ref, atol=1e-10, rtol=1e-9)
-    cot = torch.randn(out.shape, generator=torch.Generator().manual_seed(6), dtype=F64)
-    for g, gr in zip(
-        torch.autograd.grad((out * cot).sum(), (q, k, v)),
-        torch.autograd.grad((ref * cot).sum(), (q, k, v)),
-        strict=True,
-    ):
-        torch.testing.assert_close(g, gr, atol=1e-9, rtol=1e-8)
+    check_against_naive(q, k, v, dict(window_size=8, chunk_size=4, causal=causal))
 
 
 @pytest.mark.parametrize("kw", CASES)
