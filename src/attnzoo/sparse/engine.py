@@ -27,7 +27,7 @@ from torch import Tensor
 from attnzoo.ops.common import check_padding_mask, check_qkv, pad_to_multiple
 from attnzoo.sparse.dense import dense_attention, grouped_attention, prefer_dense
 from attnzoo.sparse.executors import EXECUTORS, gather_backward, gather_forward, run_gather_autograd
-from attnzoo.sparse.kernels import Kernel, pick_kernel
+from attnzoo.sparse.kernels import Kernel, pick_kernel, row_dot
 from attnzoo.sparse.layout import SparsePattern
 from attnzoo.sparse.masked_gather import masked_gather_attention
 from attnzoo.sparse.plan import ChunkPlan, ScoreMod
@@ -422,7 +422,7 @@ def merge_partials(outs: list[Tensor], lses: list[Tensor], *, detach_weights: bo
 class _Merge(torch.autograd.Function):
     """:func:`merge_partials` with a written-out backward: ``d out_i = w_i dO`` and
     ``d lse_i = w_i (dO.out_i - dO.out) + w_i d(total)`` (without the first term when the weights are
-    detached), the row dot products by ``einsum`` (no (B, H, N, dv) product temporaries)."""
+    detached), the row dot products by :func:`row_dot` (no (B, H, N, dv) product temporaries)."""
 
     @staticmethod
     def forward(ctx: Any, detach: bool, *parts: Tensor) -> tuple[Tensor, Tensor]:  # type: ignore[override]
@@ -446,11 +446,6 @@ class _Merge(torch.autograd.Function):
         if dout is not None:
             douts = [(dout * w[..., None]).to(o.dtype) for w, o in zip(weights, outs, strict=True)]
             if not ctx.detach:
-                dots = torch.stack([_row_dot(dout, o) for o in outs]).to(weights.dtype)
+                dots = torch.stack([row_dot(dout, o) for o in outs]).to(weights.dtype)
                 dlses += weights * (dots - (weights * dots).sum(0))
         return None, *douts, *dlses.unbind(0)
-
-
-def _row_dot(a: Tensor, b: Tensor) -> Tensor:
-    """``(a * b).sum(-1)`` without the product tensor (one batched matmul), in ``a``'s dtype."""
-    return torch.einsum("...d,...d->...", a, b.to(a.dtype))

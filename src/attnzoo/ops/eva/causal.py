@@ -14,6 +14,7 @@ from attnzoo.ops.eva.sparse import ChunkKeys, chunk_summaries
 from attnzoo.ops.lara.segments import Segments, strided_segments
 from attnzoo.options import check_int
 from attnzoo.sparse import SparsePattern, blockwise_window, merge_partials, sparse_attention
+from attnzoo.sparse.kernels import row_dot
 from attnzoo.sparse.plan import ScoreMod
 
 __all__ = [
@@ -265,7 +266,7 @@ class _ChunkSoftmax(torch.autograd.Function):
                 dlogits = torch.zeros_like(probs)
             else:
                 dout_rows = dout[:, :, rows]
-                delta += (dout_rows * out[:, :, rows]).sum(-1)
+                delta += row_dot(dout_rows, out[:, :, rows])
                 dlogits = dout_rows @ beta[:, :, :c].transpose(-1, -2)  # d(probs after dropout)
                 dropped = probs
                 if keep is not None:
