@@ -269,8 +269,9 @@ def test_attention_with_lse_equals_dense_softmax_with_gradients():
     assert not out.any() and out.shape == (2, 3, 10, 8) and torch.isneginf(lse).all()
 
 
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
 @pytest.mark.parametrize("padded", [False, True])
-def test_dense_fallback_groups_heads_with_equal_masks(padded, monkeypatch):
+def test_dense_fallback_groups_heads_with_equal_masks(padded, causal, monkeypatch):
     """LongNet heads repeat their offsets: when all heads' masks would not fit, the dense fallback runs one call
     per group of equal heads (one mask each). Out, lse and gradients through both equal the block-sparse path's;
     the output stays the buffer the backward reads (sequence-parallel LongNet overwrites it with the merged
@@ -286,7 +287,7 @@ def test_dense_fallback_groups_heads_with_equal_masks(padded, monkeypatch):
     mask = torch.arange(n)[None] < torch.tensor([[n], [27]]) if padded else None
     results = []
     for executor in ("auto", "gather"):
-        out, lse = sparse_attention(q, k, v, patterns, mask=mask, executor=executor)
+        out, lse = sparse_attention(q, k, v, patterns, mask=mask, causal=causal, executor=executor)
         finite = torch.isfinite(lse)
         loss = (out * torch.sin(out)).sum() + (lse.masked_fill(~finite, 0) ** 2).sum()
         results.append((out, lse.masked_fill(~finite, 0), *torch.autograd.grad(loss, (q, k, v))))

@@ -60,9 +60,10 @@ def visited_share(patterns: Sequence[SparsePattern]) -> float:
 def prefer_dense(patterns: Sequence[SparsePattern], batch: int, padded: bool, itemsize: int) -> bool:
     """Whether ``auto`` should run ``patterns`` as one dense masked call (see the module docstring).
 
-    Causal or not: the masked dense call computes all N x N scores, but measured (2026-12-01, fwd+bwd,
-    8 heads) it still beats the causal sparse path where the rule picks it (causal dilated at N = 1024:
-    1.4x causal softmax dense, 1.9x sparse; causal local at N = 256: 1.1x dense, 2.0x sparse)."""
+    Causal or not: causal, the kernel skips the key tiles above the diagonal (its causal flag with the bias),
+    and measured (2026-12-01, fwd+bwd, 8 heads) the dense call beats the causal sparse path where the rule
+    picks it (causal dilated at N = 1024: 1.04x causal softmax dense, 1.9x sparse; at 2048 1.05x dense;
+    causal local at N = 256: 1.1x dense, 2.0x sparse)."""
     heads, _ = _mask_heads(patterns, batch, padded, itemsize)
     n = patterns[0].seq_len
     mask_bytes = (batch if padded else 1) * heads * n * n * max(itemsize, 4)
@@ -143,8 +144,9 @@ def _bytes(bias: Tensor | None) -> int:
 
 
 class _Dense(torch.autograd.Function):
-    """One kernel call with a dense additive mask (or none and the kernel's causal flag); rows without keys
-    give 0 and ``lse = -inf``. With ``group`` (``(H,)``, each head's row of a ``(B|1, G, N, N)`` bias), one call
+    """One kernel call with a dense additive mask (or none), and the kernel's causal flag when causal (the bias
+    then holds the causal mask too; the flag only lets the kernel skip tiles); rows without keys give 0 and
+    ``lse = -inf``. With ``group`` (``(H,)``, each head's row of a ``(B|1, G, N, N)`` bias), one call
     per group of heads, results written into one output (the buffer its backward reads, as without groups)."""
 
     @staticmethod
@@ -226,9 +228,9 @@ def dense_attention(
         ``(out (B, H, N, dv), lse (B, H, N))``, 0 and ``-inf`` on rows without keys.
     """
     b, h, n = q.shape[:3]
-    kernel_causal = causal and mask is None and _every_pair_once(patterns)  # plain causal softmax
+    plain = causal and mask is None and _every_pair_once(patterns)  # plain causal softmax: no bias at all
     _, group = _mask_heads(patterns, b, mask is not None, q.element_size())
-    bias, rows = _multiplicity(patterns, causal and not kernel_causal, q.dtype, q.device, group)
+    bias, rows = _multiplicity(patterns, causal and not plain, q.dtype, q.device, group)
     if mask is not None:
         bias = torch.zeros(n, n, dtype=q.dtype, device=q.device) if bias is None else bias
         bias = bias.masked_fill(~mask[:, None, None, :], float("-inf"))
@@ -238,7 +240,8 @@ def dense_attention(
         group = group.to(q.device)
         rows = rows.expand(b, -1, n).index_select(1, group)
     q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
-    return _Dense.apply(q, k, v, bias, rows.expand(b, h, n), kernel, scale, kernel_causal, group)
+    # causal: the kernel's flag as well as the bias, so that it skips the key tiles above the diagonal
+    return _Dense.apply(q, k, v, bias, rows.expand(b, h, n), kernel, scale, causal, group)
 
 
 def attention_with_lse(q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None, scale: float) -> tuple[Tensor, Tensor]:
