@@ -11,7 +11,7 @@ torch.Size([2, 100, 64])
 """
 
 from attnzoo import functional, mechanisms  # noqa: F401  (registers every mechanism; attnzoo.functional like torch.nn.functional)
-from attnzoo.official import from_official, load_official
+from attnzoo.official import from_official, from_official_model, load_official
 from attnzoo.options import (
     add_arguments,
     options_from_args,
@@ -31,6 +31,7 @@ __all__ = [
     "available",
     "build",
     "from_official",
+    "from_official_model",
     "get_spec",
     "load_official",
     "options",

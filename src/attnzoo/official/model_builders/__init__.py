@@ -1,0 +1,1 @@
+"""Whole-model builders of :func:`attnzoo.official.from_official_model`, one module per official code base."""
