@@ -31,9 +31,11 @@ class PerformerOptions:
 
     ``num_features`` m random features per head (efficient-attention: ``approx_attn_dim``; performer-pytorch:
     ``nb_features``). ``kernel``: ``softmax`` (positive FAVOR+ features) or ``relu``. ``orthogonal``:
-    orthogonal blocks with chi norms (else i.i.d. Gaussian). ``redraw``: ``fixed`` -- one draw at
-    construction, kept in the ``projection`` buffer (saved with the state dict); ``step`` -- a fresh draw
-    for every training forward (eval uses the buffer). ``redraw()`` replaces the buffer explicitly.
+    orthogonal blocks with chi norms (else i.i.d. Gaussian): Haar blocks (``sign(diag R)``-corrected QR), or
+    under ``compat`` the official codes' raw QR (biased rows, see
+    :func:`attnzoo.ops.performer.draw_projection`). ``redraw``: ``fixed`` -- one draw at construction, kept
+    in the ``projection`` buffer (saved with the state dict); ``step`` -- a fresh draw for every training
+    forward (eval uses the buffer). ``redraw()`` replaces the buffer explicitly.
     ``seed``: draws come from a generator seeded with it (None: torch's global RNG, at construction and
     at each redraw). ``feature_eps``: constant added to every feature (official codes: 1e-4; 0 = the
     unbiased estimator, and the only value allowed with causal). ``compat``: reproduce an official
@@ -100,7 +102,12 @@ class PerformerAttention(AttentionBase):
     def _draw(self) -> Tensor:
         o: PerformerOptions = self.options
         return draw_projection(
-            self.num_heads, o.num_features, self.head_dim, orthogonal=o.orthogonal, generator=self.generator
+            self.num_heads,
+            o.num_features,
+            self.head_dim,
+            orthogonal=o.orthogonal,
+            raw_qr=o.compat != "none",
+            generator=self.generator,
         )
 
     @torch.no_grad()
@@ -185,7 +192,8 @@ register_official(
         convert=_efficient_attention_convert,
         notes="KernelizedAttention; approx_attn_dim -> num_features, favorp -> kernel softmax (feature_eps 1e-4), "
         "relu -> relu (1e-3); eval_proj/random_proj -> projection; sample_scheme default -> redraw step with "
-        "i.i.d. draws (inject one with redraw(W) and redraw='fixed'); compat efficient-attention (E1, E2)",
+        "i.i.d. draws (inject one with redraw(W) and redraw='fixed'); compat efficient-attention (E1, E2; "
+        "orthogonal draws with the raw QR, no sign(diag R) correction, as the official code)",
     )
 )
 
@@ -204,5 +212,5 @@ lra_entry(
     transform=lambda key, value, args: value.expand(args["num_head"], -1, -1).clone(),
     notes="performer-pytorch FastAttention: rp_dim -> num_features, kernel_type ignored (FAVOR+ either way, N6); "
     "projection_matrix (m, d) shared by heads -> projection; feature_eps 1e-4/sqrt(m); "
-    "compat nystromformer-lra (N6, N7)",
+    "compat nystromformer-lra (N6, N7; own draws use the raw QR, no sign(diag R) correction, as performer-pytorch)",
 )

@@ -27,7 +27,8 @@ class ScatterBrainOptions:
     ``window_size`` w blockwise local windows (``overlap_window``: widened by ``max(1, w // 2)``, ``use_rpe``:
     learned local bias); ``approx_attn_dim`` m FAVOR+ features. ``sample_scheme``: ``default`` (official:
     an orthogonal projection buffer in eval, fresh i.i.d. Gaussian rows every training step) or ``fixed``
-    (the buffer always). ``compat``: efficient-attention's numerics (see the functional core). ``seed``
+    (the buffer always). ``compat``: efficient-attention's numerics (see the functional core) and its raw-QR
+    buffer draw (:func:`attnzoo.ops.performer.draw_projection`). ``seed``
     seeds the buffer and the training draws.
     """
 
@@ -91,7 +92,7 @@ class ScatterBrainAttention(SampledAttention):
     def __init__(self, dim: int, num_heads: int, *, causal: bool = False, dropout: float = 0.0, options: Any) -> None:
         super().__init__(dim, num_heads, causal=causal, dropout=dropout, options=options)
         o: ScatterBrainOptions = options
-        proj = draw_projection(num_heads, o.approx_attn_dim, self.head_dim, generator=self.generator)
+        proj = draw_projection(num_heads, o.approx_attn_dim, self.head_dim, raw_qr=o.compat, generator=self.generator)
         self.register_buffer("projection", proj)
         window = LocalWindow.resolve(mode="blockwise", window_size=o.window_size, overlap_window=o.overlap_window)
         self.rpe_table = nn.Parameter(torch.zeros(window.rpe_shape(num_heads))) if o.use_rpe else None
@@ -156,7 +157,8 @@ register_official(
         },
         options=_official_options,
         convert=_official_convert,
-        notes="ScatterBrain (favorp only, 1D); eval_proj -> projection; compat=True (clamp 1e-3, +1e-5); "
+        notes="ScatterBrain (favorp only, 1D); eval_proj -> projection; compat=True (clamp 1e-3, +1e-5, "
+        "buffer drawn with the raw QR, no sign(diag R) correction, as the official code); "
         "E10 NaN rows not reproduced (out-of-range keys have feature 0)",
     )
 )

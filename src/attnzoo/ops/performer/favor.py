@@ -43,12 +43,14 @@ def check_performer_args(
 
 
 def resolve_projection(
-    projection: Tensor | None, heads: int, num_features: int, dim: int, seed: int, like: Tensor
+    projection: Tensor | None, heads: int, num_features: int, dim: int, seed: int, like: Tensor, compat: str
 ) -> Tensor:
-    """The given ``(H, m, d)`` projection (checked), or an orthogonal draw from ``seed``."""
+    """The given ``(H, m, d)`` projection (checked), or an orthogonal draw from ``seed`` (``raw_qr`` under compat)."""
     if projection is None:
         gen = torch.Generator().manual_seed(seed)
-        return draw_projection(heads, num_features, dim, generator=gen, dtype=like.dtype, device=like.device)
+        return draw_projection(
+            heads, num_features, dim, raw_qr=compat != "none", generator=gen, dtype=like.dtype, device=like.device
+        )
     if projection.dim() != 3 or projection.shape[0] != heads or projection.shape[-1] != dim:
         raise ValueError(f"projection must have shape (H, m, d) = ({heads}, m, {dim}), got {tuple(projection.shape)}")
     return projection
@@ -129,7 +131,8 @@ def performer_attention(
         q: queries ``(B, H, N, d)``; k: keys ``(B, H, S, d)``; v: values ``(B, H, S, dv)``.
         mask: ``(B, S)`` bool padding mask, True = real key. Default: None.
         causal: row i uses keys j <= i (needs N == S, ``feature_eps=0``, ``compat="none"``).
-        projection: ``W``, ``(H, m, d)``; default: an orthogonal draw of ``num_features`` rows from ``seed``.
+        projection: ``W``, ``(H, m, d)``; default: an orthogonal draw of ``num_features`` rows from ``seed``
+            (the official codes' raw-QR draw under ``compat``, see :func:`draw_projection`).
         num_features: m when ``projection`` is None. Default 256.
         kernel: ``"softmax"`` (FAVOR+) or ``"relu"``.
         scale: temperature s, default ``d^-1/2`` (``1/d`` under ``compat="nystromformer-lra"``).
@@ -137,7 +140,8 @@ def performer_attention(
         compat: reproduce an official code's quirks (``shared/specs/official-code-behaviour.md``):
             ``"efficient-attention"`` -- key stabiliser over all keys including pads (E1), normaliser
             clamped at 1e-2 (E2); ``"nystromformer-lra"`` (performer-pytorch) -- ``s = 1/d`` (N6), pads are
-            zero keys that still count in the normaliser, one stabiliser over the whole batch (N7).
+            zero keys that still count in the normaliser, one stabiliser over the whole batch (N7). Both
+            draw the default projection with the raw QR (``draw_projection(raw_qr=True)``).
         seed: seed of the default projection.
         chunk_size: tokens per chunk (default: automatic).
 
@@ -152,7 +156,7 @@ def performer_attention(
     check_performer_args(q, k, v, mask, causal, kernel, feature_eps, compat)
     _, h, _, d = q.shape
     work = torch.promote_types(q.dtype, torch.float32)
-    proj = resolve_projection(projection, h, num_features, d, seed, q).to(work)
+    proj = resolve_projection(projection, h, num_features, d, seed, q, compat).to(work)
     s = (1.0 / d if compat == "nystromformer-lra" else d**-0.5) if scale is None else scale
     if compat == "nystromformer-lra" and mask is not None:
         real = mask[:, None, :, None].to(k.dtype)

@@ -7,7 +7,10 @@ For ``omega ~ N(0, I_d)`` and temperature ``s`` (default ``d^-1/2``)
 
 so with ``m`` draws ``phi(x) = m^-1/2 [xi(x, omega_1), ..., xi(x, omega_m)]`` gives an unbiased
 estimate ``phi(q).phi(k)`` of the softmax kernel. Orthogonal draws (blocks of d orthogonal
-directions with chi-distributed norms) keep each ``omega`` marginally N(0, I) and lower the variance.
+directions with chi-distributed norms) keep each ``omega`` marginally N(0, I) and lower the variance --
+provided the blocks are Haar-distributed: the Q of a Householder QR is not (LAPACK makes R's diagonal
+negative, so row 0 of every block has a negative first coordinate), and multiplying Q's columns by
+``sign(diag R)`` makes it so. The official codes skip that step (``raw_qr``).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ def draw_projection(
     dim: int,
     *,
     orthogonal: bool = True,
+    raw_qr: bool = False,
     generator: torch.Generator | None = None,
     dtype: torch.dtype = torch.float32,
     device: torch.device | str | None = None,
@@ -40,6 +44,9 @@ def draw_projection(
 
     Args:
         heads: H; num_features: m; dim: d.
+        raw_qr: keep the raw ``Q`` of ``torch.linalg.qr`` as the official codes do (efficient-attention,
+            performer-pytorch): its rows are not marginally N(0, I) (row 0 of a block has a negative first
+            coordinate), a bias that stays as m grows. Default False: columns times ``sign(diag R)`` (Haar).
 
     Returns:
         ``(H, m, d)`` tensor of ``dtype`` on ``device``.
@@ -47,7 +54,11 @@ def draw_projection(
     if orthogonal:
         blocks = -(-num_features // dim)
         gauss = torch.randn(heads, blocks, dim, dim, generator=generator, dtype=torch.float64)
-        rows = torch.linalg.qr(gauss).Q.transpose(-1, -2).reshape(heads, blocks * dim, dim)[:, :num_features]
+        ortho, upper = torch.linalg.qr(gauss)
+        if not raw_qr:
+            signs = torch.where(upper.diagonal(dim1=-2, dim2=-1) < 0, -1.0, 1.0).to(ortho.dtype)
+            ortho = ortho * signs[..., None, :]
+        rows = ortho.transpose(-1, -2).reshape(heads, blocks * dim, dim)[:, :num_features]
         norms = torch.randn(heads, num_features, dim, generator=generator, dtype=torch.float64).norm(dim=-1)
         proj = rows * norms[..., None]
     else:

@@ -35,7 +35,7 @@ def naive_performer_attention(
     """
     check_performer_args(q, k, v, mask, causal, kernel, feature_eps, compat)
     b, h, _, d = q.shape
-    w = resolve_projection(projection, h, num_features, d, seed, q).to(q.dtype)
+    w = resolve_projection(projection, h, num_features, d, seed, q, compat).to(q.dtype)
     m = w.shape[-2]
     lra = compat == "nystromformer-lra"
     s = (1.0 / d if lra else d**-0.5) if scale is None else scale

@@ -42,7 +42,8 @@ def naive_scatterbrain_attention(
         return v * 0
     s = d**-0.5 if scale is None else scale
     if projection is None:
-        projection = draw_projection(h, num_features, d, generator=torch.Generator().manual_seed(0), dtype=q.dtype)
+        gen = torch.Generator().manual_seed(0)
+        projection = draw_projection(h, num_features, d, raw_qr=compat, generator=gen, dtype=q.dtype)
     m = projection.shape[1]
     real = torch.ones(b, n, dtype=torch.bool) if mask is None else mask
     window = LocalWindow.resolve(mode="blockwise", window_size=window_size, overlap_window=overlap_window)

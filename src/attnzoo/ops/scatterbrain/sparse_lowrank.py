@@ -125,7 +125,7 @@ def scatterbrain_attention(
         mask: bool padding mask ``(B, N)``, True = real token. Default: None.
         causal: must be False.
         window_size: w; overlap_window: widen key blocks by ``max(1, w // 2)``.
-        projection: ``(H, m, d)`` FAVOR+ projection; default: orthogonal, drawn with seed 0.
+        projection: ``(H, m, d)`` FAVOR+ projection; default: orthogonal, drawn with seed 0 (raw QR under compat).
         num_features: m when ``projection`` is None.
         rpe_table: local relative-position table (``LocalWindow.rpe_shape(H)``), or None.
         compat: efficient-attention's numerics (denominators clamped at 1e-3 after a per-feature max shift
@@ -148,7 +148,8 @@ def scatterbrain_attention(
     mask = check_padding_mask(mask, b, n, q.device)
     window = LocalWindow.resolve(mode="blockwise", window_size=window_size, overlap_window=overlap_window)
     if projection is None:
-        projection = draw_projection(h, num_features, d, generator=torch.Generator().manual_seed(0), dtype=q.dtype)
+        gen = torch.Generator().manual_seed(0)
+        projection = draw_projection(h, num_features, d, raw_qr=compat, generator=gen, dtype=q.dtype)
     if projection.dim() != 3 or projection.shape[0] != h or projection.shape[2] != d:
         raise ValueError(f"projection must have shape (H, m, d) = ({h}, m, {d}), got {tuple(projection.shape)}")
     if b == 0 or n == 0:
