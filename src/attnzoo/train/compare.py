@@ -244,10 +244,10 @@ def compare(
     atomic_write_text(out / "compare.md", _markdown(rows, title, chance))
     _write_csv(out / "compare.csv", rows)
     if plot:
-        from attnzoo.viz.plots import plot_accuracy_vs_time
+        from attnzoo.viz.plots import plot_curves
 
         try:
-            plot_accuracy_vs_time(curves, out / "compare.png", title=task, chance=chance)
+            plot_curves(curves, out / "compare.png", xlabel="training time (s)", title=task, chance=chance)
         except ImportError as err:
             print(f"attnzoo compare: no plot: {err}")
     return rows

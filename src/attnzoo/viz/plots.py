@@ -1,4 +1,4 @@
-"""Figures: accuracy against training time (the compare job) and attention-weight heat maps.
+"""Figures: training curves (the compare job, ``attnzoo curves``) and attention-weight heat maps.
 
 matplotlib is optional (``pip install attnzoo[plot]``); without it :func:`require_matplotlib`
 raises ``ImportError`` with that instruction, and callers print it instead of a traceback.
@@ -14,7 +14,7 @@ import torch
 
 from attnzoo.io import atomic_open
 
-__all__ = ["plot_accuracy_vs_time", "plot_attention_maps", "require_matplotlib"]
+__all__ = ["plot_attention_maps", "plot_curves", "require_matplotlib"]
 
 MISSING = "plotting needs matplotlib: pip install 'attnzoo[plot]' (or pip install matplotlib)"
 
@@ -41,34 +41,44 @@ def _save(fig: Any, path: str | Path) -> None:
         fig.savefig(handle, format=suffix, dpi=120, bbox_inches="tight")
 
 
-def plot_accuracy_vs_time(
+def plot_curves(
     curves: Mapping[str, Sequence[tuple[float, float]]],
     path: str | Path,
     *,
+    xlabel: str,
+    ylabel: str = "dev accuracy",
     title: str = "",
     chance: float | None = None,
+    references: Mapping[str, float] | None = None,
 ) -> None:
-    """One line per mechanism: dev accuracy (y) against cumulative training seconds (x).
+    """One line per run: a metric (y) against training progress (x), e.g. dev accuracy vs step or seconds.
 
     Args:
-        curves: ``{name: [(seconds, accuracy), ...]}``.
+        curves: ``{name: [(x, y), ...]}``.
         path: output image (``.png``, ``.svg`` or ``.pdf``).
+        xlabel, ylabel: axis labels.
         title: figure title.
-        chance: draw a dashed line at this accuracy (majority class).
+        chance: draw a dashed grey line at this value (majority class).
+        references: ``{label: y}`` dotted horizontal lines (e.g. published accuracies), in the
+            colour of the curve of the same name where there is one.
     """
     plt = require_matplotlib()
     fig, ax = plt.subplots(figsize=(6, 4))
+    colours = {}
     for name, points in curves.items():
         if points:
             xs, ys = zip(*points, strict=True)
-            ax.plot(xs, ys, marker="o", markersize=3, label=name)
+            (line,) = ax.plot(xs, ys, marker="o", markersize=3, label=name)
+            colours[name] = line.get_color()
+    for label, value in (references or {}).items():
+        ax.axhline(value, color=colours.get(label, "black"), linestyle=":", linewidth=1, label=f"{label} (published)")
     if chance is not None:
         ax.axhline(chance, color="grey", linestyle="--", linewidth=1, label="majority class")
-    ax.set_xlabel("training time (s)")
-    ax.set_ylabel("dev accuracy")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(fontsize=8)
     _save(fig, path)
     plt.close(fig)
 
