@@ -1,4 +1,4 @@
-"""The ``attnzoo`` command line: ``list | bench | data ... | train | compare | attention-map | generate | pattern``.
+"""The ``attnzoo`` command line: ``list``, ``bench``, ``data``, ``train``, ``compare``, ``curves``, ``pattern``, ...
 
 Each subpackage contributes its sub-commands through a ``register_commands(subparsers)`` function;
 this module only assembles them, so nothing in the library imports the CLI.
@@ -20,11 +20,20 @@ def build_parser() -> argparse.ArgumentParser:
     from attnzoo.tasks.cli import register_commands as task_commands
     from attnzoo.train.cli import register_commands as train_commands
     from attnzoo.train.generate import register_commands as generate_commands
+    from attnzoo.viz.curves import register_commands as curves_commands
     from attnzoo.viz.pattern import register_commands as pattern_commands
 
     parser = argparse.ArgumentParser(prog="attnzoo", description=__doc__.splitlines()[0])
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    commands = (mechanism_commands, bench_commands, task_commands, train_commands, generate_commands, pattern_commands)
+    commands = (
+        mechanism_commands,
+        bench_commands,
+        task_commands,
+        train_commands,
+        generate_commands,
+        pattern_commands,
+        curves_commands,
+    )
     for register in commands:
         register(subparsers)
     return parser
