@@ -16,7 +16,7 @@ from attnzoo.ops.psf import naive_psf_attention, psf_attention
 from attnzoo.options import check_field_types, check_int
 from attnzoo.registry import Capabilities, register
 
-__all__ = ["PSFAttention", "PSFOptions", "psf_flops"]
+__all__ = ["PSFAttention", "PSFOptions", "block_factor_count", "psf_flops"]
 
 
 @dataclass(frozen=True)
@@ -134,18 +134,48 @@ def _hidden(cfg: Any, name: str) -> int:
     return cfg[0]
 
 
-def _psf_options(args: dict[str, Any], causal: bool) -> dict[str, Any]:
-    if args["variant"] not in ("lra", "synth", "block"):
-        raise ValueError(f"variant must be 'lra', 'synth' or 'block', got {args['variant']!r}")
+def _mixer_options(
+    num_factors: int, factor_hidden: int, value_hidden: int, value_dim: int, args: dict[str, Any]
+) -> dict[str, Any]:
+    """``attnzoo.build`` options of an official PSF mixer: one head, pads mixed (P1), no output projection,
+    ``dropout2_p`` (the dropout of V0, which is also the residual) as the attention dropout."""
     return {
-        "num_factors": args["n_W"],
-        "factor_hidden": _hidden(args["Ws"], "Ws"),
-        "value_hidden": _hidden(args["V"], "V"),
-        "value_dim": args["n_channels_V"],
+        "num_factors": num_factors,
+        "factor_hidden": factor_hidden,
+        "value_hidden": value_hidden,
+        "value_dim": value_dim,
         "use_residuals": bool(args["use_residuals"]),
         "mix_padding": True,
         "out_proj": False,
+        "dropout": float(args["dropout2_p"]),
     }
+
+
+def _psf_options(args: dict[str, Any], causal: bool) -> dict[str, Any]:
+    if args["variant"] == "block":
+        raise ValueError(
+            "variant 'block' is attention_block.PSFNet, whose constructor differs: "
+            "use from_official('sparse-factorization', 'block', args={vocab_size, embedding_size, max_seq_len, ...})"
+        )
+    if args["variant"] not in ("lra", "synth"):
+        raise ValueError(f"variant must be 'lra' or 'synth' (or the 'block' entry), got {args['variant']!r}")
+    return _mixer_options(args["n_W"], _hidden(args["Ws"], "Ws"), _hidden(args["V"], "V"), args["n_channels_V"], args)
+
+
+def block_factor_count(max_seq_len: int) -> int:
+    """``attention_block.PSFNet``'s ``n_W = ceil(log2(max_seq_len))``, in integer arithmetic.
+
+    Raises:
+        ValueError: ``max_seq_len < 2`` (no factor at all).
+    """
+    if isinstance(max_seq_len, bool) or not isinstance(max_seq_len, int) or max_seq_len < 2:
+        raise ValueError(f"max_seq_len must be an int >= 2 (n_W = ceil(log2 max_seq_len) >= 1), got {max_seq_len!r}")
+    return (max_seq_len - 1).bit_length()
+
+
+def _block_options(args: dict[str, Any], causal: bool) -> dict[str, Any]:
+    width = args["embedding_size"]
+    return _mixer_options(block_factor_count(args["max_seq_len"]), width, width, width, args)
 
 
 _OUTSIDE_MIXER = re.compile(r"(embedding|pos_embedding|apc_embedding|final|init_linear|head)\.")
@@ -177,10 +207,35 @@ register_official(
             "V": [128, "GELU"],
             "n_channels_V": 32,
             "use_residuals": False,
+            "dropout2_p": 0.0,
             "variant": "lra",
         },
         options=_psf_options,
         convert=convert_psfnet,
-        notes="the PSF mixer (input of g -> V before dropout3), num_heads=1; mix_padding on (P1), out_proj off",
+        notes="the PSF mixer (input of g -> V before dropout3), num_heads=1; mix_padding on (P1), out_proj off; "
+        "dropout2_p -> dropout (on V0); variant lra (LRA/psf.py) or synth (SyntheticExperiments/psf.py)",
+    )
+)
+
+register_official(
+    OfficialEntry(
+        source="sparse-factorization",
+        name="block",
+        mechanism="psf",
+        defaults={  # attention_block.py's constructor (no defaults of its own: the values of its example net)
+            "vocab_size": 256,
+            "embedding_size": 128,
+            "max_seq_len": 1024,
+            "use_cuda": True,
+            "use_residuals": False,
+            "dropout1_p": 0.0,
+            "dropout2_p": 0.0,
+            "dropout3_p": 0.0,
+        },
+        options=_block_options,
+        convert=convert_psfnet,
+        notes="the mixer of attention_block.PSFNet (input of g -> V before dropout3), num_heads=1, dim = "
+        "embedding_size: n_W = ceil(log2 max_seq_len), Ws = V = [embedding_size, GELU], C = embedding_size; "
+        "dropout2_p -> dropout; vocab_size, use_cuda, dropout1_p, dropout3_p act outside the mixer",
     )
 )
