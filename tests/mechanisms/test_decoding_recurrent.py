@@ -42,18 +42,23 @@ def test_recurrent_state_size_is_constant_in_the_decoded_tokens(name, width):
 
 
 def test_performer_stabiliser_leaks_nothing_and_decoding_matches_large_logits():
-    """The causal forward stabilises key features by the max over a 128-token chunk, future keys included;
-    the factor cancels in the ratio, so earlier rows do not change when a later key dominates the max.
-    Decoding stabilises by the running max (strictly causal) and equals the forward."""
-    module = build("performer")
-    x = inputs(30, 5, scale=4.0)
+    """The causal forward stabilises each key by its own largest log-feature and each row in the frame of the
+    keys it may see, so a dominant later token (log-features far above the others': fp32 underflow) moves no
+    earlier row, and decoding equals the forward in fp32. Before (one key stabiliser per 128-token chunk, later
+    keys included) the earlier keys' features underflowed to 0 and decoding disagreed with the forward."""
+    module = build("performer", dtype=torch.float32, num_features=32)
+    x = inputs(30, 5, dtype=torch.float32)
     y = x.clone()
-    y[:, 20:] *= 3.0  # later tokens with much larger projections: they set the chunk's stabiliser
-    assert_close("rows before 20", module(x)[:, :20], module(y)[:, :20], 1e-12)
+    y[:, 20] *= 40.0  # one later token whose key dominates every feature of the chunk
     with torch.no_grad():
-        out, state = decode_all(module.float(), y.float(), 7)
-    assert_close("large-logit decode", module(y.float()), out, 1e-5)
-    assert torch.isfinite(state.frame).all()
+        assert torch.equal(module(x)[:, :20], module(y)[:, :20])
+        ref = module.double()(y.double())
+        module.float()
+        for prompt_len in (0, 13, 25):
+            out, state = decode_all(module, y, prompt_len)
+            assert_close(f"decode, prompt {prompt_len}", module(y), out, 1e-6)
+            assert_close(f"decode vs fp64, prompt {prompt_len}", ref, out, 1e-6)
+            assert torch.isfinite(state.frame).all()
 
 
 EVA_VARIANTS = [

@@ -137,6 +137,23 @@ def test_causal_equals_noncausal_on_every_prefix():
         assert_close(f"prefix {p}", prefix[:, :, -1], out[:, :, p - 1], 1e-12)
 
 
+@pytest.mark.parametrize("chunk", [None, 16])
+def test_causal_rows_ignore_a_dominant_later_key_in_fp32(chunk):
+    """Key j scaled 40x: its log-features lie ~100 above the others' (fp32 underflow). Rows < j do not move at
+    all, and every row matches the fp64 reference to 1e-6. Before (one stabiliser per 128-token chunk, later
+    keys included) rows 0-6 moved by 1.7 when only k7 changed."""
+    q, k, v = make_qkv(2, 2, 40, 8, dtype=torch.float32, seed=0, requires_grad=False)
+    kw = dict(causal=True, num_features=32, seed=1)
+    base = performer_attention(q, k, v, chunk_size=chunk, **kw)
+    for j in (7, 20, 33):  # inside the first chunk, and after one or two chunk boundaries with chunk 16
+        k_j = k.clone()
+        k_j[:, :, j] *= 40.0
+        out = performer_attention(q, k_j, v, chunk_size=chunk, **kw)
+        assert torch.equal(out[:, :, :j], base[:, :, :j]), (out - base)[:, :, :j].abs().max()
+        ref = naive_performer_attention(q.double(), k_j.double(), v.double(), **kw)
+        assert (out.double() - ref).abs().max() < 1e-6
+
+
 @pytest.mark.parametrize(
     ("kw", "match"),
     [

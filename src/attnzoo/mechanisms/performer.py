@@ -139,7 +139,7 @@ class PerformerAttention(AttentionBase):
         if self.training and o.redraw == "step":
             raise ValueError("performer with redraw='step' draws new features every training forward; decode in eval()")
         work = torch.promote_types(dtype, torch.float32)
-        return favor_feature_maps(self.projection.to(work), scale=self.head_dim**-0.5, kernel=o.kernel)
+        return favor_feature_maps(self.projection.to(work), scale=self.head_dim**-0.5, kernel=o.kernel, per_key=True)
 
     def init_state(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> FeatureState:
         """Running sums of the key features over the prompt, in the forward's chunks and stabiliser frames."""

@@ -12,12 +12,15 @@ an N x S matrix. Work goes chunk by chunk (``chunk_size`` tokens) so no temporar
 * causal: chunked prefix sums -- a running (m x dv) state carried from chunk to chunk plus the exact
   lower-triangular (C x C) term inside each chunk; memory O(N*m*dv / C) for the saved states.
 
-Key features may come with a per-chunk log scale (the detached stabiliser of an exponential map):
-the true features are ``features * exp(log_scale)``. The engine rescales chunk sums to one common
-frame (the max over chunks, per (batch, head) or over the whole batch), so exponentials never overflow
-and the result does not depend on the stabiliser -- except through ``eps``, a constant added to every
-real key feature after stabilisation (the official Performer codes' ``+1e-4``), which is therefore
-refused with ``causal`` (it would make row i depend on later keys through the stabiliser).
+Key features may come with a log scale (the detached stabiliser of an exponential map), one per chunk
+or one per key: the true features are ``features * exp(log_scale)``. The engine rescales chunk sums to
+one common frame (the max over chunks, per (batch, head) or over the whole batch), so exponentials never
+overflow and the result does not depend on the stabiliser -- except through ``eps``, a constant added to
+every real key feature after stabilisation (the official Performer codes' ``+1e-4``), which is therefore
+refused with ``causal``. Causal rows use frames of their own: row i's is the running max of the log
+scales of the keys j <= i (and of the chunks before), so with per-key scales no later key takes part in
+row i's arithmetic, not even through underflow (a chunk-wide scale would let a dominant later key flush
+the features of earlier keys to 0).
 
 Decoding: :func:`causal_feature_sums` absorbs a prompt into the running sums (same chunks and frames as
 the causal forward) and :func:`causal_feature_step` runs the causal forward's arithmetic on a chunk of
@@ -41,7 +44,8 @@ __all__ = [
     "feature_attention",
 ]
 
-# (x chunk (B, H, C, d), mask chunk (B, C) | None) -> (features (B, H, C, m), log scale (B, H, 1, 1) | None)
+# (x chunk (B, H, C, d), mask chunk (B, C) | None) -> (features (B, H, C, m), log scale | None), the log scale
+# (B, H, 1, 1) for the chunk or (B, H, C, 1) per key (-inf where no real key)
 FeatureFn = Callable[[Tensor, "Tensor | None"], "tuple[Tensor, Tensor | None]"]
 
 # Causal running sums: (sum phi(k) v^T (B, H, m, dv), sum phi(k) (B, H, m), log frame (B, H, 1, 1) | None).
@@ -96,7 +100,9 @@ def feature_attention(
             fp32 at least (fp32 accumulation of the normaliser for bf16/fp16 inputs), returned in q's dtype.
         query_features: ``(B, H, C, d) -> (B, H, C, m)``.
         key_features: ``(k chunk, mask chunk | None) -> (features, log_scale | None)``; features must be 0
-            at masked keys; ``log_scale`` ``(B, H, 1, 1)`` (``-inf`` for a chunk without real keys).
+            at masked keys; ``log_scale`` ``(B, H, 1, 1)`` per chunk (``-inf`` for a chunk without real keys)
+            or, causal only, ``(B, H, C, 1)`` per key (``-inf`` at masked keys): then rows never depend on
+            later keys.
         mask: ``(B, S)`` bool, True = real key (only used for ``eps`` and handed to ``key_features``).
         causal: row i uses keys j <= i (needs N == S).
         normalize: divide by the normaliser (False: the un-normalised sum, as the LRA "linear" code).
@@ -164,15 +170,13 @@ def empty_sums(
     )
 
 
-def _rescale(sums: FeatureSums | None, fk: Tensor, log_scale: Tensor | None, dv: int) -> tuple[FeatureSums, Tensor]:
-    """The running sums and a chunk's key features ``fk`` in the common frame ``max(frame, log_scale)``."""
-    if sums is None:
-        b, h, _, m = fk.shape
-        sums = empty_sums(b, h, m, dv, scaled=log_scale is not None, dtype=fk.dtype, device=fk.device)
+def _rescale(sums: FeatureSums, fk: Tensor, log_scale: Tensor | None) -> tuple[FeatureSums, Tensor]:
+    """The running sums and a chunk's key features ``fk`` in the common frame ``max(frame, log_scale)``
+    (``log_scale`` ``(B, H, 1, 1)`` or per key ``(B, H, C, 1)``)."""
     kv, z, frame = sums
     if log_scale is None:
         return sums, fk
-    raw = torch.maximum(frame, log_scale)
+    raw = torch.maximum(frame, log_scale.amax(-2, keepdim=True))
     new = raw.masked_fill(raw == float("-inf"), 0.0)  # no real key yet: the sums are 0 in any frame
     decay = torch.exp(frame - new)
     return (kv * decay, z * decay[..., 0], raw), fk * torch.exp(log_scale - new)
@@ -191,20 +195,40 @@ def _chunks(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, chunk: int) ->
     return zip(q.split(chunk, -2), k.split(chunk, -2), v.split(chunk, -2), masks, strict=True)
 
 
+def _row_frames(frame: Tensor, log_scale: Tensor, tril: Tensor) -> tuple[Tensor, Tensor]:
+    """Per-row frames of a causal chunk: row i's frame ``M_i`` is the max of the running ``frame`` and the log
+    scales of keys ``j <= i``. Returns ``exp(frame - M_i)`` ``(B, H, C, 1)`` (the earlier sums' factor) and
+    ``exp(c_j - M_i)`` ``(B, H, C, C)``, 0 for ``j > i`` (the chunk's keys' factors): no later key enters row i."""
+    per_key = log_scale.expand(*log_scale.shape[:2], tril.shape[0], 1)
+    rows = torch.maximum(frame, per_key.cummax(-2).values)
+    rows = rows.masked_fill(rows == float("-inf"), 0.0)
+    pair = (per_key.transpose(-1, -2) - rows).masked_fill(~tril, float("-inf"))
+    return torch.exp(frame - rows), torch.exp(pair)
+
+
 def _causal(q, k, v, query_features, key_features, mask, normalize, min_den, chunk, sums=None):
     """Chunked causal prefix sums from ``sums`` (None: no earlier key); returns the output and the final sums."""
     tril, outs = None, []
     for qc, kc, vc, mc in _chunks(q, k, v, mask, chunk):
         fq = query_features(qc)
         fk, log_scale = key_features(kc, mc)
-        sums, fk = _rescale(sums, fk, log_scale, v.shape[-1])
         size = qc.shape[-2]
         if tril is None or tril.shape[0] != size:
             tril = torch.ones(size, size, dtype=torch.bool, device=q.device).tril_()
-        scores = (fq @ fk.transpose(-1, -2)).masked_fill(~tril, 0.0)  # (B, H, C, C)
-        kv, z, _ = sums
-        num, den = scores @ vc + fq @ kv, scores.sum(-1) + (fq @ z[..., None])[..., 0]
-        sums = _add(sums, fk, vc)
+        if sums is None:
+            b, h, _, m = fk.shape
+            sums = empty_sums(b, h, m, v.shape[-1], scaled=log_scale is not None, dtype=fk.dtype, device=fk.device)
+        kv, z, frame = sums
+        scores = fq @ fk.transpose(-1, -2)  # (B, H, C, C)
+        past_num, past_den = fq @ kv, (fq @ z[..., None])[..., 0]
+        if log_scale is None or frame is None:
+            scores = scores.masked_fill(~tril, 0.0)
+        else:  # each row in its own frame: the keys it may see
+            carry, pair = _row_frames(frame, log_scale, tril)
+            scores = scores * pair
+            past_num, past_den = past_num * carry, past_den * carry[..., 0]
+        num, den = scores @ vc + past_num, scores.sum(-1) + past_den
+        sums = _add(*_rescale(sums, fk, log_scale), vc)
         outs.append(_divide(num, den, normalize, min_den))
     return torch.cat(outs, dim=-2), sums
 
@@ -223,7 +247,7 @@ def causal_feature_sums(
     for start in range(0, k.shape[-2], chunk):
         stop = start + chunk
         fk, log_scale = key_features(k[:, :, start:stop], None if mask is None else mask[:, start:stop])
-        sums, fk = _rescale(sums, fk, log_scale, v.shape[-1])
+        sums, fk = _rescale(sums, fk, log_scale)
         sums = _add(sums, fk, v[:, :, start:stop])
     return sums
 

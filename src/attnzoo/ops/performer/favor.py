@@ -57,14 +57,21 @@ def resolve_projection(
 
 
 def favor_feature_maps(
-    projection: Tensor, *, scale: float, kernel: str = "softmax", feature_eps: float = 0.0, stabilise_pads: bool = False
+    projection: Tensor,
+    *,
+    scale: float,
+    kernel: str = "softmax",
+    feature_eps: float = 0.0,
+    stabilise_pads: bool = False,
+    per_key: bool = False,
 ) -> tuple[Callable[[Tensor], Tensor], FeatureFn]:
     """The query and key feature maps of :func:`performer_attention` for the engine ``feature_attention``.
 
     Queries ``(B, H, C, d) -> (B, H, C, m)``, stabilised by their row max (cancels in the ratio). Keys
-    ``(chunk, real) -> (features, log scale (B, H, 1, 1))``, stabilised by the max over features and real
-    keys of the chunk (``stabilise_pads``: over pads too, quirk E1), 0 at masked keys; ReLU features
-    have no log scale.
+    ``(chunk, real) -> (features, log scale (B, H, 1, 1))``, stabilised by the max of ``sqrt(s) W k`` over
+    features and real keys of the chunk (``stabilise_pads``: over pads too, quirk E1), 0 at masked keys;
+    ``per_key``: each key by its own largest log-feature, log scale ``(B, H, C, 1)`` (causal: a key's
+    features never depend on later keys). ReLU features have no log scale.
 
     Args:
         projection: ``W``, ``(H, m, d)`` in the working dtype; scale: s; kernel: ``"softmax"`` or ``"relu"``;
@@ -89,9 +96,11 @@ def favor_feature_maps(
             feats = torch.relu(proj_term) / root_m
             return (feats if keep is None else feats * keep.to(feats.dtype)), None
         candidates = proj_term.detach()
-        if keep is not None and not stabilise_pads:
+        if per_key:  # the largest log-feature of each key, the norm term included
+            candidates = candidates - norm_term.detach()
+        if keep is not None and (per_key or not stabilise_pads):
             candidates = candidates.masked_fill(~keep, -math.inf)
-        log_scale = candidates.amax(dim=(-2, -1), keepdim=True)  # (B, H, 1, 1)
+        log_scale = candidates.amax(dim=-1 if per_key else (-2, -1), keepdim=True)  # (B, H, C or 1, 1)
         shift = norm_term + log_scale.masked_fill(log_scale == -math.inf, 0.0) + log_root_m
         exponent = proj_term.sub_(shift)
         if keep is not None:
@@ -168,7 +177,7 @@ def performer_attention(
         chunk = chunk_size or chunk_length(b * h, proj.shape[-2], max(n, k.shape[-2]), causal=False)
         return favor_attention_fused(q.to(work), k.to(work), v.to(work), proj, mask, s, chunk).to(q.dtype)
     query_features, key_features = favor_feature_maps(
-        proj, scale=s, kernel=kernel, feature_eps=feature_eps, stabilise_pads=stabilise_pads
+        proj, scale=s, kernel=kernel, feature_eps=feature_eps, stabilise_pads=stabilise_pads, per_key=causal
     )
     return feature_attention(
         q.to(work),
