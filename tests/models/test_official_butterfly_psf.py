@@ -61,7 +61,6 @@ def test_psf_block_variant_layer_equals_the_official_mixer() -> None:
     d = load("psf", "block")
     layer = attnzoo.from_official("sparse-factorization", "block", dim=8, num_heads=1, args=d["config"])
     assert layer.options.num_factors == 5 and layer.options.factor_hidden == 8 and layer.value_dim == 8
-    assert layer.dropout == 0.1  # dropout2_p: the dropout of V0
     layer = attnzoo.from_official(
         "sparse-factorization", "block", dim=8, num_heads=1, args=d["config"], state_dict=d["state_dict"]
     ).eval()
@@ -97,6 +96,8 @@ def test_psfnet_keeps_the_official_padding_row_and_dropouts() -> None:
     assert psf_model("lra_cifar10").embed.padding_idx is None
     cifar = psf_model("lra_cifar10")
     assert (cifar.drop_in.p, cifar.mixer.dropout, cifar.drop_out.p) == (0.0, 0.2, 0.8)
+    block = psf_model("block")
+    assert (block.drop_in.p, block.mixer.dropout, block.drop_out.p) == (0.1, 0.1, 0.1)
 
 
 def test_psfnet_config_errors() -> None:

@@ -137,8 +137,7 @@ def _hidden(cfg: Any, name: str) -> int:
 def _mixer_options(
     num_factors: int, factor_hidden: int, value_hidden: int, value_dim: int, args: dict[str, Any]
 ) -> dict[str, Any]:
-    """``attnzoo.build`` options of an official PSF mixer: one head, pads mixed (P1), no output projection,
-    ``dropout2_p`` (the dropout of V0, which is also the residual) as the attention dropout."""
+    """``psf`` options of an official PSF mixer: one head, pads mixed (P1), no output projection."""
     return {
         "num_factors": num_factors,
         "factor_hidden": factor_hidden,
@@ -147,7 +146,6 @@ def _mixer_options(
         "use_residuals": bool(args["use_residuals"]),
         "mix_padding": True,
         "out_proj": False,
-        "dropout": float(args["dropout2_p"]),
     }
 
 
@@ -207,13 +205,13 @@ register_official(
             "V": [128, "GELU"],
             "n_channels_V": 32,
             "use_residuals": False,
-            "dropout2_p": 0.0,
             "variant": "lra",
         },
         options=_psf_options,
         convert=convert_psfnet,
         notes="the PSF mixer (input of g -> V before dropout3), num_heads=1; mix_padding on (P1), out_proj off; "
-        "dropout2_p -> dropout (on V0); variant lra (LRA/psf.py) or synth (SyntheticExperiments/psf.py)",
+        "variant lra (LRA/psf.py) or synth (SyntheticExperiments/psf.py); dropout2_p (V0, training) is the "
+        "module's dropout, set by from_official_model (from_official builds every entry with dropout 0)",
     )
 )
 
@@ -236,6 +234,6 @@ register_official(
         convert=convert_psfnet,
         notes="the mixer of attention_block.PSFNet (input of g -> V before dropout3), num_heads=1, dim = "
         "embedding_size: n_W = ceil(log2 max_seq_len), Ws = V = [embedding_size, GELU], C = embedding_size; "
-        "dropout2_p -> dropout; vocab_size, use_cuda, dropout1_p, dropout3_p act outside the mixer",
+        "vocab_size, use_cuda, dropout1_p, dropout3_p act outside the mixer; dropout2_p as for psf",
     )
 )

@@ -116,12 +116,18 @@ def _head(head: Any, in_dim: int, n_class: int) -> nn.Module:
     raise ValueError(f"head must be ['linear'] or ['non-linear', hidden], got {head!r}")
 
 
+def _with_dropout(mixer: nn.Module, dropout2: float) -> nn.Module:
+    """``mixer`` with the official ``dropout2_p`` (on V0, training only) as its attention dropout."""
+    mixer.dropout = float(dropout2)
+    return mixer
+
+
 def _mixer(config: Mapping[str, Any], variant: str, n_w: int, dropout2: float) -> nn.Module:
     """The ``psf`` official entry's mixer (``Ws`` / ``V`` networks, chord factors) of a PSFNet config."""
     args = {key: config[key] for key in ("Ws", "V", "n_channels_V", "use_residuals")}
-    args.update(n_vec=config["n_vec"], n_W=n_w, dropout2_p=dropout2, variant=variant)
+    args.update(n_vec=config["n_vec"], n_W=n_w, variant=variant)
     dim = config["embedding_size"]
-    return from_official("sparse-factorization", "psf", dim=dim, num_heads=1, args=args)
+    return _with_dropout(from_official("sparse-factorization", "psf", dim=dim, num_heads=1, args=args), dropout2)
 
 
 def _lra(config: Mapping[str, Any]) -> tuple[PSFNetModel, bool, bool]:
@@ -193,7 +199,9 @@ def _block(config: Mapping[str, Any]) -> tuple[PSFNetModel, bool, bool]:
     model = PSFNetModel(
         _token_embedding(config["vocab_size"], dim, False, False),
         _positions(True, length, dim),
-        from_official("sparse-factorization", "block", dim=dim, num_heads=1, args=args),
+        _with_dropout(
+            from_official("sparse-factorization", "block", dim=dim, num_heads=1, args=args), args["dropout2_p"]
+        ),
         None,
         length=length,
         pooling="none",
