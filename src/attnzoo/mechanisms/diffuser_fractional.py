@@ -11,6 +11,7 @@ from torch import Tensor
 from attnzoo.mechanisms.base import AttentionBase
 from attnzoo.mechanisms.diffuser import DiffuserGraphOptions, convert_diffuser
 from attnzoo.official.registry import OfficialEntry, register_official
+from attnzoo.ops.common import check_padding_mask, zero_masked_rows
 from attnzoo.ops.diffuser import (
     VARIANTS,
     diffuser_fractional_attention,
@@ -36,7 +37,11 @@ class FractionalOptions(DiffuserGraphOptions):
     batch, F5; for l2 / fracdm: attention over the whole flattened batch, pads included, on the
     official raw ``(B, N, H, d) -> (H, B*N, d)`` reshape of the queries, F2), ``detach`` (no gradient
     through the weights / L^g, F4), ``negate_scores`` (``exp(-<k, q>)``, renormfrac at the pinned
-    commit), ``scramble_heads`` (the official raw ``(H, B*N, d) -> (B, N, H, d)`` reshape of the output, F1).
+    commit), ``scramble_heads`` (the official raw ``(H, B*N, d) -> (B, N, H, d)`` reshape of the output, F1),
+    ``official_pads`` (padded tokens stay in the operator as the official classes keep them: their content is
+    projected, and their per-head rows are the official rows of isolated nodes, F6 (``-V`` for regfrac,
+    ``alpha V`` for renormfrac, ``V - L^g V`` for unfrac, the limit mix for limitfrac), which ``scramble_heads``
+    moves into real rows; so a padded token's content reaches real rows, as it does officially).
     """
 
     variant: str = "renormfrac"
@@ -48,6 +53,7 @@ class FractionalOptions(DiffuserGraphOptions):
     detach: bool = False
     negate_scores: bool = False
     scramble_heads: bool = False
+    official_pads: bool = False
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -61,7 +67,8 @@ class FractionalOptions(DiffuserGraphOptions):
         check_float("epsilon", self.epsilon, minimum=0.0, maximum=1.0)
 
     def core_kwargs(self) -> dict[str, Any]:
-        """Keywords of :func:`diffuser_fractional_attention` (all but ``scramble_heads``)."""
+        """Keywords of :func:`diffuser_fractional_attention` (all but ``scramble_heads``; ``official_pads``
+        as ``zero_pad_rows``)."""
         return {
             **self.graph_kwargs(),
             "variant": self.variant,
@@ -72,6 +79,7 @@ class FractionalOptions(DiffuserGraphOptions):
             "batch_rho": self.batch_rho,
             "detach": self.detach,
             "negate_scores": self.negate_scores,
+            "zero_pad_rows": not self.official_pads,
         }
 
 
@@ -113,21 +121,41 @@ class FractionalAttention(AttentionBase):
     ``dropout`` drops the per-head output in training (the official classes drop their output).
     """
 
+    def forward(
+        self,
+        x: Tensor,
+        mask: Tensor | None = None,
+        *,
+        context: Tensor | None = None,
+        context_mask: Tensor | None = None,
+    ) -> Tensor:
+        """:meth:`AttentionBase.forward`; with ``official_pads`` the padded tokens of ``x: (B, N, dim)`` are
+        projected as they are (the official classes read their content), not zeroed first. Returns ``(B, N, dim)``,
+        padded rows zero before ``proj``."""
+        if not self.options.official_pads or context is not None or context_mask is not None:
+            return super().forward(x, mask, context=context, context_mask=context_mask)
+        self.check_input(x)
+        mask = check_padding_mask(mask, x.shape[0], x.shape[1], x.device)
+        q, k, v = self.project(x)
+        if x.shape[0] == 0 or x.shape[1] == 0:
+            return self.merge(v * 0)
+        return self.merge(zero_masked_rows(self.attend(q, k, v, mask), mask))
+
     def attend(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
+        """The variant on ``(B, H, N, d)``; ``scramble_heads`` returns the official raw reshape of the
+        ``(H, B*N, d)`` result (token t holds flat rows ``t*H .. t*H + H - 1``, mixing the batch), laid out so
+        that the ordinary head merge gives the official output."""
         o: FractionalOptions = self.options
         if o.variant in TIED_VARIANTS and o.batch_rho:
             out = _whole_batch_tied(q, v, o)
         else:
             out = diffuser_fractional_attention(q, k, v, mask=mask, **o.core_kwargs())
         p = self.attention_dropout()
-        return F.dropout(out, p) if p > 0 else out
-
-    def merge(self, out: Tensor) -> Tensor:
-        """Merge heads (``scramble_heads``: the official raw reshape, mixing tokens of the batch)."""
-        if self.options.scramble_heads:
+        out = F.dropout(out, p) if p > 0 else out
+        if o.scramble_heads:
             b, h, n, d = out.shape
             out = out.permute(1, 0, 2, 3).reshape(h, b * n, d).reshape(b, n, h, d).transpose(1, 2)
-        return super().merge(out)
+        return out
 
 
 def _whole_batch_tied(q: Tensor, v: Tensor, o: FractionalOptions) -> Tensor:
@@ -164,6 +192,7 @@ def _fractional_options(variant: str) -> Any:
             "detach": True,
             "negate_scores": variant == "renormfrac",
             "scramble_heads": True,
+            "official_pads": True,
         }
 
     return options
@@ -172,11 +201,13 @@ def _fractional_options(variant: str) -> Any:
 def _official_notes(variant: str) -> str:
     if variant in TIED_VARIANTS:
         return (
-            f"{variant}: no graph, tied q/k on the unit sphere over the whole flattened batch (F5),"
+            f"{variant}: no graph, tied q/k on the unit sphere over the whole flattened batch, pads included (F5),"
             " scrambled queries (F2) and heads (F1)"
         )
-    return f"{variant}: official graph, batch rho (F5), detached (F4), scrambled heads (F1)" + (
-        ", exp(-<k, q>)" if variant == "renormfrac" else ""
+    return (
+        f"{variant}: official graph, batch rho (F5), detached (F4), scrambled heads (F1) that move pad nodes'"
+        " rows into real rows (F6: official_pads keeps them and the pads' content)"
+        + (", exp(-<k, q>)" if variant == "renormfrac" else "")
     )
 
 

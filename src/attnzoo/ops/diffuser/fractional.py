@@ -88,7 +88,13 @@ def _fractional_power(
 
 
 def tied_sphere_attention(
-    q: Tensor, v: Tensor, *, mask: Tensor | None = None, variant: str, gamma: float = 0.5
+    q: Tensor,
+    v: Tensor,
+    *,
+    mask: Tensor | None = None,
+    variant: str,
+    gamma: float = 0.5,
+    zero_pad_rows: bool = True,
 ) -> Tensor:
     """The fractional-attn variants without a graph: queries ``u = q / |q|`` on the unit sphere serve
     as keys too, and every token attends to every real token of its sequence.
@@ -106,6 +112,7 @@ def tied_sphere_attention(
         mask: bool ``(B, N)``, True = real token; pads are no keys and return 0.
         variant: ``"l2"`` or ``"fracdm"``.
         gamma: fracdm's exponent offset.
+        zero_pad_rows: False keeps the rows of padded queries (attention over the real keys).
 
     Returns:
         ``(B, H, N, dv)``. Time and memory O(N^2) per head.
@@ -130,7 +137,7 @@ def tied_sphere_attention(
     if mask is not None:
         logits = logits.masked_fill(~mask[:, None, None, :], floor)
     out = torch.softmax(logits, dim=-1) @ v
-    return out if mask is None else out * mask[:, None, :, None].to(out.dtype)
+    return out if mask is None or not zero_pad_rows else out * mask[:, None, :, None].to(out.dtype)
 
 
 def diffuser_fractional_attention(
@@ -154,6 +161,7 @@ def diffuser_fractional_attention(
     batch_rho: bool = False,
     detach: bool = False,
     negate_scores: bool = False,
+    zero_pad_rows: bool = True,
     scale: float | None = None,
 ) -> Tensor:
     """Fractional-diffusion attention on the Diffuser graph (the fractional-attn variants).
@@ -161,7 +169,8 @@ def diffuser_fractional_attention(
     With ``Pg = rownorm1(diag(L^g) - L^g)`` (zero diagonal, rows sum to 1):
 
     * ``renormfrac``: ``(1 - alpha) Pg V + alpha V``;
-    * ``regfrac``: ``rownorm1(W - L^g * (1 - G)) V`` (L^g weights on non-edges); ``detached_regfrac``:
+    * ``regfrac``: ``rownorm1(W - L^g * (1 - G)) V`` (L^g weights on non-edges, G the graph restricted
+      to real tokens, so a pad row is ``-V`` of its own token); ``detached_regfrac``:
       ``(1 - alpha)`` of that ``+ alpha V``;
     * ``unfrac``: ``V - L^g V``;
     * ``lnl``: ``epsilon rownorm1(W) V + (1 - epsilon) Pg V``;
@@ -173,12 +182,16 @@ def diffuser_fractional_attention(
     Intended math by default: gradients reach q, k and v; rho and the limit weights are per
     sequence; stabilised exponent. Official behaviour: ``batch_rho`` (one rho, and one limit vector,
     over the whole batch, padding included, F5), ``detach`` (L^g and, for ``lnl``, the whole output without
-    gradient, F4), ``negate_scores`` (``renormfrac`` at the pinned commit uses ``exp(-<k, q>)``).
+    gradient, F4), ``negate_scores`` (``renormfrac`` at the pinned commit uses ``exp(-<k, q>)``),
+    ``zero_pad_rows=False`` (the rows of padded queries are kept as the formulas give them, the official
+    operator's rows of isolated nodes, F6: ``-V`` for regfrac, ``alpha V`` for renormfrac, ``V - L^g V``
+    for unfrac, the limit mix for limitfrac; the official output scramble moves them into real rows).
     Time O(T E N), memory O(T N^2) per head.
 
     Args:
         q, k, v: ``(B, H, N, d)``.
-        mask: bool ``(B, N)``, True = real token; pads take no edge and return 0.
+        mask: bool ``(B, N)``, True = real token; pads take no edge and return 0 (unless
+            ``zero_pad_rows`` is False).
         causal: not supported; True raises.
         variant: one of :data:`VARIANTS`.
         gamma: in (0, 1). terms: T (default: the official count of the variant, 6 or 7).
@@ -203,7 +216,7 @@ def diffuser_fractional_attention(
     if b == 0 or n == 0:
         return v.clone()
     if variant in TIED_VARIANTS:
-        return tied_sphere_attention(q, v, mask=mask, variant=variant, gamma=gamma)
+        return tied_sphere_attention(q, v, mask=mask, variant=variant, gamma=gamma, zero_pad_rows=zero_pad_rows)
     terms = OFFICIAL_TERMS[variant] if terms is None else terms
     g = resolve_graph(n, graph, attention_window, num_rand, num_glob, seed, global_tokens)
     src, dst, scores = edge_scores(q, k, g, scale)  # <k_src, q_dst>
@@ -224,7 +237,7 @@ def diffuser_fractional_attention(
     lg = _fractional_power(w, rows, cols, n, gamma, terms, batch_rho=batch_rho)
     c = peak[..., None]  # (B, H, 1, 1): W = e^c W~, L^g = e^(c g) L~^g
     real = torch.ones(b, n, dtype=torch.bool, device=q.device) if mask is None else mask
-    keep = real[:, None, :, None].to(v.dtype)
+    keep = (real if zero_pad_rows else torch.ones_like(real))[:, None, :, None].to(v.dtype)
     if variant in ("limitfrac", "symlimitfrac"):
         diag = lg.diagonal(dim1=-2, dim2=-1)  # (B, H, N); official batch mode counts padding too
         diag = diag if batch_rho else diag * real[:, None, :].to(lg.dtype)
@@ -241,6 +254,7 @@ def diffuser_fractional_attention(
     if variant in ("regfrac", "detached_regfrac"):
         edges = torch.zeros(n, n, dtype=torch.bool, device=q.device)
         edges[src, dst] = True
+        edges = edges & real[:, None, :, None] & real[:, None, None, :]  # (B, 1, N, N): the official masked G
         reg = _rownorm1(dense_w - torch.exp(c * (gamma - 1)) * lg.masked_fill(edges, 0.0)) @ v
         out = reg if variant == "regfrac" else (1 - alpha) * reg + alpha * v
         return out * keep

@@ -76,6 +76,7 @@ def naive_diffuser_fractional_attention(
     batch_rho: bool = False,
     detach: bool = False,
     negate_scores: bool = False,
+    zero_pad_rows: bool = True,
     scale: float | None = None,
 ) -> Tensor:
     """Dense fractional Diffuser with the signature of :func:`diffuser_fractional_attention` (tests only):
@@ -84,7 +85,7 @@ def naive_diffuser_fractional_attention(
     if causal:
         raise ValueError("diffuser_fractional cannot be causal: its random and global edges point both ways")
     if variant in ("l2", "fracdm"):
-        return _naive_tied(q, v, mask, variant, gamma)
+        return _naive_tied(q, v, mask, variant, gamma, zero_pad_rows)
     default_terms = {"unfrac": 6, "limitfrac": 6, "symlimitfrac": 6}
     terms = default_terms.get(variant, 7) if terms is None else terms
     b, _, n, d = q.shape
@@ -108,7 +109,7 @@ def naive_diffuser_fractional_attention(
         power = power @ (bmat / rho)
         lg = lg + coef * power
     lg = lg * rho**gamma
-    keep = real[:, None, :, None].to(v.dtype)
+    keep = real[:, None, :, None].to(v.dtype) if zero_pad_rows else torch.ones_like(v[..., :1])
 
     def rownorm1(x: Tensor) -> Tensor:
         return x / x.abs().sum(-1, keepdim=True).clamp_min(1e-12)
@@ -123,7 +124,7 @@ def naive_diffuser_fractional_attention(
     if variant == "unfrac":
         return (v - lg @ v) * keep
     if variant in ("regfrac", "detached_regfrac"):
-        reg = rownorm1(w - lg * ~edges) @ v
+        reg = rownorm1(w - lg * ~allowed) @ v
         return (reg if variant == "regfrac" else (1 - alpha) * reg + alpha * v) * keep
     frac = rownorm1(torch.diag_embed(lg.diagonal(dim1=-2, dim2=-1)) - lg) @ v
     if variant == "renormfrac":
@@ -131,7 +132,7 @@ def naive_diffuser_fractional_attention(
     return (epsilon * (rownorm1(w) @ v) + (1 - epsilon) * frac) * keep
 
 
-def _naive_tied(q: Tensor, v: Tensor, mask: Tensor | None, variant: str, gamma: float) -> Tensor:
+def _naive_tied(q: Tensor, v: Tensor, mask: Tensor | None, variant: str, gamma: float, zero_pad_rows: bool) -> Tensor:
     """``l2`` / ``fracdm`` as the official classes write them, per sequence over its real tokens:
     ``cdist`` logits and softmax; or the arccos kernel, the Gaussian-style density with its constant,
     ``D^-1 K D^-1`` and row normalisation (outputs only: acos and cdist have no gradient at u_i = u_j)."""
@@ -148,4 +149,4 @@ def _naive_tied(q: Tensor, v: Tensor, mask: Tensor | None, variant: str, gamma: 
         kernel = (1 + torch.acos((unit @ unit.transpose(-1, -2)).clamp(-1, 1)) / math.sqrt(math.pi)) ** (-d - gamma)
         kernel = kernel / density[..., :, None] / density[..., None, :] * keys
         weights = kernel / kernel.sum(-1, keepdim=True)
-    return (weights @ v) * real[:, None, :, None].to(v.dtype)
+    return weights @ v if not zero_pad_rows else (weights @ v) * real[:, None, :, None].to(v.dtype)
