@@ -5,8 +5,9 @@ import torch
 import torch.nn.functional as F
 
 import attnzoo
-from attnzoo.ops.performer import draw_projection
+from attnzoo.ops.performer import draw_projection, favor_log_features
 from attnzoo.ops.scatterbrain import naive_scatterbrain_attention, scatterbrain_attention
+from attnzoo.ops.scatterbrain.sparse_lowrank import remainder_feature_sums
 
 F64 = torch.float64
 
@@ -51,6 +52,40 @@ def test_matches_naive_without_mask_at_a_length_blocks_do_not_divide(monkeypatch
     monkeypatch.setattr("attnzoo.ops.scatterbrain.sparse_lowrank.CHUNK_BYTES", 1)
     q, k, v = qkv(45, seed=4)
     proj = draw_projection(2, 16, 8, generator=torch.Generator().manual_seed(2), dtype=F64)
+    out = scatterbrain_attention(q, k, v, window_size=8, projection=proj)
+    torch.testing.assert_close(out, naive_scatterbrain_attention(q, k, v, window_size=8, projection=proj))
+
+
+def dominant_key_inputs(d=32):
+    """fp32 q, k, v (1, 2, 64, d) where key 5 of each head sits at the peak of that head's largest feature
+    (``k = w_c / sqrt(s)``: log-feature ``|w_c|^2 / 2`` ~ 30 above the other keys'), and the projection."""
+    gen = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, 2, 64, d, generator=gen) for _ in range(3))
+    proj = draw_projection(2, 64, d, generator=torch.Generator().manual_seed(1))
+    top = proj.norm(dim=-1).argmax(-1)
+    for h in range(2):
+        k[:, h, 5] = proj[h, top[h]] * d**0.25
+    return q, k, v, proj
+
+
+@pytest.mark.parametrize("overlap", [False, True])
+def test_fp32_remainder_does_not_cancel_when_a_key_dominates_a_feature_in_its_block(overlap):
+    """The remainder of block 0 (all keys but its own) is summed directly: as the total minus the block it
+    cancelled: max error vs fp64 0.10 (overlap 0.15) at |y| = 2.8; now 3.9e-6 (overlap 4.5e-6)."""
+    q, k, v, proj = dominant_key_inputs()
+    kw = dict(window_size=8, overlap_window=overlap, projection=proj)
+    out = scatterbrain_attention(q, k, v, **kw)
+    ref = naive_scatterbrain_attention(q.double(), k.double(), v.double(), **{**kw, "projection": proj.double()})
+    assert (out.double() - ref).abs().max() < 2e-5
+
+
+def test_small_remainder_normaliser_is_not_clamped():
+    """Default numerics divide by the remainder normaliser as it is: in block 0 the dominant key's feature leaves a
+    remainder ~1e-9 of its peak, far under compat's 1e-3 clamp (which moves the output by 0.05 here)."""
+    q, k, v, proj = (t.double() for t in dominant_key_inputs())
+    log_k = favor_log_features(k, proj, 32**-0.5)
+    z_rest, _ = remainder_feature_sums(torch.exp(log_k - log_k.amax(2, keepdim=True)), v, 8, 0)
+    assert z_rest[:, :, 0].min() < 1e-6
     out = scatterbrain_attention(q, k, v, window_size=8, projection=proj)
     torch.testing.assert_close(out, naive_scatterbrain_attention(q, k, v, window_size=8, projection=proj))
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from attnzoo.ops.common import check_padding_mask, check_qkv, pad_to_multiple
@@ -14,7 +13,7 @@ from attnzoo.ops.local.sparse import local_pattern, rpe_score_mod
 from attnzoo.ops.performer import draw_projection, favor_log_features
 from attnzoo.sparse import merge_partials, sparse_attention
 
-__all__ = ["scatterbrain_attention", "window_feature_sums"]
+__all__ = ["remainder_feature_sums", "scatterbrain_attention"]
 
 
 CHUNK_BYTES = 4 * 2**20
@@ -22,10 +21,12 @@ CHUNK_BYTES = 4 * 2**20
 (whole-sequence ones are 32 MiB at N = 16384, 8 heads, m = 64, and glibc maps those afresh on every call here)."""
 
 
-def window_feature_sums(phi: Tensor, v: Tensor, window: int, extension: int) -> tuple[Tensor, Tensor]:
-    """Per query block t, ``sum phi(k_j)`` and ``sum phi(k_j) v_j^T`` over its key block ``[tw - e, tw + w + e)``.
+def remainder_feature_sums(phi: Tensor, v: Tensor, window: int, extension: int) -> tuple[Tensor, Tensor]:
+    """Per query block t, ``sum phi(k_j)`` and ``sum phi(k_j) v_j^T`` over the keys outside its key block
+    ``[tw - e, tw + w + e)``.
 
-    Sums whole sub-blocks of ``u = gcd(w, e)`` tokens (no prefix-sum cancellation).
+    Added up from prefix and suffix sums of whole sub-blocks of ``u = gcd(w, e)`` tokens, never as the total
+    minus the block: a key that dominates a feature inside the block would make that difference cancel.
 
     Args:
         phi: ``(B, H, N, m)`` features (0 at padded keys), N a multiple of w.
@@ -35,7 +36,7 @@ def window_feature_sums(phi: Tensor, v: Tensor, window: int, extension: int) -> 
         ``(B, H, T, m)`` and ``(B, H, T, m, d)`` for T = N / w blocks.
     """
     u = _sub_block(window, extension)
-    return _window_sums(*_sub_block_sums(phi, v, u), window, extension)
+    return _remainder_sums(*_sub_block_sums(phi, v, u), window, extension)
 
 
 def _sub_block(window: int, extension: int) -> int:
@@ -49,17 +50,21 @@ def _sub_block_sums(phi: Tensor, v: Tensor, u: int) -> tuple[Tensor, Tensor]:
     return blocks.sum(3), torch.einsum("bhsum,bhsud->bhsmd", blocks, v.reshape(b, h, n // u, u, -1))
 
 
-def _window_sums(sub_z: Tensor, sub_s: Tensor, window: int, extension: int) -> tuple[Tensor, Tensor]:
-    """:func:`window_feature_sums` from the sub-block sums."""
+def _outside(sub: Tensor, starts: Tensor, stops: Tensor) -> Tensor:
+    """``sum_{j < starts[t]} sub_j + sum_{j >= stops[t]} sub_j`` along dim 2, from exclusive prefix and suffix sums."""
+    zero = torch.zeros_like(sub[:, :, :1])
+    before = torch.cat([zero, sub.cumsum(2)], 2)  # before[i]: the first i sub-blocks
+    last = torch.cat([zero, sub.flip(2).cumsum(2)], 2)  # last[r]: the last r sub-blocks
+    return before[:, :, starts] + last[:, :, sub.shape[2] - stops]
+
+
+def _remainder_sums(sub_z: Tensor, sub_s: Tensor, window: int, extension: int) -> tuple[Tensor, Tensor]:
+    """:func:`remainder_feature_sums` from the sub-block sums."""
     u = _sub_block(window, extension)
-    per, reach = window // u, extension // u
-    blocks = sub_z.shape[2] // per
-    sub_z, sub_s = F.pad(sub_z, (0, 0, reach, reach)), F.pad(sub_s, (0, 0, 0, 0, reach, reach))
-    span = per + 2 * reach
-    z = sum(sub_z[:, :, j : j + blocks * per : per] for j in range(span))
-    s = sum(sub_s[:, :, j : j + blocks * per : per] for j in range(span))
-    assert isinstance(z, Tensor) and isinstance(s, Tensor)
-    return z, s
+    per, reach, count = window // u, extension // u, sub_z.shape[2]
+    first = torch.arange(0, count, per, device=sub_z.device)  # each block's first sub-block
+    starts, stops = (first - reach).clamp(min=0), (first + per + reach).clamp(max=count)
+    return _outside(sub_z, starts, stops), _outside(sub_s, starts, stops)
 
 
 def _key_features(
@@ -72,10 +77,11 @@ def _key_features(
     extension: int,
     rows: int,
     compat: bool,
-) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Feature sums of the keys, ``rows`` at a time (padded length, a multiple of w and of rows' sub-blocks):
-    per block ``Z_t, S_t`` ``(B, H, T, m)``, ``(B, H, T, m, d)``; in all ``Z, S`` ``(B, H, 1, m)``, ``(B, H, m, d)``;
-    and the features' shift ``(B, H, 1, m)`` (their largest log over the real keys)."""
+    per block over the keys outside it (:func:`remainder_feature_sums`) ``(B, H, T, m)``, ``(B, H, T, m, d)``;
+    over all keys ``(B, H, 1, m)``; and the features' shift ``(B, H, 1, m)`` (their largest log over the real
+    keys)."""
 
     def log_features(i: int, k_rows: Tensor) -> Tensor:
         log_k = favor_log_features(k_rows, proj, scale)
@@ -91,8 +97,8 @@ def _key_features(
     u = _sub_block(window, extension)
     sums = [_sub_block_sums(torch.exp(log_features(i, k_rows) - peak), v_rows, u) for i, k_rows, v_rows in steps]
     sub_z, sub_s = torch.cat([z for z, _ in sums], 2), torch.cat([s for _, s in sums], 2)
-    z_local, s_local = _window_sums(sub_z, sub_s, window, extension)
-    return z_local, s_local, sub_z.sum(2, keepdim=True), sub_s.sum(2), peak
+    z_rest, s_rest = _remainder_sums(sub_z, sub_s, window, extension)
+    return z_rest, s_rest, sub_z.sum(2, keepdim=True), peak
 
 
 def scatterbrain_attention(
@@ -115,9 +121,10 @@ def scatterbrain_attention(
 
     Query i in block t attends its key block E_t exactly (efficient-attention ``local``) and every other
     real key through positive random features ``phi`` (``phi(q).phi(k) ~ exp(s q.k)``): feature c enters
-    the softmax with logit ``log phi_c(q_i) + log(Z_c - Z_tc)`` and value ``(S_c - S_tc) / (Z_c - Z_tc)``,
-    ``Z_c = sum_j phi_c(k_j)``, ``S_c = sum_j phi_c(k_j) v_j`` (``_t``: over E_t only), i.e. the local part
-    is subtracted from the low-rank sums. Time O(N (w + 2e + m) d + N m d), memory O(N m + T m d).
+    the softmax with logit ``log phi_c(q_i) + log R_tc`` and value ``S_tc / R_tc``, ``R_tc = sum phi_c(k_j)``,
+    ``S_tc = sum phi_c(k_j) v_j`` over the real keys j outside E_t (added up from prefix and suffix sums,
+    not the total minus the local part, which cancels when one key dominates a feature inside E_t).
+    Time O(N (w + 2e + m) d + N m d), memory O(N m + T m d).
     Chen et al., NeurIPS 2021 (arXiv 2110.15343); ``shared/specs/efficient-attention-eva-lara-longnet.md`` §8.
 
     Args:
@@ -168,8 +175,7 @@ def scatterbrain_attention(
     if mask is not None or k.shape[2] != n:
         real = pad_to_multiple(torch.ones(b, n, dtype=torch.bool, device=q.device) if mask is None else mask, w, dim=-1)
     rows = max(1, CHUNK_BYTES // (b * h * proj.shape[1] * q.element_size()) // w) * w
-    z_local, s_local, z_all, s_all, peak = _key_features(k, v, real, proj, scale, w, e, rows, compat)
-    z_rest, s_rest = z_all - z_local, s_all[:, :, None] - s_local  # (B, H, T, m), (B, H, T, m, d)
+    z_rest, s_rest, z_all, peak = _key_features(k, v, real, proj, scale, w, e, rows, compat)  # (B, H, T, m), ...
     denom = z_rest.clamp(min=1e-3) if compat else z_rest
     kv = s_rest / torch.where(denom > 0, denom, torch.ones_like(denom))[..., None]  # (B, H, T, m, d)
     mass = z_rest + 1e-5 * z_all if compat else z_rest
