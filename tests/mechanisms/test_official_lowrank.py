@@ -41,7 +41,7 @@ def spread(module: nn.Module, seed: int, std: float = 0.4) -> nn.Module:
 class LraAttention(nn.Module):
     """mlpen/Nystromformer LRA ``Attention`` with one kernel (official parameter names)."""
 
-    def __init__(self, kernel: str, m: int = 8, conv: int | None = 35, rp_dim: int = 16) -> None:
+    def __init__(self, kernel: str, m: int = 8, conv: int | None = None, rp_dim: int = 16) -> None:
         super().__init__()
         self.kernel, self.m = kernel, m
         self.W_q, self.W_k, self.W_v = (nn.Linear(D, D) for _ in range(3))
@@ -172,8 +172,9 @@ LRA_CASES = [
     ("none", {}, {}),
     ("linear", {}, {}),
     ("linformer", {"linformer_k": 8}, {"m": 8}),
-    ("nystrom", {"num_landmarks": 8}, {"m": 8}),
-    ("nystrom", {"num_landmarks": 8, "conv_kernel_size": None}, {"m": 8, "conv": None}),
+    ("nystrom", {"num_landmarks": 8, "conv_kernel_size": 35}, {"m": 8, "conv": 35}),
+    ("nystrom", {"num_landmarks": 8}, {"m": 8}),  # no conv_kernel_size key: the official builds no conv
+    ("nystrom", {"num_landmarks": 8, "conv_kernel_size": None}, {"m": 8}),
     ("performer", {"rp_dim": 16}, {"rp_dim": 16}),
 ]
 
@@ -192,6 +193,16 @@ def test_nystromformer_lra_kernels(name, args, emu):
         _check(fork, official, *_inputs(), _inputs()[1].float())
     x, real = _inputs()
     _check(ours, official, x, real, real.float())
+
+
+def test_nystrom_conv_only_with_the_conv_kernel_size_key():
+    """attention_nystrom.py: ``self.use_conv = "conv_kernel_size" in config``; an absent key means no conv."""
+    absent = attnzoo.from_official("nystromformer-lra", "nystrom", dim=D, num_heads=H, args={"max_seq_len": N})
+    assert absent.options.conv_kernel == 0 and absent.conv is None
+    given = attnzoo.from_official(
+        "nystromformer-lra", "nystrom", dim=D, num_heads=H, args={"max_seq_len": N, "conv_kernel_size": 35}
+    )
+    assert given.conv.weight.shape == (H, 1, 35, 1)
 
 
 @pytest.mark.parametrize("proj_method", ["favorp", "relu"])
@@ -232,7 +243,8 @@ def test_quirk_options_matter(name, args, emu):
 def test_trainable_parameters_match_the_official_ones():
     cases = [
         ("linformer", {"linformer_k": 8}, {"m": 8}, {"e_proj"}),
-        ("nystrom", {"num_landmarks": 8}, {"m": 8}, {"conv.weight"}),
+        ("nystrom", {"num_landmarks": 8, "conv_kernel_size": 35}, {"m": 8, "conv": 35}, {"conv.weight"}),
+        ("nystrom", {"num_landmarks": 8}, {"m": 8}, set()),
         ("performer", {"rp_dim": 16}, {"rp_dim": 16}, set()),
     ]
     base = {"qkv.weight", "qkv.bias", "proj.weight", "proj.bias"}

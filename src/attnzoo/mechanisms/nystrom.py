@@ -120,7 +120,7 @@ class NystromAttention(AttentionBase):
 
 
 def _lra_options(args: dict[str, Any], causal: bool) -> dict[str, Any]:
-    conv = args["conv_kernel_size"]
+    conv = args["conv_kernel_size"]  # None: the key is absent, and the official builds no conv
     return {"num_landmarks": args["num_landmarks"], "conv_kernel": conv or 0, "compat": "nystromformer-lra"}
 
 
@@ -129,10 +129,11 @@ for _source in ("nystromformer-lra", "solving-lra-pathx"):
     lra_entry(
         "nystrom",
         "nystrom",
-        {"num_landmarks": 64, "conv_kernel_size": 35, "inv_coeff_init_option": "original"},
+        # conv_kernel_size: the official builds its conv iff the key is in the config (the LRA configs give 35)
+        {"num_landmarks": 64, "conv_kernel_size": None, "inv_coeff_init_option": "original"},
         _lra_options,
         renames={"attn.conv.weight": "conv.weight"},
-        notes="NystromAttention: conv_kernel_size -> conv_kernel (None = off, N3), 6 pinv iterations; "
+        notes="NystromAttention: conv_kernel_size -> conv_kernel (absent or None = no conv, N3), 6 pinv iterations; "
         "inv_coeff_init_option is never read (misspelt key), so the global init always applies; "
         "compat nystromformer-lra (N1, N2); any N (the official needs N = max_seq_len)",
         source=_source,
