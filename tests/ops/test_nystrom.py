@@ -6,7 +6,7 @@ import torch
 import attnzoo
 from attnzoo.ops.nystrom import iterative_pinv, naive_nystrom_attention, nystrom_attention, segment_ids, segment_means
 from attnzoo.ops.nystrom.nystrom import _approximate
-from attnzoo.testing import assert_close, make_qkv
+from attnzoo.testing import assert_beats_trivial, assert_close, clustered_qkv, make_qkv
 
 F64 = torch.float64
 
@@ -133,14 +133,17 @@ def test_conv_skip_is_trained_and_options_checked():
         attnzoo.build("nystrom", 16, 2, causal=True)
 
 
-def test_approximation_regression_n1024():
-    # Measured (q, k ~ N(0, 1/4), d=64, H=2, m=64, 6 iterations, fp32): relative error 0.233 vs exact
-    # softmax (m=128: 0.230; uniform attention: 0.234); bound 0.25.
-    q, k, v = make_qkv(1, 2, 1024, 64, dtype=torch.float32, seed=0, requires_grad=False)
-    q, k = q * 0.5, k * 0.5
+@pytest.mark.parametrize(("landmarks", "low", "high"), [(64, 0.005, 0.0065), (48, 0.008, 0.0098)])
+def test_approximation_regression_n1024(landmarks, low, high):
+    """Clustered fp32 input (:func:`attnzoo.testing.clustered_qkv`: runs of 64 tokens, d = 64, H = 2, 6 pinv
+    iterations): relative error vs exact softmax measured 0.0058 with 64 landmarks (segments inside the runs)
+    and 0.0088 with 48 (segments straddling runs); uniform attention 0.832, zero 1. (On q, k ~ N(0, 1/4)
+    uniform attention was as good, 0.234 vs 0.233.)"""
+    q, k, v = clustered_qkv(1, 2, 1024, 64, dtype=torch.float32)
     exact = attnzoo.functional.softmax(q, k, v)
-    err = ((nystrom_attention(q, k, v, num_landmarks=64) - exact).norm() / exact.norm()).item()
-    assert 0.15 < err < 0.25, err
+    out = nystrom_attention(q, k, v, num_landmarks=landmarks)
+    err = assert_beats_trivial(f"{landmarks} landmarks", out, exact, v, factor=0.05)
+    assert low < err < high, err
 
 
 @pytest.mark.parametrize("n", [64, 100, 127, 129])

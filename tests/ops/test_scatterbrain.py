@@ -8,6 +8,7 @@ import attnzoo
 from attnzoo.ops.performer import draw_projection, favor_log_features
 from attnzoo.ops.scatterbrain import naive_scatterbrain_attention, scatterbrain_attention
 from attnzoo.ops.scatterbrain.sparse_lowrank import remainder_feature_sums
+from attnzoo.testing import assert_beats_trivial, clustered_qkv, relative_error
 
 F64 = torch.float64
 
@@ -97,26 +98,35 @@ def test_window_covering_everything_is_exact_softmax():
 
 
 def test_low_rank_part_converges_with_more_features():
-    """The remainder is an unbiased feature estimate: error vs exact softmax falls as m grows (averaged over draws)."""
-    q, k, v = (t.detach() for t in qkv(64, seed=4, scale=0.5))
+    """The remainder is an unbiased feature estimate: error vs exact softmax falls as m grows (averaged over
+    draws) on clustered input; measured 0.244, 0.095, 0.026 at m = 8, 128, 2048; uniform attention 0.333."""
+    q, k, v = clustered_qkv(2, 2, 64, 8, run=8, sharpness=0.7)
     exact = F.scaled_dot_product_attention(q, k, v)
     errors = []
     for m in (8, 128, 2048):
-        errs = [
-            (
-                scatterbrain_attention(
-                    q,
-                    k,
-                    v,
-                    window_size=4,
-                    projection=draw_projection(2, m, 8, generator=torch.Generator().manual_seed(s), dtype=F64),
-                )
-                - exact
-            ).norm()
+        outs = [
+            scatterbrain_attention(
+                q,
+                k,
+                v,
+                window_size=4,
+                projection=draw_projection(2, m, 8, generator=torch.Generator().manual_seed(s), dtype=F64),
+            )
             for s in range(4)
         ]
-        errors.append(float(torch.stack(errs).mean()))
+        errors.append(sum(relative_error(out, exact) for out in outs) / len(outs))
+        if m > 8:
+            assert_beats_trivial(f"m={m}", outs[0], exact, v)
     assert errors[0] > 2 * errors[1] > 4 * errors[2], errors
+
+
+def test_approximation_regression_n1024():
+    """Clustered fp32 input (d = 64, H = 2, w = 4, m = 256): relative error vs exact softmax measured 0.300;
+    uniform attention 0.832, zero 1."""
+    q, k, v = clustered_qkv(1, 2, 1024, 64, dtype=torch.float32)
+    exact = F.scaled_dot_product_attention(q, k, v)
+    err = assert_beats_trivial("scatterbrain", scatterbrain_attention(q, k, v, num_features=256), exact, v)
+    assert 0.26 < err < 0.33, err
 
 
 def test_padding_invariance_and_module():
