@@ -16,9 +16,20 @@ from attnzoo.models.heads import (
     count_parameters,
 )
 from attnzoo.models.positions import POSITION_KINDS, resize_table
-from attnzoo.models.transformer import Block, Encoder, InputEmbedding, ModelConfig, StackState
+from attnzoo.models.transformer import (
+    CLS_POOLINGS,
+    POOLINGS,
+    Block,
+    Encoder,
+    InputEmbedding,
+    ModelConfig,
+    StackState,
+    append_cls_id,
+)
 
 __all__ = [
+    "CLS_POOLINGS",
+    "POOLINGS",
     "POSITION_KINDS",
     "REGRESSION_TOLERANCE",
     "Block",
@@ -31,6 +42,7 @@ __all__ = [
     "SequenceClassifier",
     "StackState",
     "TaskModel",
+    "append_cls_id",
     "build_model",
     "count_parameters",
     "resize_table",

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from attnzoo.models.transformer import Encoder, ModelConfig, StackState
+from attnzoo.models.transformer import CLS_POOLINGS, Encoder, ModelConfig, StackState
 
 __all__ = [
     "REGRESSION_TOLERANCE",
@@ -32,8 +32,8 @@ REGRESSION_TOLERANCE = 0.04  # PSF-Attn's "accuracy" for regression: |pred - y| 
 
 
 def pool(h: Tensor, mask: Tensor, mode: str) -> Tensor:
-    """``(B, T, D) -> (B, D)``: CLS token (position 0), mean over real tokens, or mean over all T."""
-    if mode == "cls":
+    """``(B, T, D) -> (B, D)``: CLS token (position 0; "cls", "cls-id"), mean over real tokens, or mean over all T."""
+    if mode in CLS_POOLINGS:
         return h[:, 0]
     if mode == "mean-all":
         return h.mean(dim=1)
@@ -121,8 +121,8 @@ class CausalLM(TaskModel):
     """Per-position logits ``(B, N, C)`` for "sequence" targets; with ``model.causal`` a causal language model."""
 
     def __init__(self, task: Any, cfg: ModelConfig) -> None:
-        if cfg.pooling == "cls" or cfg.patch_size != 1:
-            raise ValueError("per-token models need model.pooling != 'cls' and model.patch_size == 1")
+        if cfg.pooling in CLS_POOLINGS or cfg.patch_size != 1:
+            raise ValueError("per-token models need model.pooling != 'cls' (nor 'cls-id') and model.patch_size == 1")
         super().__init__(task, cfg)
         self.lm_head = nn.Linear(cfg.dim, self.out_dim)
 

@@ -24,7 +24,7 @@ from attnzoo.mechanisms.base import AttentionBase
 from attnzoo.mechanisms.decoding import DecodeState
 from attnzoo.models.heads import TaskModel
 from attnzoo.models.positions import make_positions
-from attnzoo.models.transformer import MLP, ModelConfig
+from attnzoo.models.transformer import CLS_POOLINGS, MLP, ModelConfig
 
 __all__ = ["BOS_ID", "EOS_ID", "DecoderBlock", "Seq2Seq", "check_seq2seq_config"]
 
@@ -47,8 +47,8 @@ def check_seq2seq_config(cfg: ModelConfig) -> None:
             raise ValueError(f"model.{field}: {name!r} has no {what} mode; mechanisms that do: {capable}")
     if isinstance(cfg.decoder_layers, bool) or not isinstance(cfg.decoder_layers, int) or cfg.decoder_layers < 0:
         raise ValueError(f"model.decoder_layers must be an int >= 0 (0 = num_layers), got {cfg.decoder_layers!r}")
-    if cfg.pooling == "cls" or cfg.patch_size != 1:
-        raise ValueError("an encoder-decoder needs model.pooling != 'cls' and model.patch_size == 1")
+    if cfg.pooling in CLS_POOLINGS or cfg.patch_size != 1:
+        raise ValueError("an encoder-decoder needs model.pooling != 'cls' (nor 'cls-id') and model.patch_size == 1")
 
 
 def can_decode(module: nn.Module) -> bool:

@@ -22,31 +22,68 @@ from torch import Tensor, nn
 import attnzoo
 from attnzoo.mechanisms.decoding import DecodeState
 from attnzoo.models.positions import POSITION_KINDS, make_positions
+from attnzoo.registry import make_options
 
-__all__ = ["Block", "Encoder", "InputEmbedding", "ModelConfig", "StackState"]
+__all__ = [
+    "CLS_POOLINGS",
+    "POOLINGS",
+    "Block",
+    "Encoder",
+    "InputEmbedding",
+    "ModelConfig",
+    "StackState",
+    "append_cls_id",
+]
+
+POOLINGS = ("cls", "cls-id", "mean", "mean-all")
+CLS_POOLINGS = ("cls", "cls-id")  # the poolings that read a CLS token at position 0
 
 
 @dataclass
 class ModelConfig:
-    """Architecture of an encoder model; every field has a default and can be set from YAML or the CLI."""
+    """Architecture of an encoder model; every field has a default and can be set from YAML or the CLI.
 
-    attention: str = "softmax"  # registered mechanism name (attnzoo.available())
-    attention_options: dict[str, Any] = field(default_factory=dict)  # fields of attnzoo.options(attention)
-    layer_attention: list[dict[str, Any]] = field(default_factory=list)  # per-layer {"name": ..., **options}
-    dim: int = 64  # model width D (= qkv width)
+    Attributes:
+        attention: registered mechanism name (attnzoo.available()).
+        attention_options: fields of attnzoo.options(attention), e.g. {window_size: 32}.
+        layer_attention: per-layer [{name: ..., **options}, ...] (one entry per layer; empty = attention
+            everywhere).
+        dim: model width D (= qkv width).
+        num_heads: attention heads.
+        num_layers: encoder blocks.
+        mlp_dim: hidden width of the block MLP.
+        head_hidden: hidden width of the classifier head; 0 = mlp_dim.
+        dropout: residual, MLP and embedding dropout.
+        attention_dropout: dropout on attention weights (where the mechanism has them).
+        norm: pre (Nystromformer-LRA) or post (original Transformer).
+        pooling: cls (a learned CLS vector prepended), cls-id (LRA append_cls: token id vocab-1 first, the
+            last input token dropped), mean (over real tokens) or mean-all (over all N, Nystromformer-LRA).
+        positions: position encoding: learned, sinusoidal, learned2d, sinusoidal2d or none (POSITION_KINDS).
+        patch_size: images: side of square patches (1 = one token per pixel).
+        causal: causal attention (language-model style tasks).
+        decoder_attention: encoder-decoder (seq2seq) tasks: the decoder's causal self-attention.
+        decoder_attention_options: options of decoder_attention.
+        cross_attention: the decoder's cross-attention to the encoder output (a cross_attention-capable
+            mechanism).
+        cross_attention_options: options of cross_attention.
+        decoder_layers: decoder depth; 0 = num_layers.
+    """
+
+    attention: str = "softmax"
+    attention_options: dict[str, Any] = field(default_factory=dict)
+    layer_attention: list[dict[str, Any]] = field(default_factory=list)
+    dim: int = 64
     num_heads: int = 2
     num_layers: int = 2
-    mlp_dim: int = 128  # hidden width of the block MLP
-    head_hidden: int = 0  # hidden width of the classifier head; 0 = mlp_dim
-    dropout: float = 0.1  # residual / MLP / embedding dropout
+    mlp_dim: int = 128
+    head_hidden: int = 0
+    dropout: float = 0.1
     attention_dropout: float = 0.1
-    norm: str = "pre"  # "pre" (Nystromformer-LRA) or "post" (original Transformer)
-    pooling: str = "mean"  # "cls", "mean" (over real tokens) or "mean-all" (over all N, Nystromformer-LRA)
-    positions: str = "learned"  # one of POSITION_KINDS
-    patch_size: int = 1  # images: side of square patches (1 = one token per pixel)
-    causal: bool = False  # causal attention (language-model style tasks)
-    # encoder-decoder (seq2seq tasks, attnzoo.models.seq2seq): the decoder's causal self-attention, its
-    # cross-attention to the encoder output (a cross_attention-capable mechanism), decoder depth (0 = num_layers)
+    norm: str = "pre"
+    pooling: str = "mean"
+    positions: str = "learned"
+    patch_size: int = 1
+    causal: bool = False
     decoder_attention: str = "softmax"
     decoder_attention_options: dict[str, Any] = field(default_factory=dict)
     cross_attention: str = "softmax"
@@ -72,7 +109,7 @@ class ModelConfig:
         for name in ("dropout", "attention_dropout"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"model.{name} must be in [0, 1), got {getattr(self, name)}")
-        choices = {"norm": ("pre", "post"), "pooling": ("cls", "mean", "mean-all"), "positions": POSITION_KINDS}
+        choices = {"norm": ("pre", "post"), "pooling": POOLINGS, "positions": POSITION_KINDS}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"model.{name} must be one of {', '.join(allowed)}; got {getattr(self, name)!r}")
@@ -101,6 +138,17 @@ class ModelConfig:
     def to_dict(self) -> dict[str, Any]:
         """Plain dict (JSON/YAML friendly)."""
         return dataclasses.asdict(self)
+
+
+def append_cls_id(inputs: Tensor, mask: Tensor, vocab_size: int) -> tuple[Tensor, Tensor]:
+    """The LRA code's ``append_cls``: id ``vocab_size - 1`` in front, the last token dropped (N stays N).
+
+    ``inputs: (B, N)`` ids and ``mask: (B, N)`` bool (True = real) -> both shifted right by one, with
+    the CLS id (a real token) at position 0. A sequence that fills all N positions loses its last token.
+    """
+    cls_ids = inputs.new_full((inputs.shape[0], 1), vocab_size - 1)
+    cls_mask = mask.new_ones(mask.shape[0], 1)
+    return torch.cat([cls_ids, inputs[:, :-1]], dim=1), torch.cat([cls_mask, mask[:, :-1]], dim=1)
 
 
 class InputEmbedding(nn.Module):
@@ -161,8 +209,10 @@ class Block(nn.Module):
         super().__init__()
         self.pre_norm = cfg.norm == "pre"
         self.norm1, self.norm2 = nn.LayerNorm(cfg.dim), nn.LayerNorm(cfg.dim)
+        # a ready options instance: an option set to None (reformer's hash_seed) stays None, not the default
+        ready = make_options(attnzoo.options(name), options, context=name)
         self.attn = attnzoo.build(
-            name, cfg.dim, cfg.num_heads, causal=cfg.causal, dropout=cfg.attention_dropout, **options
+            name, cfg.dim, cfg.num_heads, causal=cfg.causal, dropout=cfg.attention_dropout, options=ready
         )
         self.drop = nn.Dropout(cfg.dropout)
         self.mlp = MLP(cfg.dim, cfg.mlp_dim, cfg.dropout)
@@ -226,6 +276,8 @@ class Encoder(nn.Module):
         self.embed = InputEmbedding(task, cfg)
         self.positions = make_positions(cfg.positions, self.embed.length, cfg.dim, self.embed.grid)
         self.cls = nn.Parameter(torch.zeros(1, 1, cfg.dim)) if cfg.pooling == "cls" else None
+        if cfg.pooling == "cls-id" and not isinstance(self.embed.proj, nn.Embedding):
+            raise ValueError("model.pooling 'cls-id' needs token inputs (an embedding table and model.patch_size 1)")
         self.drop = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(Block(cfg, *cfg.layer_spec(i, self.embed.length)) for i in range(cfg.num_layers))
         self.norm = nn.LayerNorm(cfg.dim) if cfg.norm == "pre" else nn.Identity()
@@ -233,8 +285,11 @@ class Encoder(nn.Module):
     def embed_inputs(self, inputs: Tensor, mask: Tensor, start: int = 0) -> tuple[Tensor, Tensor]:
         """Embedded, position-encoded tokens ``(B, T, D)`` (CLS first when pooling is "cls") and their mask.
 
-        ``start``: position of the first token (> 0 for tokens decoded after a prompt).
+        ``start``: position of the first token (> 0 for tokens decoded after a prompt). Pooling "cls-id"
+        first applies :func:`append_cls_id` to the ids and the mask (T = N).
         """
+        if self.cfg.pooling == "cls-id":
+            inputs, mask = append_cls_id(inputs, mask, self.embed.proj.num_embeddings)
         x, mask = self.embed(inputs, mask)
         x = self.positions(x, start)
         if self.cls is not None:
@@ -289,7 +344,7 @@ class Encoder(nn.Module):
     def _check_decoding(self) -> None:
         if not self.cfg.causal:
             raise ValueError("token-by-token decoding needs a causal model (model.causal: true)")
-        if self.cls is not None or self.embed.patch != 1:
+        if self.cfg.pooling in CLS_POOLINGS or self.embed.patch != 1:
             raise ValueError("token-by-token decoding needs one token per input (no CLS token, model.patch_size 1)")
 
     @torch.no_grad()

@@ -1,7 +1,8 @@
-"""``python -m attnzoo.official [--out docs/official.md]``: the mapping table of every ``from_official`` entry.
+"""``python -m attnzoo.official [--out docs/official.md]``: the mapping of every ``from_official`` entry and model.
 
-Generated from :func:`attnzoo.official.official_entries`, so a new entry only needs
-``register_official(...)`` next to its mechanism and a re-run of this command.
+Generated from :func:`attnzoo.official.official_entries` and, for whole models, the docstring of each
+module that registers a :func:`attnzoo.official.from_official_model` builder; a new entry only needs
+``register_official(...)`` (or ``register_official_model``) and a re-run of this command.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import argparse
 from pathlib import Path
 
 import attnzoo  # noqa: F401  (imports every mechanism, which registers the entries)
-from attnzoo.official import OfficialEntry, official_entries
+from attnzoo.official import OfficialEntry, official_entries, official_model_doc, official_model_sources
 
 HEADER = """# `from_official`: official implementations and how they map
 
@@ -20,6 +21,10 @@ args={...}, state_dict=...)` takes the official arguments below (unknown ones ar
 take the default shown), builds the attnzoo mechanism with the options the mapping gives (compatibility
 options included) and loads the official `state_dict` strictly. Contract: eval mode, fp32, same weights
 and input: equal to the official forward on every real row to about 1e-5 relative.
+
+Whole models (embeddings, blocks, head) are at the end: `attnzoo.from_official_model(source, config=...,
+state_dict=...)` takes the official model's configuration and `state_dict` and returns attnzoo's model in
+eval mode.
 """
 
 
@@ -42,6 +47,9 @@ def render() -> str:
             notes = e.notes.replace("|", "\\|")
             lines.append(f"| `{e.name}` | `{e.mechanism}` | {_args(e)} | {notes} |")
         lines.append("")
+    lines += ["# Whole models: `from_official_model`", ""]
+    for source in official_model_sources():
+        lines += [f"## `{source}` (whole model)", "", official_model_doc(source), ""]
     return "\n".join(lines)
 
 

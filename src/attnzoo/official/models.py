@@ -9,12 +9,14 @@ the weight names and loads them strictly.
 
 from __future__ import annotations
 
+import inspect
+import sys
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from torch import Tensor, nn
 
-__all__ = ["from_official_model", "official_model_sources", "register_official_model"]
+__all__ = ["from_official_model", "official_model_doc", "official_model_sources", "register_official_model"]
 
 ModelBuilder = Callable[[Mapping[str, Any], Mapping[str, Tensor] | None], nn.Module]
 
@@ -37,6 +39,18 @@ def official_model_sources() -> list[str]:
     """Every source :func:`from_official_model` accepts, sorted."""
     _load_builders()
     return sorted(_MODELS)
+
+
+def official_model_doc(source: str) -> str:
+    """The mapping documentation of ``source``: the docstring of the module that registers its builder.
+
+    Raises:
+        ValueError: an unknown source.
+    """
+    _load_builders()
+    if source not in _MODELS:
+        raise ValueError(f"unknown official model source {source!r}; known: {', '.join(sorted(_MODELS)) or '(none)'}")
+    return inspect.getdoc(sys.modules[_MODELS[source].__module__]) or ""
 
 
 def from_official_model(

@@ -15,7 +15,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
-__all__ = ["OfficialEntry", "from_official", "official_entries", "register_official"]
+__all__ = ["OfficialEntry", "from_official", "official_entries", "register_official", "resolve_official"]
 
 
 @dataclass(frozen=True)
@@ -69,6 +69,25 @@ def _entry(source: str, name: str) -> OfficialEntry:
         raise ValueError(f"{source} has no mechanism {name!r} here; known: {', '.join(names)}") from None
 
 
+def resolve_official(
+    source: str, name: str, args: Mapping[str, Any] | None = None
+) -> tuple[OfficialEntry, dict[str, Any]]:
+    """The entry of ``(source, name)`` and ``args`` merged over its official defaults.
+
+    Raises:
+        ValueError: unknown source or name, or an argument the entry does not know (named).
+    """
+    entry = _entry(source, name)
+    given = dict(args or {})
+    unknown = sorted(set(given) - set(entry.defaults))
+    if unknown:
+        raise ValueError(
+            f"unknown argument(s) {', '.join(unknown)} for {source} {name!r}; "
+            f"official arguments: {', '.join(sorted(entry.defaults)) or '(none)'}"
+        )
+    return entry, {**entry.defaults, **given}
+
+
 def from_official(
     source: str,
     name: str,
@@ -101,18 +120,13 @@ def from_official(
         ValueError: unknown source, name or argument, or weights that do not fit (named).
     """
     from attnzoo.official.weights import load_converted
-    from attnzoo.registry import build
+    from attnzoo.registry import build, make_options
+    from attnzoo.registry import options as options_of
 
-    entry = _entry(source, name)
-    given = dict(args or {})
-    unknown = sorted(set(given) - set(entry.defaults))
-    if unknown:
-        raise ValueError(
-            f"unknown argument(s) {', '.join(unknown)} for {source} {name!r}; "
-            f"official arguments: {', '.join(sorted(entry.defaults)) or '(none)'}"
-        )
-    merged = {**entry.defaults, **given}
-    module = build(entry.mechanism, dim, num_heads, causal=causal, **entry.options(merged, causal))
+    entry, merged = resolve_official(source, name, args)
+    # a ready options instance: build() drops None keywords (unset CLI flags), an official mapping means them
+    ready = make_options(options_of(entry.mechanism), entry.options(merged, causal), context=entry.mechanism)
+    module = build(entry.mechanism, dim, num_heads, causal=causal, options=ready)
     if state_dict is not None:
         converted = dict(state_dict) if entry.convert is None else entry.convert(dict(state_dict), merged)
         load_converted(module, converted, strict=True)

@@ -11,6 +11,8 @@ run uses is recorded in the config itself (``config_file``, ``preset``).
 from __future__ import annotations
 
 import dataclasses
+import functools
+import inspect
 import json
 import types
 import typing
@@ -20,15 +22,20 @@ from typing import Any
 
 from attnzoo.models import ModelConfig
 from attnzoo.train.config_files import CONFIG_ROOT, default_config_path, parse_yaml, preset_of, read_config_file
+from attnzoo.train.optim import RUN_TASKS_BETAS, RUN_TASKS_EPS
 
 __all__ = [
     "CONFIG_ROOT",
+    "OPTIMIZERS",
     "SCHEDULES",
+    "TRACKERS",
     "TrainConfig",
     "apply_overrides",
+    "check_one_cycle",
     "config_from_dict",
     "default_config_path",
     "describe_source",
+    "field_docs",
     "flat_fields",
     "load_config",
     "parse_yaml",
@@ -36,52 +43,108 @@ __all__ = [
 ]
 
 SCHEDULES = ("constant", "rsqrt", "cosine", "linear", "onecycle")
+OPTIMIZERS = ("adamw", "nystromformer-lra")  # attnzoo.train.optim.build_optimizer
+TRACKERS = ("wandb", "mlflow")  # log_to; attnzoo.train.trackers
 INTERNAL = {"internal": True}  # field metadata: set by load_config, not a flag or override
 
 
 @dataclass
 class TrainConfig:
-    """Everything a run needs; ``out_dir`` may use ``{task}``, ``{attention}`` and ``{seed}``."""
+    """Everything a run needs; ``out_dir`` may use ``{task}``, ``{attention}`` and ``{seed}``.
 
-    task: str = "listops-mini"  # attnzoo.tasks name
-    task_options: dict[str, Any] = field(default_factory=dict)  # e.g. {seq_len: 512}
-    data_dir: str | None = None  # official-layout files; None = generate and cache
-    cache_dir: str | None = None  # where generated data is cached (None = the task default)
-    train_size: int | None = None  # generated examples per split (None = task default)
+    Attributes:
+        task: attnzoo.tasks name.
+        task_options: the task's options, e.g. {seq_len: 512}.
+        data_dir: folder of official-layout files; None = generate the data and cache it.
+        cache_dir: where generated data is cached (None = the task default).
+        train_size: generated train examples (None = the task default).
+        dev_size: generated dev examples (None = the task default).
+        test_size: generated test examples (None = the task default).
+        data_seed: seed of the generated data (independent of the model seed).
+        model: the model (ModelConfig); its fields are model.<name>.
+        batch_size: examples per optimiser step, over all processes and accumulation steps.
+        accumulate: gradient accumulation steps per optimiser step.
+        sequence_parallel: ranks sharing each sequence (dilated attention; docs/sequence-parallel.md).
+        steps: optimiser steps.
+        lr: peak learning rate.
+        weight_decay: AdamW weight decay.
+        betas: AdamW betas [beta1, beta2].
+        eps: AdamW epsilon.
+        optimizer: adamw (decay on matrices only) or nystromformer-lra (run_tasks.py's AdamW: one group,
+            decay on every parameter; needs betas [0.9, 0.999], eps 1e-6 and schedule onecycle).
+        schedule: learning-rate schedule, one of constant, rsqrt, cosine, linear, onecycle.
+        warmup_steps: linear warm-up steps (rsqrt needs >= 1; onecycle needs 2 .. steps - 1).
+        grad_clip: max gradient norm; 0 = off.
+        eval_every: dev evaluation (and checkpoint) every k steps.
+        eval_batches: dev batches per evaluation; 0 = the whole dev set.
+        precision: fp32, bf16 or fp16 (autocast; fp16 only on CUDA).
+        seed: model, dropout and data-order seed.
+        device: auto, cpu, cuda or cuda:N.
+        out_dir: run folder (checkpoints, metrics, results.json).
+        log_every: train metrics (and a log line without a progress bar) every k steps.
+        save_every: extra last.pt checkpoints every k steps; 0 = only at evaluations.
+        num_workers: DataLoader worker processes (a background thread always prefetches).
+        prefetch: batches kept ready ahead of the model.
+        resume: "" (a fresh run; refuses a folder with a checkpoint or results.json), "auto" (continue
+            out_dir's last.pt if there is one) or a checkpoint path.
+        overwrite: a fresh run replaces the last.pt, best.pt and results.json in out_dir (with resume auto:
+            only when there is no last.pt to continue).
+        init_from: curriculum: start from this checkpoint's weights (positions resized).
+        scale_options: attention options scaled with the side length under init_from.
+        max_time: training-time budget in seconds (evaluations excluded); 0 = none. A run that hits it
+            stops early, says so and records stopped: max_time in results.json.
+        resume_with_new_settings: resume although task, data, seed or optimiser settings changed; the new
+            ones apply.
+        tensorboard: also log to TensorBoard when it is installed.
+        log_to: more trackers, comma-separated: wandb, mlflow (each needs its package; pip extras of the
+            same names).
+        progress: progress bar on a terminal (without one, log lines on stdout).
+        config_file: the file this config was read from ("" = none; set by load_config).
+        preset: the configs/<preset>/ folder of that file ("" = none; set by load_config).
+    """
+
+    task: str = "listops-mini"
+    task_options: dict[str, Any] = field(default_factory=dict)
+    data_dir: str | None = None
+    cache_dir: str | None = None
+    train_size: int | None = None
     dev_size: int | None = None
     test_size: int | None = None
-    data_seed: int = 0  # seed of the generated data (independent of the model seed)
+    data_seed: int = 0
     model: ModelConfig = field(default_factory=ModelConfig)
-    batch_size: int = 32  # examples per optimiser step, over all processes and accumulation steps
-    accumulate: int = 1  # gradient accumulation steps per optimiser step
-    sequence_parallel: int = 1  # ranks sharing each sequence (dilated attention; docs/sequence-parallel.md)
-    steps: int = 1000  # optimiser steps
-    lr: float = 1e-3  # peak learning rate
+    batch_size: int = 32
+    accumulate: int = 1
+    sequence_parallel: int = 1
+    steps: int = 1000
+    lr: float = 1e-3
     weight_decay: float = 0.0
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     eps: float = 1e-8
-    schedule: str = "cosine"  # one of SCHEDULES
+    optimizer: str = "adamw"
+    schedule: str = "cosine"
     warmup_steps: int = 0
-    grad_clip: float = 0.0  # max gradient norm; 0 = off
-    eval_every: int = 100  # dev evaluation (and checkpoint) every k steps
-    eval_batches: int = 0  # dev batches per evaluation; 0 = the whole dev set
-    precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast; fp16 only on CUDA)
+    grad_clip: float = 0.0
+    eval_every: int = 100
+    eval_batches: int = 0
+    precision: str = "fp32"
     seed: int = 0
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    device: str = "auto"
     out_dir: str = "runs/{task}-{attention}-s{seed}"
-    log_every: int = 10  # train metrics every k steps
-    save_every: int = 0  # extra "last" checkpoints every k steps; 0 = only at evaluations
-    num_workers: int = 0  # DataLoader worker processes (a background thread always prefetches)
-    prefetch: int = 2  # batches kept ready ahead of the model
-    resume: str = ""  # "" (fresh run; refuses an existing checkpoint), "auto" or a checkpoint path
-    init_from: str = ""  # curriculum: start from this checkpoint's weights (positions resized)
-    scale_options: list[str] = field(default_factory=lambda: ["block_size"])  # options scaled with the side length
-    max_time: float = 0.0  # wall-clock budget in seconds; 0 = none
-    resume_with_new_settings: bool = False  # resume although task/data/seed/optimiser settings changed; the new apply
-    tensorboard: bool = True  # also log to TensorBoard when it is installed
-    progress: bool = True  # progress bar on a terminal
-    config_file: str = field(default="", metadata=INTERNAL)  # the file this config was read from ("" = none)
-    preset: str = field(default="", metadata=INTERNAL)  # the configs/<preset>/ folder of that file ("" = none)
+    log_every: int = 10
+    save_every: int = 0
+    num_workers: int = 0
+    prefetch: int = 2
+    resume: str = ""
+    overwrite: bool = False
+    init_from: str = ""
+    scale_options: list[str] = field(default_factory=lambda: ["block_size"])
+    max_time: float = 0.0
+    resume_with_new_settings: bool = False
+    tensorboard: bool = True
+    log_to: str = ""
+    progress: bool = True
+    config_file: str = field(default="", metadata=INTERNAL)
+    preset: str = field(default="", metadata=INTERNAL)
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the first invalid field."""
@@ -90,17 +153,29 @@ class TrainConfig:
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("warmup_steps", "eval_batches", "save_every", "num_workers", "lr", "weight_decay", "grad_clip"):
-            if getattr(self, name) < 0:
+        non_negative = ("warmup_steps", "eval_batches", "save_every", "num_workers", "lr", "weight_decay", "grad_clip")
+        for name in (*non_negative, "max_time"):
+            if not getattr(self, name) >= 0:  # also refuses NaN
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.batch_size % self.accumulate:
             raise ValueError(f"batch_size ({self.batch_size}) must be divisible by accumulate ({self.accumulate})")
         if self.schedule not in SCHEDULES:
             raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}; got {self.schedule!r}")
-        if self.schedule in ("rsqrt", "onecycle") and self.warmup_steps < 1:
+        if self.schedule == "rsqrt" and self.warmup_steps < 1:
             raise ValueError(f"schedule {self.schedule!r} needs warmup_steps >= 1")
-        if self.warmup_steps > self.steps and self.schedule == "onecycle":
-            raise ValueError(f"onecycle needs warmup_steps <= steps, got {self.warmup_steps} > {self.steps}")
+        if self.schedule == "onecycle":
+            check_one_cycle(self.warmup_steps, self.steps, warmup_name="warmup_steps", steps_name="steps")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}; got {self.optimizer!r}")
+        official = (list(RUN_TASKS_BETAS), RUN_TASKS_EPS, "onecycle")
+        if self.optimizer == "nystromformer-lra" and (self.betas, self.eps, self.schedule) != official:
+            raise ValueError(
+                f"optimizer nystromformer-lra is run_tasks.py's: betas {list(RUN_TASKS_BETAS)}, eps {RUN_TASKS_EPS}, "
+                f"schedule onecycle; got betas {self.betas}, eps {self.eps}, schedule {self.schedule!r}"
+            )
+        unknown = sorted(set(self.trackers()) - set(TRACKERS))
+        if unknown:
+            raise ValueError(f"log_to: unknown tracker(s) {', '.join(unknown)}; available: {', '.join(TRACKERS)}")
         if self.precision not in ("fp32", "bf16", "fp16"):
             raise ValueError(f"precision must be fp32, bf16 or fp16; got {self.precision!r}")
         if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
@@ -110,6 +185,10 @@ class TrainConfig:
         if self.init_from and not Path(self.init_from).is_file():
             raise FileNotFoundError(f"init_from checkpoint {self.init_from!r} does not exist")
 
+    def trackers(self) -> list[str]:
+        """The tracker names in ``log_to`` (``"wandb, mlflow"`` -> ``["wandb", "mlflow"]``)."""
+        return [name.strip() for name in self.log_to.split(",") if name.strip()]
+
     def run_dir(self) -> Path:
         """``out_dir`` with ``{task}``, ``{attention}`` and ``{seed}`` filled in."""
         return Path(self.out_dir.format(task=self.task, attention=self.model.attention, seed=self.seed))
@@ -117,6 +196,49 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dict (JSON/YAML friendly); ``config_from_dict`` inverts it."""
         return dataclasses.asdict(self)
+
+
+def check_one_cycle(warmup: int, steps: int, *, warmup_name: str = "warmup", steps_name: str = "steps") -> None:
+    """Refuse a warm-up that leaves one of ``OneCycleLR``'s two phases without steps.
+
+    ``OneCycleLR(pct_start=warmup / steps, total_steps=steps)`` interpolates phase 1 over steps
+    ``0 .. warmup - 1`` and phase 2 over ``warmup - 1 .. steps - 1``; a phase of length 0 (``warmup``
+    1, or ``warmup == steps``) divides by zero inside torch at the first step. So ``2 <= warmup <=
+    steps - 1``. The names are the caller's (``warmup_steps``/``steps`` here, ``warmup``/
+    ``num_train_steps`` in an official training config).
+
+    Raises:
+        ValueError: naming both settings, their values and the allowed range.
+    """
+    if not 2 <= warmup <= steps - 1:
+        raise ValueError(
+            f"schedule onecycle needs 2 <= {warmup_name} <= {steps_name} - 1 (its warm-up phase ends at step "
+            f"{warmup_name} - 1 and its decay phase starts there; an empty phase divides by zero), got "
+            f"{warmup_name} {warmup}, {steps_name} {steps}"
+        )
+
+
+@functools.cache
+def field_docs(cls: type) -> dict[str, str]:
+    """``{field: one-line doc}`` from the ``Attributes:`` section of dataclass ``cls``'s docstring.
+
+    Each entry is ``name: text`` indented under ``Attributes:``; more-indented lines continue it.
+    """
+    docs: dict[str, str] = {}
+    lines = inspect.cleandoc(cls.__doc__ or "").splitlines()
+    if "Attributes:" not in lines:
+        return docs
+    current = ""
+    for line in lines[lines.index("Attributes:") + 1 :]:
+        if not line.strip():
+            break
+        body = line[4:]
+        if body[:1] != " " and ":" in body:
+            current, _, text = body.partition(":")
+            docs[current] = text.strip()
+        elif current:
+            docs[current] += " " + line.strip()
+    return docs
 
 
 def flat_fields() -> dict[str, Any]:

@@ -41,6 +41,7 @@ TRAJECTORY_FIELDS = (
     "weight_decay",
     "betas",
     "eps",
+    "optimizer",
     "schedule",
     "warmup_steps",
     "grad_clip",
@@ -116,7 +117,8 @@ def check_resume(saved: Mapping[str, Any], cfg: TrainConfig, world_size: int, pa
         )
     if cfg.steps < int(saved["step"]):
         raise ValueError(f"cannot resume {path}: steps ({cfg.steps}) is below the checkpoint's step ({saved['step']})")
-    changes = differences(config, cfg.to_dict(), TRAJECTORY_FIELDS)
+    # a setting added after the checkpoint was written compares as its default (what that run used)
+    changes = differences({**TrainConfig().to_dict(), **config}, cfg.to_dict(), TRAJECTORY_FIELDS)
     saved_world = saved.get("world_size", world_size)  # checkpoints before per-rank RNG states lack it
     changes += differences({"world_size": saved_world}, {"world_size": world_size}, ["world_size"])
     if changes and not cfg.resume_with_new_settings:

@@ -30,7 +30,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from attnzoo.mechanisms.dilated import DilatedAttention
-from attnzoo.models import TaskModel
+from attnzoo.models import CLS_POOLINGS, TaskModel
 from attnzoo.ops.dilated.parallel import set_sequence_parallel_group
 from attnzoo.ops.dilated.parallel_plan import chunk_bounds
 from attnzoo.train.distributed import DistInfo
@@ -117,7 +117,8 @@ def attach(model: TaskModel, sp: SequenceParallel) -> TaskModel:
         if not isinstance(b.attn, DilatedAttention)
     ]
     problems += ["model.attention_dropout > 0"] if cfg.attention_dropout > 0 else []
-    problems += ["model.pooling = cls (the CLS token is not part of the sequence)"] if cfg.pooling == "cls" else []
+    cls_pooling = cfg.pooling in CLS_POOLINGS
+    problems += [f"model.pooling = {cfg.pooling} (a CLS token at the sequence's start)"] if cls_pooling else []
     problems += ["model.patch_size > 1"] if cfg.patch_size != 1 else []
     problems += ["a paired (two-input) task: retrieval or encoder-decoder"] if model.task.paired else []
     if problems:
