@@ -13,6 +13,7 @@ from typing import Any
 
 from torch import nn
 
+from attnzoo.ops.common.sdpa import sdpa_core
 from attnzoo.options import check_field_types
 
 __all__ = ["Capabilities", "MechanismSpec", "available", "build", "get_spec", "options", "register"]
@@ -39,6 +40,9 @@ class Capabilities:
         compile_fullgraph: runs under ``torch.compile(module, fullgraph=True)`` on CPU with eager's outputs
             and gradients (``tests/mechanisms/test_compile.py``); a mechanism that sets it False says why
             next to its registration, and the test checks that fullgraph capture really fails.
+        attn_mask: the functional core honours any SDPA ``attn_mask`` (bool, or an additive float mask,
+            broadcastable to ``(B, H, N, S)``) exactly; the others take only key-padding and causal masks
+            (:mod:`attnzoo.ops.common.sdpa`).
     """
 
     causal: bool
@@ -53,6 +57,7 @@ class Capabilities:
     convex: bool = True
     bidirectional: bool = True
     compile_fullgraph: bool = True
+    attn_mask: bool = False
 
 
 @dataclass(frozen=True)
@@ -84,26 +89,35 @@ def register(
     functional: Callable[..., Any] | None = None,
     reference: Callable[..., Any] | None = None,
     flops: Callable[..., float] | None = None,
+    option_renames: Mapping[str, str] | None = None,
 ) -> Callable[[type[nn.Module]], type[nn.Module]]:
     """Class decorator that registers an attention module under ``name``.
 
     The module's constructor must accept ``(dim, num_heads, *, causal, dropout, options)``.
 
     Args:
-        functional: the fast functional core on ``(B, H, N, d)`` tensors.
+        functional: the fast functional core ``core(q, k, v, *, mask=None, causal=False, ...)`` on
+            ``(B, H, N, d)`` tensors; the spec (and ``attnzoo.functional``) holds it wrapped in
+            :func:`attnzoo.ops.common.sdpa.sdpa_core`: SDPA's signature, options checked with ``options``.
         reference: an independent dense reference of the same math (never the fast path itself).
         flops: ``flops(n, d, options, causal) -> float``, the analytic forward FLOP count of the
             attention core for one (batch, head) at length ``n`` and head width ``d`` (matmul
             FLOPs, 2 per multiply-add); the benchmark's "x of floor" divides by it.
+        option_renames: ``{core keyword: options field}`` where the functional core names an option
+            differently from the options dataclass (the only place such a correspondence is written).
 
     Raises:
-        ValueError: if ``name`` is registered already, ``options`` is not a dataclass, or
-            ``reference`` is the fast path ``functional``.
+        ValueError: if ``name`` is registered already, ``options`` is not a dataclass, ``reference`` is
+            the fast path ``functional``, or a rename names no keyword of the core or no option field.
     """
     if not dataclasses.is_dataclass(options):
         raise ValueError(f"register({name!r}): options must be a dataclass type, got {options!r}")
     if reference is not None and reference is functional:
         raise ValueError(f"register({name!r}): the reference must be independent of the fast path (same function)")
+    if functional is not None:
+        functional = sdpa_core(
+            functional, name=name, options=options, capabilities=capabilities, renames=option_renames
+        )
 
     def decorator(cls: type[nn.Module]) -> type[nn.Module]:
         if name in _REGISTRY:

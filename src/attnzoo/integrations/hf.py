@@ -123,7 +123,7 @@ def _bind(name: str, opts: dict[str, Any]) -> _Setup:
     spec = get_spec(name)
     if spec.functional is None:
         raise ValueError(f"attention {name!r} has no functional core to run inside HF models")
-    params = inspect.signature(spec.functional).parameters
+    params = inspect.signature(inspect.unwrap(spec.functional)).parameters  # the core itself, not its SDPA form
     options = make_options(spec.options, opts, context=name)
     defaults = spec.options()
     kwargs: dict[str, Any] = {}

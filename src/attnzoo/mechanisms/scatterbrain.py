@@ -81,6 +81,7 @@ def scatterbrain_flops(n: int, d: int, options: ScatterBrainOptions, causal: boo
     functional=scatterbrain_attention,
     reference=naive_scatterbrain_attention,
     flops=scatterbrain_flops,
+    option_renames={"num_features": "approx_attn_dim"},
 )
 class ScatterBrainAttention(SampledAttention):
     """ScatterBrain: exact local blocks plus FAVOR+ estimates of every other key, in one softmax.

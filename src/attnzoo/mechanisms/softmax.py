@@ -63,6 +63,7 @@ def softmax_flops(n: int, d: int, options: SoftmaxOptions, causal: bool) -> floa
         deterministic=True,
         time="O(N^2*d)",
         memory="O(N*d) (fused SDPA)",
+        attn_mask=True,
     ),
     functional=softmax_attention,
     reference=naive_softmax_attention,
