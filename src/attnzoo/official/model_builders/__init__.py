@@ -2,5 +2,6 @@
 
 from attnzoo.official.model_builders import (
     efficient_vit,  # noqa: F401  (registers "efficient-attention-vit")
+    nystromformer_lra,  # noqa: F401  (registers "nystromformer-lra")
     psf,  # noqa: F401  (registers "sparse-factorization")
 )
