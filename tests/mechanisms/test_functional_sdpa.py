@@ -6,6 +6,7 @@ honours an SDPA argument, equal to its own ``mask=`` / ``causal=`` call, or refu
 naming the mechanism and the argument. Option values are checked with the module's options dataclass.
 """
 
+import dataclasses
 import inspect
 
 import pytest
@@ -264,6 +265,39 @@ def test_functional_options_get_the_modules_message(name, keyword, value, field)
     assert str(module_error.value) in str(core_error.value)
     if keyword != field:
         assert f"{field} is the core's {keyword}" in str(core_error.value)
+
+
+KNOBS = {  # scalar core keywords that are no option of the module: how the core runs, not what it computes
+    "linear": {"chunk_size"},
+    "performer": {"chunk_size"},
+    "linformer": {"seed"},  # draws the default E/F; the module learns them
+    "diffuser_fractional": {"zero_pad_rows"},
+}
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_scalar_core_keyword_is_an_option_field(name):
+    """The correspondence core keyword -> options field is complete: a new scalar keyword must map to a field."""
+    spec = attnzoo.get_spec(name)
+    fields = {f.name for f in dataclasses.fields(spec.options)}
+    params = inspect.signature(inspect.unwrap(spec.functional)).parameters
+    renames = {
+        "lara": {"antithetic": "use_antithetics", "count_padding": "compat"},
+        "scatterbrain": {"num_features": "approx_attn_dim"},
+    }
+    unmatched = {
+        n
+        for n, p in params.items()
+        if p.kind is inspect.Parameter.KEYWORD_ONLY
+        and n not in ("mask", "causal", "scale", "dropout_p", "attn_mask", "grid")
+        and not any(t in str(p.annotation) for t in ("Tensor", "ChunkKeys", "Landmarks"))
+        and renames.get(name, {}).get(n, n) not in fields
+    }
+    assert unmatched == KNOBS.get(name, set())
+    core, q = spec.functional, torch.randn(1, H, 16, D)
+    for keyword, field in renames.get(name, {}).items():  # the rename is live: a wrong type is the field's error
+        with pytest.raises(TypeError, match=f"option {field} .*is the core's {keyword}"):
+            core(q, q, q, **{keyword: "x"})
 
 
 def test_functional_grid_is_checked_as_attn_2d():
