@@ -16,6 +16,7 @@ __all__ = ["build_parser", "main"]
 def build_parser() -> argparse.ArgumentParser:
     """The full ``attnzoo`` argument parser with every sub-command."""
     from attnzoo.bench.cli import register_commands as bench_commands
+    from attnzoo.factorize.cli import register_commands as factorize_commands
     from attnzoo.mechanisms.cli import register_commands as mechanism_commands
     from attnzoo.tasks.cli import register_commands as task_commands
     from attnzoo.train.cli import register_commands as train_commands
@@ -33,6 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
         generate_commands,
         pattern_commands,
         curves_commands,
+        factorize_commands,
     )
     for register in commands:
         register(subparsers)
