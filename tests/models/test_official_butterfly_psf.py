@@ -1,6 +1,15 @@
 """Whole official models through ``attnzoo.from_official_model``: PSFNet (SparseFactorization) and the butterfly
 LRA classifier (Solving-LRA-PathX), against outputs of the official code.
 
+Fixtures ``tests/fixtures/butterfly/*.pt``: tsumansapkota/Solving-LRA-PathX @ 41fb9e1, ``LRA/code``
+``model_wrapper.ModelForSC`` (``ModelForSCDual`` for retrieval) built from a ``model_config`` made as its
+``run_tasks.py`` makes it (``lra_config.py``'s listops/retrieval model section shrunk: D 16, 2 heads of 8,
+hidden 24, vocab 12, max_seq_len 30 -> 32; CLI defaults: dropouts 0, ``mixed_precision`` True, ``attn_type``
+``butterfly-4`` (3 layers, strides 1, 4, 8: the cap rule) or ``butterfly-8``, ``nystrom-4``), weights drawn
+after ``torch.manual_seed(42)`` then each shifted by 0.3 N(0, 1) noise so that the logits differ clearly;
+run on CPU in eval mode on a batch of two, the second right-padded with id 0 (``mask = ids != 0`` as in
+``LRADataset``); the logits are ``seq_classifer``'s output during the official ``forward``.
+
 Fixtures (``tests/fixtures/psf/*.pt``): the official ``PSFNet`` classes of RuslanKhalitov/SparseFactorization
 @ d8ade2e (``LRA/psf.py``, ``SyntheticExperiments/psf.py``, ``attention_block.py``), built after
 ``torch.manual_seed(42)`` from the tiny configs saved with them, run on CPU in eval mode with
@@ -130,3 +139,65 @@ def test_psfnet_synth_reads_the_training_config_names() -> None:
     model = attnzoo.from_official_model("sparse-factorization", config=config, state_dict=d["state_dict"])
     with torch.no_grad():
         assert_close(model(d["inputs"]), d["output"])
+
+
+def butterfly_model(name: str, **changes: Any) -> torch.nn.Module:
+    d = load("butterfly", name)
+    config = {**d["config"], **({"task": "retrieval"} if name == "retrieval" else {}), **changes}
+    return attnzoo.from_official_model("solving-lra-pathx", config=config, state_dict=d["state_dict"])
+
+
+@pytest.mark.parametrize("name", ["lra_mean", "lra_cls", "lra_nystrom"])
+def test_solving_lra_pathx_classifier_equals_the_official_model(name: str) -> None:
+    d = load("butterfly", name)
+    model = butterfly_model(name)
+    assert not any(module.training for module in model.modules())
+    with torch.no_grad():
+        assert_close(model(d["tokens"], d["mask"]), d["logits"])
+
+
+def test_solving_lra_pathx_dual_model_equals_the_official_model() -> None:
+    d = load("butterfly", "retrieval")
+    with torch.no_grad():
+        logits = butterfly_model("retrieval")(d["tokens_0"], d["mask_0"], d["tokens_1"], d["mask_1"])
+    assert_close(logits, d["logits"])
+
+
+def test_butterfly_layers_cycle_the_official_strides() -> None:
+    """N = 32, b = 4: n_stage = ceil(log_4 32) = 3, strides 1, 4 and 16 -> capped to ceil(32 / 4) = 8; the
+    softmax layers of the same weights (the official sub_attn_type alone) give other logits."""
+    from attnzoo.sparse.structured import butterfly_geometry
+
+    model = butterfly_model("lra_mean")
+    options = [block.attn.options for block in model.classifier.encoder.blocks]
+    strides = [butterfly_geometry(32, o.block_size, o.stage, float_stage_count=o.float_stage_count)[0] for o in options]
+    assert strides == [1, 4, 8]
+    assert all(o.max_seq_len == 32 for o in options)
+    d = load("butterfly", "lra_mean")
+    softmax = attnzoo.from_official_model(
+        "nystromformer-lra", config={**d["config"], "attn_type": "softmax"}, state_dict=d["state_dict"]
+    )
+    with torch.no_grad():
+        gap = (softmax(d["tokens"], d["mask"]) - d["logits"]).abs().max()
+    assert gap > 0.05 * d["logits"].abs().max()
+
+
+def test_solving_lra_pathx_dropouts() -> None:
+    """The fork's three dropouts: embeddings, inside the MLP, after attention and MLP (all off in eval)."""
+    model = butterfly_model("lra_nystrom")
+    encoder = model.classifier.encoder
+    assert encoder.drop.p == 0.1
+    for block in encoder.blocks:
+        assert (block.mlp.net[2].p, block.mlp.net[4].p, block.drop.p) == (0.2, 0.3, 0.3)
+    assert butterfly_model("lra_mean").classifier.encoder.blocks[0].attn.dropout == 0.1  # attention_dropout
+
+
+def test_solving_lra_pathx_config_errors() -> None:
+    d = load("butterfly", "lra_mean")
+    config = {k: v for k, v in d["config"].items() if k != "mlp_dropout"}
+    with pytest.raises(ValueError, match="solving-lra-pathx config is missing mlp_dropout"):
+        attnzoo.from_official_model("solving-lra-pathx", config=config)
+    with pytest.raises(ValueError, match="tied_weights with butterfly attention"):
+        attnzoo.from_official_model("solving-lra-pathx", config={**d["config"], "tied_weights": True})
+    with pytest.raises(ValueError, match="sub_attn_type 'linear': only 'softmax'"):
+        attnzoo.from_official_model("solving-lra-pathx", config={**d["config"], "sub_attn_type": "linear"})

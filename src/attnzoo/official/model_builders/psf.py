@@ -16,9 +16,26 @@ Three official models share one layout (spec diffuser-psf-butterfly-nystrom §3.
   ``(B, max_seq_len)`` long; returns the mixed tokens ``(B, max_seq_len, embedding_size)``.
 
 The mixer is :func:`attnzoo.from_official`'s ``psf`` (``block``) entry; embeddings, positions
-(:class:`~attnzoo.models.positions.LearnedPositions`) and head around it. Official tensors the
-official forward never reads (``pos_embedding`` without ``use_pos_embedding``, ``embedding`` of the
-adding problem) are accepted and dropped.
+(:class:`~attnzoo.models.positions.LearnedPositions`) and head around it (:class:`PSFNetModel`).
+
+| official tensor | attnzoo tensor |
+| --- | --- |
+| `embedding.weight` | `embed.weight` (listops / imdb: `padding_idx = vocab_size - 2`, as the official) |
+| `init_linear.*` (synthetic adding) | `embed.*` |
+| `pos_embedding.weight`, `apc_embedding.weight` (block) | `positions.weight` |
+| `fs.{m}.network.{0,2}.*`, `g.network.{0,2}.*` | `mixer.fs.{m}.network.{0,2}.*`, `mixer.g.network.{0,2}.*` |
+| `final.*` (linear head), `final.{0,2}.*` (non-linear head) | `head.*`, `head.{0,2}.*` |
+
+Departures and reproduced quirks:
+
+* Official tensors the official forward never reads (``pos_embedding`` without ``use_pos_embedding``,
+  ``embedding`` of the adding problem) are accepted and dropped; the chord pattern (``chord_indicies``,
+  not in the state dict) is rebuilt from ``n_vec``.
+* PAD tokens are mixed like real ones (P1) and ``n_W`` links past N alias (P2), as the official.
+* ``dropout2_p`` is the mixer's attention dropout (on V0, whose dropped copy is also the residual, P4);
+  ``dropout1_p`` / ``dropout3_p`` act before / after the mixer. ``use_cuda`` is not read (the device is
+  the module's).
+* The input length must be ``n_vec`` (``max_seq_len``), as the official chord pattern and position ids.
 """
 
 from __future__ import annotations
