@@ -25,8 +25,8 @@ import attnzoo
 from attnzoo.models import Encoder, ModelConfig
 from attnzoo.official import from_official_model, official_model_sources, resolve_official
 from attnzoo.official.model_builders.nystromformer_lra import attention_kind, convert_lra_model
-from attnzoo.train import load_config
-from attnzoo.train.optim import build_optimizer, build_scheduler, optimizer_for, run_tasks_training
+from attnzoo.train import load_config, optimizer_for
+from attnzoo.train.optim import build_optimizer, build_scheduler, run_tasks_training
 from attnzoo.train.resume import check_resume
 
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "nystromformer_lra"
