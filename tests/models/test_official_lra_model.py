@@ -151,6 +151,18 @@ def test_twelve_training_steps_give_the_official_weights(case):
         assert close(value[start:], expected[name][start:]), name
 
 
+def test_mixed_precision_is_fp32_on_cpu():
+    """``mixed_precision`` (True in every run_tasks.py config) autocasts only CUDA inputs, as the official."""
+    fixture = load("nystrom")
+    model = from_official_model(
+        "nystromformer-lra", config={**fixture["config"], "mixed_precision": True}, state_dict=fixture["state_dict"]
+    )
+    assert model.mixed_precision
+    with torch.no_grad():
+        logits = model(*call_args(fixture["tokens"]))
+    assert logits.dtype == torch.float32 and close(logits, fixture["logits"])
+
+
 def test_linformer_layers_share_one_projection_and_reformer_has_no_trained_bias():
     linformer = build(load("linformer"))
     blocks = linformer.classifier.encoder.blocks
