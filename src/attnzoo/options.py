@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import types
 import typing
 from collections.abc import Iterable, Mapping, Sequence
@@ -41,9 +42,20 @@ def check_int(name: str, value: Any, *, minimum: int | None = None, maximum: int
 
 
 def check_float(name: str, value: Any, *, minimum: float | None = None, maximum: float | None = None) -> None:
-    """Raise unless ``value`` is a real number within ``[minimum, maximum]``."""
+    """Raise unless ``value`` is a finite real number within ``[minimum, maximum]``.
+
+    NaN and +-inf are refused for every option: NaN passes every comparison (a bound alone would let
+    it through) and no option of any mechanism means something at infinity. An option that ever
+    should accept inf has to say so with its own check.
+
+    Raises:
+        TypeError: not a number (a bool is not a number here).
+        ValueError: NaN, infinite, or outside the bounds; the message names the option and the value.
+    """
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"option {name} must be a number, got {value!r} ({type(value).__name__})")
+    if not math.isfinite(value):
+        raise ValueError(f"option {name} must be finite, got {value!r}")
     if minimum is not None and value < minimum:
         raise ValueError(f"option {name} must be >= {minimum}, got {value}")
     if maximum is not None and value > maximum:
@@ -92,10 +104,12 @@ def check_field_types(opts: Any) -> None:
     """Check every field of options dataclass ``opts`` against its annotation.
 
     Catches the values a dict, YAML file or command line most often gets wrong: ``"false"`` for a
-    bool (truthy!), ``"3"`` or ``True`` for an int, a list for a tuple.
+    bool (truthy!), ``"3"`` or ``True`` for an int, a list for a tuple; and NaN or inf for a float
+    (``float("nan")`` parses from ``--alpha nan``), so every float option of every mechanism is finite.
 
     Raises:
         TypeError: naming the option, the value and the expected type.
+        ValueError: a float option that is NaN or infinite.
     """
     hints = typing.get_type_hints(type(opts))
     for field in dataclasses.fields(opts):
@@ -106,6 +120,8 @@ def check_field_types(opts: Any) -> None:
         if not _matches(value, hint):
             expected = _TYPE_WORDS.get(hint, "a tuple of ints") + (" or None" if optional else "")
             raise TypeError(f"option {field.name} must be {expected}, got {value!r} ({type(value).__name__})")
+        if hint is float:
+            check_float(field.name, value)
 
 
 def options_to_dict(opts: Any) -> dict[str, Any]:

@@ -179,14 +179,10 @@ def build(
 
     Raises:
         ValueError: unknown name or option, invalid option value, ``dim`` not divisible by ``num_heads``,
-            or ``causal=True`` for a mechanism that cannot honour it.
+            or ``causal=True`` for a mechanism that cannot honour it (the module's constructor checks
+            its registered capabilities, so a module built directly refuses the same).
     """
     spec = get_spec(name)
-    if causal and not spec.capabilities.causal:
-        causal_ones = ", ".join(s.name for s in available() if s.capabilities.causal)
-        raise ValueError(f"attention {name!r} cannot be causal; causal mechanisms: {causal_ones}")
-    if not causal and not spec.capabilities.bidirectional:
-        raise ValueError(f"attention {name!r} is causal only; build it with causal=True")
     if not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
         raise ValueError(f"dropout must be a float in [0, 1), got {dropout!r}")
     ready = opts.pop("options", None)

@@ -57,7 +57,7 @@ def test_incompatible_settings_raise_clear_errors(ranks) -> None:
 def test_chunks_follow_tensor_split() -> None:
     x = torch.arange(61)
     assert [tuple(c.tolist()[:: len(c) - 1]) for c in x.tensor_split(4)] == [(a, b - 1) for a, b in chunk_bounds(61, 4)]
-    with pytest.raises(ValueError, match="a sequence of 3 tokens cannot be split over 4 sequence-parallel ranks"):
+    with pytest.raises(ValueError, match="a sequence of N=3 tokens cannot be split over 4 processes"):
         chunk_bounds(3, 4)
 
 

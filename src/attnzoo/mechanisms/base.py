@@ -10,10 +10,29 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from attnzoo.mechanisms.decoding import DecodeState
-from attnzoo.ops.common import check_padding_mask, zero_masked_rows
-from attnzoo.registry import available
+from attnzoo.ops.common import check_padding_mask, zero_masked_rows, zero_padded_tokens
+from attnzoo.registry import MechanismSpec, available
 
-__all__ = ["AttentionBase", "split_heads"]
+__all__ = ["AttentionBase", "registered_spec", "split_heads"]
+
+
+def registered_spec(module_type: type) -> MechanismSpec | None:
+    """The registry entry of ``module_type``, or of its nearest registered base class; ``None`` if none."""
+    by_module = {spec.module: spec for spec in available()}
+    return next((by_module[cls] for cls in module_type.__mro__ if cls in by_module), None)
+
+
+def _capable(flag: str) -> str:
+    """The names of the registered mechanisms whose capability ``flag`` is set, comma-separated."""
+    return ", ".join(s.name for s in available() if getattr(s.capabilities, flag))
+
+
+def _check_causal(spec: MechanismSpec, causal: bool) -> None:
+    """Raise unless ``spec``'s capabilities allow this ``causal`` flag (``causal`` / ``bidirectional``)."""
+    if causal and not spec.capabilities.causal:
+        raise ValueError(f"attention {spec.name!r} cannot be causal; causal mechanisms: {_capable('causal')}")
+    if not causal and not spec.capabilities.bidirectional:
+        raise ValueError(f"attention {spec.name!r} is causal only; build it with causal=True")
 
 
 def split_heads(x: Tensor, num_heads: int) -> Tensor:
@@ -31,6 +50,14 @@ class AttentionBase(nn.Module, abc.ABC):
     :meth:`attend` on ``(B, H, N, d)`` tensors and may override :meth:`project` (e.g. a mechanism
     without queries and keys).
 
+    The constructor refuses what the registered capabilities (:class:`~attnzoo.registry.Capabilities`)
+    rule out, however the module is built: ``causal=True`` without ``causal``, ``causal=False`` without
+    ``bidirectional``; forward refuses a padding mask with padding without ``key_padding_mask`` and a
+    context without ``cross_attention``. A subclass that is not registered inherits its nearest
+    registered base class's capabilities (none: no refusal). Padded tokens are zeroed before the
+    projections, so their content (NaN and inf included) reaches no real row, unless
+    :meth:`padding_takes_part` says an official quirk lets it in.
+
     Args:
         dim: model width, divisible by ``num_heads``.
         num_heads: H.
@@ -47,6 +74,9 @@ class AttentionBase(nn.Module, abc.ABC):
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
         if dim % num_heads:
             raise ValueError(f"dim ({dim}) must be divisible by num_heads ({num_heads})")
+        self.spec = registered_spec(type(self))
+        if self.spec is not None:
+            _check_causal(self.spec, causal)
         self.dim, self.num_heads, self.head_dim = dim, num_heads, dim // num_heads
         self.causal, self.dropout, self.options = causal, dropout, options
         self.qkv = nn.Linear(dim, 3 * dim)
@@ -54,6 +84,29 @@ class AttentionBase(nn.Module, abc.ABC):
         for linear in (self.qkv, self.proj):
             nn.init.trunc_normal_(linear.weight, std=0.02)
             nn.init.zeros_(linear.bias)
+
+    def check_mask(
+        self, mask: Tensor | None, batch: int, length: int, device: torch.device, *, axis: str = "N"
+    ) -> Tensor | None:
+        """:func:`~attnzoo.ops.common.check_padding_mask`, then refuse a mask with padding if the
+        mechanism has no ``key_padding_mask`` capability. Returns the mask, ``(B, N)`` bool or ``None``."""
+        mask = check_padding_mask(mask, batch, length, device, axis=axis)
+        spec = self.spec
+        if mask is not None and spec is not None and not spec.capabilities.key_padding_mask and not bool(mask.all()):
+            raise ValueError(
+                f"attention {spec.name!r} cannot honour a padding mask with padded tokens; "
+                f"mechanisms that do: {_capable('key_padding_mask')}"
+            )
+        return mask
+
+    def padding_takes_part(self) -> bool:
+        """Whether padded tokens' content reaches real rows by design: an official quirk reproduced under
+        ``compat`` (ra's E9, lara's 2D pooling). False here; such a mechanism overrides this."""
+        return False
+
+    def clean_input(self, x: Tensor, mask: Tensor | None) -> Tensor:
+        """``x: (B, N, dim)`` with its padded tokens zeroed (``mask: (B, N)``), unless :meth:`padding_takes_part`."""
+        return x if self.padding_takes_part() else zero_padded_tokens(x, mask)
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}, num_heads={self.num_heads}, causal={self.causal}, options={self.options}"
@@ -75,8 +128,8 @@ class AttentionBase(nn.Module, abc.ABC):
         identity as values (``v = I``, width N) returns row i's weights over the keys. Meant for
         small N (attention-map figures, tests); costs as much as one forward with ``d = N``.
         """
-        mask = check_padding_mask(mask, x.shape[0], x.shape[1], x.device)
-        q, k, _ = self.project(x)
+        mask = self.check_mask(mask, x.shape[0], x.shape[1], x.device)
+        q, k, _ = self.project(self.clean_input(x, mask))
         b, h, n, _ = q.shape
         eye = torch.eye(n, dtype=q.dtype, device=q.device).expand(b, h, n, n)
         return zero_masked_rows(self.attend(q, k, eye, mask), mask)
@@ -124,8 +177,8 @@ class AttentionBase(nn.Module, abc.ABC):
             if context_mask is not None:
                 raise ValueError("context_mask was given without context")
             self.check_input(x)
-            mask = check_padding_mask(mask, x.shape[0], x.shape[1], x.device)
-            q, k, v = self.project(x)
+            mask = self.check_mask(mask, x.shape[0], x.shape[1], x.device)
+            q, k, v = self.project(self.clean_input(x, mask))
             if x.shape[0] == 0 or x.shape[1] == 0:  # empty batch or sequence: empty output, no attention
                 return self.merge(v * 0)
             return self.merge(zero_masked_rows(self.attend(q, k, v, mask), mask))
@@ -134,10 +187,9 @@ class AttentionBase(nn.Module, abc.ABC):
 
     def check_cross_attention(self) -> None:
         """Raise unless this module may attend to a context (its ``cross_attention`` flag, not causal)."""
-        spec = next((s for s in available() if s.module is type(self)), None)
-        name = type(self).__name__ if spec is None else repr(spec.name)
-        if spec is None or not spec.capabilities.cross_attention:
-            capable = ", ".join(s.name for s in available() if s.capabilities.cross_attention)
+        name = type(self).__name__ if self.spec is None else repr(self.spec.name)
+        if self.spec is None or not self.spec.capabilities.cross_attention:
+            capable = _capable("cross_attention")
             raise ValueError(f"attention {name} has no cross-attention (context); mechanisms that do: {capable}")
         if self.causal:
             raise ValueError(f"attention {name} was built with causal=True; cross-attention to a context is not causal")
@@ -150,7 +202,8 @@ class AttentionBase(nn.Module, abc.ABC):
         """
         self.check_cross_attention()
         self.check_input(context, "context")
-        context_mask = check_padding_mask(context_mask, context.shape[0], context.shape[1], context.device, axis="S")
+        context_mask = self.check_mask(context_mask, context.shape[0], context.shape[1], context.device, axis="S")
+        context = self.clean_input(context, context_mask)
         k, v = F.linear(context, self.qkv.weight[self.dim :], self.qkv.bias[self.dim :]).chunk(2, dim=-1)
         return split_heads(k, self.num_heads), split_heads(v, self.num_heads), context_mask
 
@@ -166,8 +219,9 @@ class AttentionBase(nn.Module, abc.ABC):
         self.check_input(x)
         if k.shape[0] != x.shape[0]:
             raise ValueError(f"context has batch {k.shape[0]} but x has batch {x.shape[0]}")
-        mask = check_padding_mask(mask, x.shape[0], x.shape[1], x.device)
-        context_mask = check_padding_mask(context_mask, k.shape[0], k.shape[2], k.device, axis="S")
+        mask = self.check_mask(mask, x.shape[0], x.shape[1], x.device)
+        context_mask = self.check_mask(context_mask, k.shape[0], k.shape[2], k.device, axis="S")
+        x = self.clean_input(x, mask)
         q = split_heads(F.linear(x, self.qkv.weight[: self.dim], self.qkv.bias[: self.dim]), self.num_heads)
         if 0 in (x.shape[0], x.shape[1], k.shape[2]):  # empty batch, queries or context: nothing to attend to
             return self.merge(q * 0)
@@ -193,8 +247,8 @@ class AttentionBase(nn.Module, abc.ABC):
         """
         self.check_decoding()
         self.check_input(x)
-        mask = check_padding_mask(mask, x.shape[0], x.shape[1], x.device)
-        q, k, v = self.project(x)
+        mask = self.check_mask(mask, x.shape[0], x.shape[1], x.device)
+        q, k, v = self.project(self.clean_input(x, mask))
         empty = x.shape[0] == 0 or x.shape[1] == 0
         out = v * 0 if empty else zero_masked_rows(self.attend(q, k, v, mask), mask)
         return self.merge(out), self.init_state(q, k, v, mask)

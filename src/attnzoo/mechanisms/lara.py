@@ -106,7 +106,6 @@ def lara_flops(n: int, d: int, options: LaraOptions, causal: bool) -> float:
     functional=lara_attention,
     reference=naive_lara_attention,
     flops=lara_flops,
-    option_renames={"antithetic": "use_antithetics", "count_padding": "compat"},
 )
 class LaraAttention(SampledAttention):
     """LARA: randomized attention estimated with C landmark proposals by multiple importance sampling.
@@ -123,6 +122,10 @@ class LaraAttention(SampledAttention):
         width = dim if o.pool_module_type == "dense" and o.attn_2d else self.head_dim
         self.q_bar_gen = proposal_net(width) if learned else None
         self.k_bar_gen = proposal_net(width) if learned else None
+
+    def padding_takes_part(self) -> bool:
+        """Under ``compat`` 2D pooling ignores the mask: padded tokens' content enters the cells, as officially."""
+        return self.options.compat and self.options.attn_2d
 
     def _pooled(self, x: Tensor, grid: tuple[int, int], weight: Tensor) -> Tensor:
         """Masked adaptive average pooling of ``(B, H, N, d)`` to ``(B, H, C, d)`` cells (row-major)."""
@@ -155,12 +158,14 @@ class LaraAttention(SampledAttention):
         weight = ones if mask is None or o.compat else mask[:, None, :, None].to(q.dtype)
         q_lm = self._generate(self.q_bar_gen, self._pooled(q, grid, weight))
         k_lm = self._generate(self.k_bar_gen, self._pooled(k, grid, weight))
+        valid = self._pooled(ones, grid, weight)[:, 0, :, 0] > 0
         if o.proposal_gen.endswith("mixed"):
             sim = self.head_dim**-0.5 * k_lm @ k_lm.transpose(-1, -2)
             if o.proposal_gen.endswith("vmixed"):
                 sim = sim + torch.log(self._pooled(v, grid, weight).norm(dim=-1) + 1e-4)[..., None, :]
+            # empty (fully padded) cells take no part; the lowest finite logit keeps an all-empty image finite
+            sim = sim.masked_fill(~valid[:, None, None, :], torch.finfo(sim.dtype).min)
             k_lm = torch.softmax(sim, dim=-1) @ k_lm
-        valid = self._pooled(ones, grid, weight)[:, 0, :, 0] > 0
         return Landmarks(q_lm, k_lm, valid)
 
     def attend(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:

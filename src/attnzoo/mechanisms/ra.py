@@ -60,6 +60,10 @@ class RaAttention(SampledAttention):
     ``(B, H, N)`` long), then in training one ``(B, H, N, d)`` Gaussian; ``forward(x, mask, draws=[...])``.
     """
 
+    def padding_takes_part(self) -> bool:
+        """Under ``compat`` (E9) padded tokens are keys, their content included, as officially."""
+        return self.options.compat
+
     def attend(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
         o: RaOptions = self.options
         b, h, n, d = q.shape

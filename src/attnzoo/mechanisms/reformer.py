@@ -25,10 +25,11 @@ class ReformerOptions:
     """Options of ``reformer`` (HF ``ReformerConfig`` names in brackets).
 
     ``num_hashes`` [``num_hashes``], ``bucket_size`` [``lsh_attn_chunk_length``], ``num_buckets``
-    (one or two even factors; None = HF's rule for each N), ``hash_seed`` (rotations drawn from
-    this seed, the same every call; None = fresh rotations from the global RNG every forward, as
-    the official code), ``pad_slots`` (HF's pad bucket: padding keeps slots and shifts chunk
-    boundaries; off by default, so padding changes nothing).
+    (one or two even factors; None = HF's rule for each sequence's real length), ``hash_seed``
+    (rotations drawn from this seed, the same every call; None = fresh rotations from the global RNG
+    every forward, as the official code), ``pad_slots`` (HF's behaviour: padding keeps slots in a pad
+    bucket, shifting chunk boundaries, and the default bucket count follows the padded length; off by
+    default, so padding changes nothing).
     """
 
     num_hashes: int = 2

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import codecs
-import math
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -53,8 +52,6 @@ class SamplingOptions:
     def __post_init__(self) -> None:
         check_int("--max-new-tokens", self.max_new_tokens, minimum=1)
         check_float("--temperature", self.temperature, minimum=0.0)
-        if not math.isfinite(self.temperature):
-            raise ValueError(f"option --temperature must be finite, got {self.temperature}")
         check_int("--top-k", self.top_k, minimum=0, maximum=256)
         check_int("--seed", self.seed, minimum=0)
 

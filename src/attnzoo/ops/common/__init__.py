@@ -1,7 +1,13 @@
 """Shared shape checks, mask conversions and padding helpers (the only copies in attnzoo)."""
 
 from attnzoo.ops.common.checks import check_padding_mask, check_qkv
-from attnzoo.ops.common.masks import key_mask_bias, padding_attn_mask, rows_with_keys, zero_masked_rows
+from attnzoo.ops.common.masks import (
+    key_mask_bias,
+    padding_attn_mask,
+    rows_with_keys,
+    zero_masked_rows,
+    zero_padded_tokens,
+)
 from attnzoo.ops.common.padding import pad_to_multiple
 
 __all__ = [
@@ -12,4 +18,5 @@ __all__ = [
     "padding_attn_mask",
     "rows_with_keys",
     "zero_masked_rows",
+    "zero_padded_tokens",
 ]

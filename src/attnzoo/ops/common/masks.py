@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["key_mask_bias", "padding_attn_mask", "rows_with_keys", "zero_masked_rows"]
+__all__ = ["key_mask_bias", "padding_attn_mask", "rows_with_keys", "zero_masked_rows", "zero_padded_tokens"]
 
 
 def key_mask_bias(mask: Tensor, dtype: torch.dtype) -> Tensor:
@@ -22,10 +22,24 @@ def key_mask_bias(mask: Tensor, dtype: torch.dtype) -> Tensor:
 
 
 def zero_masked_rows(out: Tensor, mask: Tensor | None) -> Tensor:
-    """Zero the rows of ``out: (B, H, N, d)`` whose query is padding (``mask: (B, N)``, True = real)."""
+    """Zero the rows of ``out: (B, H, N, d)`` whose query is padding (``mask: (B, N)``, True = real).
+
+    A fill, not a product with the mask: a NaN or inf in a padded row becomes 0 too.
+    """
     if mask is None:
         return out
-    return out * mask[:, None, :, None].to(out.dtype)
+    return out.masked_fill(~mask[:, None, :, None], 0.0)
+
+
+def zero_padded_tokens(x: Tensor, mask: Tensor | None) -> Tensor:
+    """``x: (B, N, dim)`` with the rows of padded tokens (``mask: (B, N)`` False) set to 0.
+
+    Applied to a module's input before its projections, so a padded token's content, NaN and inf
+    included, reaches no real row through a ``0 * x`` anywhere downstream.
+    """
+    if mask is None:
+        return x
+    return x.masked_fill(~mask[:, :, None], 0.0)
 
 
 def padding_attn_mask(mask: Tensor | None, query_len: int, *, causal: bool) -> Tensor | None:

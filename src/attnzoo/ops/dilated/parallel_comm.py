@@ -63,7 +63,8 @@ def global_length(n_local: int, group: Any = None, device: torch.device | None =
     """Total sequence length from every rank's chunk length (one tiny all-gather); checks the split.
 
     Raises:
-        ValueError: chunk lengths that are not ``torch.tensor_split`` sizes of their sum.
+        ValueError: fewer tokens than processes, or chunk lengths that are not ``torch.tensor_split``
+            sizes of their sum.
     """
     world = dist.get_world_size(group)
     mine = torch.tensor([n_local], dtype=torch.long, device=device)
@@ -71,7 +72,7 @@ def global_length(n_local: int, group: Any = None, device: torch.device | None =
     dist.all_gather(everyone, mine, group=group)
     lengths = [int(x) for x in everyone]
     n = sum(lengths)
-    expected = [b - a for a, b in chunk_bounds(n, world)] if n >= world else None
+    expected = [b - a for a, b in chunk_bounds(n, world)]  # raises, naming N and P, when N < P
     if lengths != expected:
         raise ValueError(
             f"sequence-parallel chunks must be torch.tensor_split sizes of the sequence; got lengths {lengths}"

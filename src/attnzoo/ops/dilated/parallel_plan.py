@@ -35,7 +35,10 @@ def chunk_bounds(n: int, world: int) -> tuple[tuple[int, int], ...]:
         ValueError: fewer tokens than ranks (a rank would hold nothing).
     """
     if n < world:
-        raise ValueError(f"a sequence of {n} tokens cannot be split over {world} sequence-parallel ranks")
+        raise ValueError(
+            f"sequence parallelism needs at least one token per process: a sequence of N={n} tokens "
+            f"cannot be split over {world} processes (the sequence-parallel group's size)"
+        )
     base, extra = divmod(n, world)
     starts = [p * base + min(p, extra) for p in range(world + 1)]
     return tuple((starts[p], starts[p + 1]) for p in range(world))

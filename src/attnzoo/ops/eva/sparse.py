@@ -117,7 +117,9 @@ def eva_attention(
     Query i attends its blockwise window E_i (efficient-attention ``local``, through the sparse engine)
     and C chunk summaries in one softmax: chunk c enters with logit ``s q_i . k_hat_c`` and value
     ``beta_c``, the chunk's random-feature estimate with sample ``w_c ~ N(mu_c, I)`` (``w_c = mu_c`` in
-    eval). Chunks all of whose keys lie in E_i are left out (no key counted twice). Time
+    eval). Chunks all of whose keys lie in E_i are left out; a chunk only partly inside E_i still
+    enters through its summary, so its keys in E_i count twice (exactly, and inside the chunk's
+    estimate; the official code also keeps the chunks wholly inside, see ``compat``). Time
     O(N (w + 2e + C) d), memory O(N (C + d)). Zheng et al., ICLR 2023 (arXiv 2302.04542);
     ``shared/specs/efficient-attention-eva-lara-longnet.md`` §6.
 

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["auto_num_buckets", "hash_buckets", "normalise_keys", "rotation_shape"]
+__all__ = ["auto_num_buckets", "hash_buckets", "lsh_plan", "normalise_keys", "plan_lengths", "rotation_shape"]
 
 
 def auto_num_buckets(n: int, chunk: int, max_positions: int | None = None) -> tuple[int, ...]:
@@ -22,6 +22,26 @@ def auto_num_buckets(n: int, chunk: int, max_positions: int | None = None) -> tu
     if 2**power > limit:
         return (2 ** (power // 2), 2 ** (power - power // 2))
     return (2**power,)
+
+
+def plan_lengths(batch: int, n: int, mask: Tensor | None, pad_slots: bool) -> list[int]:
+    """The length each of the ``batch`` sequences' :func:`lsh_plan` follows (B ints).
+
+    Its real-token count (``mask: (B, N)``), so padding a batch changes no real row; the padded
+    length N for every sequence with ``pad_slots`` (HF, which sees the padded batch) or without a mask.
+    """
+    if mask is None or pad_slots:
+        return [n] * batch
+    return [int(c) for c in mask.sum(1).tolist()]
+
+
+def lsh_plan(
+    length: int, bucket_size: int, num_hashes: int, num_buckets: tuple[int, ...] | None
+) -> tuple[bool, int, tuple[int, ...]]:
+    """``(chunked, rounds, factors)`` of a sequence of ``length`` tokens: hashed in ``num_hashes`` rounds
+    only above ``bucket_size`` tokens (else one chunk, one round); ``num_buckets`` or HF's rule for ``length``."""
+    chunked = length > bucket_size
+    return chunked, num_hashes if chunked else 1, num_buckets or auto_num_buckets(length, bucket_size)
 
 
 def rotation_shape(heads: int, d: int, rounds: int, factors: tuple[int, ...]) -> tuple[int, int, int, int]:

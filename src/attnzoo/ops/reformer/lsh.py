@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
 from torch import Tensor
 
-from attnzoo.ops.common import check_padding_mask, check_qkv
-from attnzoo.ops.reformer.hashing import auto_num_buckets, hash_buckets, normalise_keys, rotation_shape
+from attnzoo.ops.common import check_padding_mask, check_qkv, zero_masked_rows
+from attnzoo.ops.reformer.hashing import hash_buckets, lsh_plan, normalise_keys, plan_lengths, rotation_shape
 from attnzoo.sparse import sparse_attention
 from attnzoo.sparse.structured import lsh_chunks
 
@@ -78,19 +79,23 @@ def reformer_attention(
     one sequence of ``R * N`` slots, cut into chunks of ``bucket_size``; each chunk attends itself
     and the previous chunk (chunk 0 wraps to the last). A query never attends its own token unless
     it sees nothing else (then its output is its own value). Rounds are combined by their
-    log-sum-exp (a key found in two rounds counts twice, as in HF). N <= bucket_size: one chunk,
-    full attention. Time O(R N c d), c = bucket_size.
+    log-sum-exp (a key found in two rounds counts twice, as in HF). A sequence of at most
+    ``bucket_size`` real tokens: one chunk, full attention. Time O(R N c d), c = bucket_size.
 
     Args:
         q, k, v: ``(B, H, N, d)``.
-        mask: bool ``(B, N)``, True = real token; padding takes no slot (so pads change nothing),
-            or with ``pad_slots`` HF's extra pad bucket (empty slots that shift chunk boundaries).
+        mask: bool ``(B, N)``, True = real token; padding takes no slot and each sequence's plan
+            (hashed or one chunk, the default bucket count) follows its real length, so padding changes
+            no real row. With ``pad_slots``, HF's behaviour: an extra pad bucket (empty slots that shift
+            chunk boundaries) and the plan of the padded length N, as HF sees it.
         causal: keys j <= i only (HF ``is_decoder``). Not leak-free: which earlier keys share a
             query's chunks still depends on the buckets of later tokens (as in HF), so the
             ``reformer`` module refuses ``causal=True``.
         num_hashes: R.
         bucket_size: chunk length c (HF ``lsh_attn_chunk_length``).
-        num_buckets: bucket factors, e.g. ``(16,)`` or ``(64, 128)``; None = HF's rule for N.
+        num_buckets: bucket factors, e.g. ``(16,)`` or ``(64, 128)``; None = HF's rule
+            (:func:`~attnzoo.ops.reformer.hashing.auto_num_buckets`) for each sequence's real length
+            (for N with ``pad_slots``); a batch of mixed lengths runs one group per plan.
         hash_seed: seed of the rotations; None draws fresh ones from the global RNG (official).
         rotations: ``(H, d, R, sum(num_buckets) / 2)``, overrides ``hash_seed``.
         dropout_p, executor: see :func:`attnzoo.sparse.sparse_attention`.
@@ -101,14 +106,47 @@ def reformer_attention(
     Reference: :func:`attnzoo.ops.reformer.naive_reformer_attention`.
     """
     check_qkv(q, k, v, cross=False)
-    b, h, n, d = q.shape
+    b, _, n, _ = q.shape
     mask = check_padding_mask(mask, b, n, q.device)
     if b == 0 or n == 0:
         return v.clone()
-    chunked = n > bucket_size
-    rounds = num_hashes if chunked else 1
-    factors = num_buckets or auto_num_buckets(n, bucket_size)
     real = torch.ones(b, n, dtype=torch.bool, device=q.device) if mask is None else mask
+    groups: dict[tuple[bool, int, tuple[int, ...]], list[int]] = {}
+    for i, length in enumerate(plan_lengths(b, n, mask, pad_slots)):
+        groups.setdefault(lsh_plan(length, bucket_size, num_hashes, num_buckets), []).append(i)
+    run = functools.partial(
+        _lsh_attention, bucket_size=bucket_size, causal=causal, hash_seed=hash_seed, rotations=rotations,
+        pad_slots=pad_slots, dropout_p=dropout_p, executor=executor,
+    )  # fmt: skip
+    if len(groups) == 1:  # the whole batch follows one plan (always without a mask or with pad_slots)
+        out = run(q, v, real, *next(iter(groups)))
+    else:  # sequences of different real lengths: each group of one plan on its own
+        out = torch.zeros_like(v)
+        for plan, members in groups.items():
+            at = torch.tensor(members, device=q.device)
+            out = out.index_copy(0, at, run(q[at], v[at], real[at], *plan))
+    return zero_masked_rows(out, mask)
+
+
+def _lsh_attention(
+    q: Tensor,
+    v: Tensor,
+    real: Tensor,
+    chunked: bool,
+    rounds: int,
+    factors: tuple[int, ...],
+    *,
+    bucket_size: int,
+    causal: bool,
+    hash_seed: int | None,
+    rotations: Tensor | None,
+    pad_slots: bool,
+    dropout_p: float,
+    executor: str,
+) -> Tensor:
+    """:func:`reformer_attention` of sequences that share one :func:`lsh_plan`: ``q, v (B, H, N, d)``,
+    ``real (B, N)`` -> ``(B, H, N, d)`` (padded rows not zeroed yet)."""
+    b, h, n, d = q.shape
     if chunked:
         if rotations is None:
             rotations = draw_rotations(h, d, rounds, factors, hash_seed, q.device)
@@ -133,4 +171,4 @@ def reformer_attention(
     alone = torch.isinf(total)[..., None]  # sees nothing but itself: attends itself
     if bool(alone.any()):
         out = torch.where(alone, v, out.to(v.dtype))
-    return out if mask is None else out * mask[:, None, :, None].to(out.dtype)
+    return out

@@ -42,19 +42,21 @@ def naive_reformer_attention(
 ) -> Tensor:
     """Dense Reformer with the signature of :func:`reformer_attention` (tests only)."""
     b, h, n, d = q.shape
-    chunked = n > bucket_size
-    rounds = num_hashes if chunked else 1
-    factors = num_buckets or auto_num_buckets(n, bucket_size)
-    nb = math.prod(factors)
-    if chunked and rotations is None:
-        shape = (h, d, rounds, sum(factors) // 2)
-        rotations = torch.randn(shape, generator=torch.Generator().manual_seed(hash_seed or 0))
     keys = q / torch.sqrt(q.pow(2).mean(-1, keepdim=True) + 1e-6) / math.sqrt(d)
     out = torch.zeros_like(v)
     for bi in range(b):
         real = [bool(mask[bi, i]) if mask is not None else True for i in range(n)]
+        length = n if mask is None or pad_slots else sum(real)  # HF sees N; otherwise the real tokens
+        chunked = length > bucket_size
+        rounds = num_hashes if chunked else 1
+        factors = num_buckets or auto_num_buckets(length, bucket_size)
+        nb = math.prod(factors)
+        turns = rotations
+        if chunked and turns is None:
+            shape = (h, d, rounds, sum(factors) // 2)
+            turns = torch.randn(shape, generator=torch.Generator().manual_seed(hash_seed or 0))
         for hi in range(h):
-            buckets = _buckets(q[bi, hi], rotations[hi], factors) if chunked else torch.zeros(1, n, dtype=torch.long)
+            buckets = _buckets(q[bi, hi], turns[hi], factors) if chunked else torch.zeros(1, n, dtype=torch.long)
             slots = []  # (token, round) in slot order
             for r in range(rounds):
                 ranked = sorted(range(n), key=lambda i, r=r: (buckets[r, i] if real[i] else nb, i))
