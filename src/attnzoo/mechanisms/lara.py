@@ -106,6 +106,7 @@ def lara_flops(n: int, d: int, options: LaraOptions, causal: bool) -> float:
     functional=lara_attention,
     reference=naive_lara_attention,
     flops=lara_flops,
+    option_renames={"antithetic": "use_antithetics", "count_padding": "compat"},
 )
 class LaraAttention(SampledAttention):
     """LARA: randomized attention estimated with C landmark proposals by multiple importance sampling.
