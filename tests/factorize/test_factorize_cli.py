@@ -50,3 +50,23 @@ def test_bad_file_is_one_clear_error(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.strip() == f"attnzoo factorize: error: {tmp_path / 'rect.npy'}: not a square matrix (shape (2, 3))"
     assert not (tmp_path / "out").exists()
+
+
+def test_factorize_official_datalist_layout(tmp_path):
+    from attnzoo.tasks.png import write_png_gray
+
+    root = tmp_path / "square_matrices" / "square_image"
+    root.mkdir(parents=True)
+    write_png_gray(root / "tiny.png", (np.arange(16, dtype=np.uint8).reshape(4, 4) * 7) % 23)
+    (tmp_path / "datalist.csv").write_text("tiny.png,square_image\n")
+    out = tmp_path / "out"
+    argv = ["factorize", "--datalist", str(tmp_path / "datalist.csv"), "--max-iter", "3", "--no-figures"]
+    assert main([*argv, "--out", str(out)]) == 0
+    (row,) = list(csv.DictReader((out / "factorize.csv").open()))
+    assert (row["matrix"], row["category"], row["N"], row["M"], row["rank"]) == (
+        "tiny.png",
+        "square_image",
+        "4",
+        "2",
+        "2",
+    )
