@@ -1,9 +1,11 @@
-"""The command line: list, bench (tiny), error reporting."""
+"""The command line: list, bench (tiny), error reporting, prefixed option flags."""
 
+import argparse
 import json
 
 import pytest
 
+import attnzoo
 from attnzoo.cli import main
 
 
@@ -66,3 +68,19 @@ def test_bench_tiny_writes_records(tmp_path, capsys):
 def test_bench_errors(argv, message, capsys):
     assert main(argv) == 2
     assert message in capsys.readouterr().err
+
+
+def test_two_prefixes_keep_their_own_options():
+    parser = argparse.ArgumentParser()
+    attnzoo.add_arguments(parser, "local", prefix="enc")
+    attnzoo.add_arguments(parser, "local", prefix="dec")
+    args = parser.parse_args(["--enc-window-size", "32", "--dec-window-size", "8"])
+    assert attnzoo.options_from_args(args, prefix="enc") == {"window_size": 32}
+    assert attnzoo.options_from_args(args, prefix="dec") == {"window_size": 8}
+    with pytest.raises(ValueError, match=r"several prefixes \(dec, enc\); pass prefix="):
+        attnzoo.options_from_args(args)
+    with pytest.raises(ValueError, match=r"no flags were added with prefix 'mid' \(added: 'dec', 'enc'\)"):
+        attnzoo.options_from_args(args, prefix="mid")
+    plain = argparse.ArgumentParser()
+    attnzoo.add_arguments(plain, "local")
+    assert attnzoo.options_from_args(plain.parse_args(["--window-size", "5"])) == {"window_size": 5}

@@ -201,8 +201,11 @@ def add_arguments(
 ) -> argparse._ArgumentGroup:
     """Add one ``--{prefix-}{field}`` flag per option of mechanism ``name`` to ``parser``.
 
-    Each value is stored under dest ``"<struct_name>.<field>"``, as in efficient-attention's
-    ``add_attn_specific_args``; :func:`options_from_args` collects them. Unset flags stay ``None``.
+    Each value is stored under dest ``"<struct_name>.<field>"`` (as efficient-attention's
+    ``add_attn_specific_args``), or ``"<struct_name>.<prefix>.<field>"`` with a prefix, so that two
+    prefixes (``enc``, ``dec``) keep their own values; :func:`options_from_args` with the same
+    ``prefix`` collects them. Unset flags stay ``None``. Options of two mechanisms under one prefix
+    share their flags and are refused by argparse as conflicting.
 
     Returns:
         The argument group holding the flags.
@@ -210,12 +213,12 @@ def add_arguments(
     from attnzoo.registry import options as options_of
 
     cls = options_of(name)
-    group = parser.add_argument_group(f"{name} attention options")
+    group = parser.add_argument_group(f"{name} attention options" + (f" (--{prefix}-*)" if prefix else ""))
     flag_prefix = f"--{prefix}-" if prefix else "--"
     for field in dataclasses.fields(cls):
         group.add_argument(
             flag_prefix + field.name.replace("_", "-"),
-            dest=f"{struct_name}.{field.name}",
+            dest=_dest(struct_name, prefix, field.name),
             type=_converter(cls, field),
             default=None,
             metavar=field.name.upper(),
@@ -224,14 +227,36 @@ def add_arguments(
     return group
 
 
-def options_from_args(args: argparse.Namespace, *, struct_name: str = "attn_args") -> dict[str, Any]:
-    """Collect the values set by :func:`add_arguments` into ``{field: value}`` (``None`` dropped)."""
-    found: dict[str, Any] = {}
+def _dest(struct_name: str, prefix: str, field: str) -> str:
+    return f"{struct_name}.{prefix}.{field}" if prefix else f"{struct_name}.{field}"
+
+
+def options_from_args(
+    args: argparse.Namespace, *, prefix: str | None = None, struct_name: str = "attn_args"
+) -> dict[str, Any]:
+    """Collect the values set by :func:`add_arguments` with ``prefix`` into ``{field: value}`` (``None`` dropped).
+
+    ``prefix=None`` reads the flags added without a prefix, or, when there are none, those of the one
+    prefix that was added (so a single ``add_arguments(..., prefix="encoder-attn")`` needs no prefix here).
+
+    Raises:
+        ValueError: ``prefix`` is None and several prefixes were added (name one), or ``prefix`` was not added.
+    """
+    groups: dict[str, dict[str, Any]] = {}
     lead = f"{struct_name}."
     for key, value in vars(args).items():
-        if key.startswith(lead) and value is not None:
-            found[key[len(lead) :]] = value
-    return found
+        if key.startswith(lead):
+            group, _, field = key[len(lead) :].rpartition(".")
+            groups.setdefault(group, {})[field] = value
+    if prefix is None:
+        if "" not in groups and len(groups) > 1:
+            several = ", ".join(sorted(groups))
+            raise ValueError(f"options_from_args: flags of several prefixes ({several}); pass prefix=")
+        prefix = "" if "" in groups or not groups else next(iter(groups))
+    if groups and prefix not in groups:
+        added = ", ".join(repr(g) for g in sorted(groups))
+        raise ValueError(f"options_from_args: no flags were added with prefix {prefix!r} (added: {added})")
+    return {field: value for field, value in groups.get(prefix, {}).items() if value is not None}
 
 
 def options_from_mapping(cls: type, values: Mapping[str, Any]) -> Any:

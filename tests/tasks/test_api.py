@@ -121,3 +121,28 @@ def test_cli_list_generate_info(tmp_path, capsys) -> None:
     assert _run(["data", "info", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "basic_val.tsv: 6 lines" in out and "task=copy split=dev" in out and "inputs (5, 40)" in out
+
+
+def test_generate_refuses_to_overwrite_files(tmp_path, capsys) -> None:
+    from attnzoo.cli import main
+
+    out = tmp_path / "listops-1000"
+    gen = ["data", "generate", "listops-mini", "--out", str(out), "--size", "4"]
+    assert main([*gen, "--splits", "train"]) == 0
+    official = out / "basic_train.tsv"
+    official.write_text("Source\tTarget\n( [MAX 2 9 ] )\t9\n")  # stands in for a released file
+    capsys.readouterr()
+    assert main([*gen, "--splits", "train", "dev"]) == 2
+    err = capsys.readouterr().err
+    assert err == (
+        f"attnzoo data: error: {out} already holds basic_train.tsv; pass --overwrite to replace them or another --out\n"
+    )
+    assert official.read_text() == "Source\tTarget\n( [MAX 2 9 ] )\t9\n" and not (out / "basic_val.tsv").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["listops-1000"]  # no staging folder left behind
+    assert main([*gen, "--splits", "dev"]) == 0  # a split with no file there yet is added
+    assert capsys.readouterr().out == f"dev: 4 examples -> {out / 'basic_val.tsv'}\n"
+    assert main([*gen, "--splits", "train", "--overwrite"]) == 0
+    assert len(official.read_text().splitlines()) == 5
+    (tmp_path / "file").write_text("")
+    assert main(["data", "generate", "copy", "--out", str(tmp_path / "file"), "--size", "2"]) == 2
+    assert "is a file, not a folder" in capsys.readouterr().err

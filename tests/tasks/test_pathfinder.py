@@ -187,7 +187,7 @@ def test_generated_layout_loads_back_as_the_generated_splits(tmp_path, monkeypat
     # regenerating a smaller split into the same folder leaves no stale metadata behind
     monkeypatch.setattr(pathfinder, "PER_BATCH", 2)  # metadata files of 2 images: 0.npy, 1.npy, 2.npy
     gen = ["data", "generate", "pathfinder32", "--out", str(tmp_path / "one"), "--seed", "3", "--splits", "dev"]
-    assert main([*gen, "--size", "5"]) == 0 and main([*gen, "--size", "3"]) == 0
+    assert main([*gen, "--size", "5"]) == 0 and main([*gen, "--size", "3", "--overwrite"]) == 0
     assert sorted(f.name for f in (tmp_path / "one" / "curv_contour_length_14" / "dev" / "metadata").iterdir()) == [
         "0.npy",
         "1.npy",

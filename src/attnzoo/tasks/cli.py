@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import random
 import tempfile
 import time
@@ -41,20 +42,17 @@ def _options(pairs: list[str]) -> dict[str, Any]:
     return out
 
 
-def _generate(args: argparse.Namespace) -> int:
+def _write_splits(args: argparse.Namespace, task: Any, opts: Any, out: Path) -> list[str]:
+    """Generate the requested splits of ``task`` into ``out``; returns one line per split."""
     from attnzoo.tasks.cache import write_entry
-    from attnzoo.tasks.spec import SPLITS, get_task
+    from attnzoo.tasks.spec import SPLITS
 
-    task = get_task(args.task)
-    opts = task.options(**_options(args.option))
-    if task.generate is None:
-        raise ValueError(f"task {args.task!r} cannot be generated ({task.files_hint})")
-    out = Path(args.out)
+    lines = []
     for split in args.splits or SPLITS:
         size = args.size if args.size is not None else task.sizes[split]
         if task.export is not None:
             files = task.export(opts, split, size, args.seed, out)
-            print(f"{split}: {size} examples -> {files[0].parent if len(files) > 1 else files[0]}")
+            lines.append(f"{split}: {size} examples -> {files[0].parent if len(files) > 1 else files[0]}")
         else:
             header = {
                 "task": args.task,
@@ -68,7 +66,41 @@ def _generate(args: argparse.Namespace) -> int:
             write_entry(
                 out / split, task.generate(opts, split, size, args.seed), {**header, "source_hash": "generated"}
             )
-            print(f"{split}: {size} examples -> {out / split}")
+            lines.append(f"{split}: {size} examples -> {out / split}")
+    return lines
+
+
+def _files_under(root: Path) -> list[Path]:
+    return sorted(p.relative_to(root) for p in root.rglob("*") if not p.is_dir())
+
+
+def _generate(args: argparse.Namespace) -> int:
+    """Write the splits into ``--out``. A folder that already holds files is written only with ``--overwrite``:
+    otherwise the splits are generated beside it and moved in when none of their files exists there yet."""
+    from attnzoo.tasks.spec import get_task
+
+    task = get_task(args.task)
+    opts = task.options(**_options(args.option))
+    if task.generate is None:
+        raise ValueError(f"task {args.task!r} cannot be generated ({task.files_hint})")
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"--out {str(out)!r} is a file, not a folder")
+    if args.overwrite or not out.exists() or not any(out.iterdir()):
+        lines = _write_splits(args, task, opts, out)
+    else:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}-") as staging:
+            lines = [line.replace(staging, str(out)) for line in _write_splits(args, task, opts, Path(staging))]
+            new = _files_under(Path(staging))
+            taken = [str(name) for name in new if (out / name).exists()]
+            if taken:
+                shown = ", ".join(taken[:3]) + (f" and {len(taken) - 3} more" if len(taken) > 3 else "")
+                raise FileExistsError(f"{out} already holds {shown}; pass --overwrite to replace them or another --out")
+            for name in new:
+                (out / name).parent.mkdir(parents=True, exist_ok=True)
+                os.replace(Path(staging) / name, out / name)
+    print("\n".join(lines))
     return 0
 
 
@@ -148,6 +180,11 @@ def register_commands(subparsers: argparse._SubParsersAction) -> None:
     gen.add_argument("--seed", type=int, default=0)
     gen.add_argument("--splits", nargs="+", choices=["train", "dev", "test"], default=None)
     gen.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="task option, e.g. seq_len=256")
+    gen.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace files already in --out (without it, a split whose files exist there is refused)",
+    )
     gen.set_defaults(func=_generate)
     info = sub.add_parser("info", help="describe generated files or cache entries under DIR")
     info.add_argument("dir")

@@ -8,19 +8,16 @@ from __future__ import annotations
 import argparse
 import sys
 
+from attnzoo.cli import parse_command_line, run_command
 from attnzoo.train.cli import register_commands
 
 
 def main(argv: list[str] | None = None) -> int:
     """Parse ``argv`` and run the chosen command; errors in the config print one line and return 2."""
+    argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(prog="python -m attnzoo.train")
     register_commands(parser.add_subparsers(dest="command", metavar="COMMAND", required=True))
-    args = parser.parse_args(argv)
-    try:
-        return int(args.func(args) or 0)
-    except (ValueError, TypeError, FileNotFoundError, FileExistsError) as err:
-        print(f"attnzoo {args.command}: error: {err}", file=sys.stderr)
-        return 2
+    return run_command(parse_command_line(parser, argv), "python -m attnzoo.train", argv)
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ from attnzoo.models import resize_table
 from attnzoo.train.distributed import DistInfo
 
 __all__ = [
+    "RUN_OUTPUTS",
     "adapt_options",
     "capture_rng",
     "find_resume",
@@ -84,23 +85,41 @@ def restore_rank_rng(states: list[dict[str, Any]] | dict[str, Any], info: DistIn
         torch.manual_seed(fallback_seed)
 
 
-def find_resume(run_dir: Path, resume: str) -> Path | None:
+RUN_OUTPUTS = ("last.pt", "best.pt", "results.json")  # what --overwrite removes before a fresh run
+
+
+def find_resume(run_dir: Path, resume: str, *, overwrite: bool = False) -> Path | None:
     """The checkpoint to resume from: ``"auto"`` -> ``run_dir/last.pt`` if present; a path; or ``None``.
 
+    A fresh run (``resume`` empty) refuses a folder that holds ``last.pt`` or ``results.json``, and
+    ``"auto"`` refuses a folder with ``results.json`` but no ``last.pt`` (a finished run whose
+    checkpoints were deleted), unless ``overwrite``: the caller then removes :data:`RUN_OUTPUTS` and
+    starts afresh (``"auto"`` with ``overwrite`` still resumes a ``last.pt`` that is there).
+
     Raises:
-        FileExistsError: ``resume`` is empty but ``run_dir`` already holds a checkpoint.
+        FileExistsError: ``run_dir`` is a file, or holds a run that would be overwritten (see above).
         FileNotFoundError: an explicit path that does not exist.
     """
-    last = run_dir / "last.pt"
-    if resume == "auto":
-        return last if last.is_file() else None
-    if resume:
+    last, results = run_dir / "last.pt", run_dir / "results.json"
+    if run_dir.exists() and not run_dir.is_dir():
+        raise FileExistsError(f"out_dir {str(run_dir)!r} is a file, not a folder; pass a folder path as --out-dir")
+    if resume == "auto" and last.is_file():
+        return last
+    if resume and resume != "auto":
         if not Path(resume).is_file():
             raise FileNotFoundError(f"--resume checkpoint {resume!r} does not exist")
         return Path(resume)
-    if last.is_file():
+    if overwrite:
+        return None
+    if resume == "" and last.is_file():
         raise FileExistsError(
-            f"{run_dir} already holds a checkpoint; pass --resume auto to continue it or another --out-dir"
+            f"{run_dir} already holds a checkpoint; pass --resume auto to continue it, --overwrite to start "
+            "afresh there, or another --out-dir"
+        )
+    if results.is_file():
+        raise FileExistsError(
+            f"{run_dir} holds a finished run (results.json) without last.pt to continue from; pass --overwrite "
+            "to replace it or another --out-dir"
         )
     return None
 

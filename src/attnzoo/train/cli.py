@@ -2,22 +2,27 @@
 
 Every ``TrainConfig`` field is also a flag (``--lr``, ``--batch-size``, ``--model.num-heads``,
 ``--task-options '{seq_len: 512}'``; a bool flag alone means true: ``--resume-with-new-settings``),
-as is ``--set key=value`` for any of them. Without ``--config`` or ``--task`` the task is
+as is ``--set key=value`` for any of them. Each flag's help (``attnzoo train --help``) is the field's
+entry in the ``Attributes:`` section of ``TrainConfig``'s or ``ModelConfig``'s docstring, with its
+type and default. Without ``--config`` or ``--task`` the task is
 ``TrainConfig``'s default (listops-mini) and its file is used, as for ``--task listops-mini``.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
+import typing
 from pathlib import Path
 from typing import Any
 
 import attnzoo
+from attnzoo.models import ModelConfig
 from attnzoo.options import parse_option_string
-from attnzoo.train.config import TrainConfig, flat_fields, load_config
+from attnzoo.train.config import TrainConfig, field_docs, flat_fields, load_config
 
 __all__ = ["attention_map_command", "compare_command", "register_commands", "train_command"]
 
@@ -43,14 +48,44 @@ def _add_config_flags(parser: argparse.ArgumentParser, *, skip: tuple[str, ...] 
         metavar="KEY=VALUE",
         help="override any config field, e.g. --set model.dim=128 (repeatable)",
     )
-    group = parser.add_argument_group("config fields (each overrides the file)")
+    group = parser.add_argument_group(
+        "config fields",
+        "each overrides the config file; the defaults shown are TrainConfig's and ModelConfig's, which a "
+        "config file (the task's, by default) may change",
+    )
     for name, hint in flat_fields().items():
         if name in skip:
             continue
         if hint is bool:  # "--progress" alone means true; "--progress false" also works
-            group.add_argument(_flag(name), dest=f"cfg:{name}", metavar="BOOL", nargs="?", const="true", default=None)
+            extra: dict[str, Any] = {"nargs": "?", "const": "true"}
         else:
-            group.add_argument(_flag(name), dest=f"cfg:{name}", metavar="VALUE", default=None)
+            extra = {}
+        group.add_argument(
+            _flag(name), dest=f"cfg:{name}", metavar=type_word(hint), default=None, help=_field_help(name), **extra
+        )
+
+
+def type_word(hint: Any) -> str:
+    """The metavar of a config field's flag: ``INT``, ``FLOAT``, ``TEXT``, ``BOOL``, ``LIST``, ``MAPPING``,
+    with ``|none`` for an optional field (lists and mappings are written in YAML: ``"[0.9, 0.98]"``)."""
+    words = {int: "INT", float: "FLOAT", str: "TEXT", bool: "BOOL", list: "LIST", dict: "MAPPING"}
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    if type(None) in typing.get_args(hint):
+        return type_word(args[0]) + "|none"
+    return words[typing.get_origin(hint) or hint]
+
+
+def _field_help(name: str) -> str:
+    """``"<doc> (default: <value>)"`` for config field ``name`` (``"lr"``, ``"model.dim"``)."""
+    cls, field_name = (ModelConfig, name[6:]) if name.startswith("model.") else (TrainConfig, name)
+    field = {f.name: f for f in dataclasses.fields(cls)}[field_name]
+    default = field.default_factory() if field.default_factory is not dataclasses.MISSING else field.default
+    if default is None:
+        shown = "none"
+    else:
+        shown = json.dumps(default) if isinstance(default, (bool, list, dict)) or default == "" else str(default)
+    # argparse formats help with %: a literal percent sign must be doubled
+    return f"{field_docs(cls)[field_name]} (default: {shown})".replace("%", "%%")
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:

@@ -1,4 +1,5 @@
-"""Run logs: ``metrics.jsonl`` and ``metrics.csv`` always, TensorBoard when it is installed.
+"""Run logs: ``metrics.jsonl`` and ``metrics.csv`` always, TensorBoard when it is installed, and the
+trackers of :mod:`attnzoo.train.trackers` (wandb, MLflow) when asked for.
 
 Records are kept in memory and both files are rewritten atomically on ``flush`` (so a crash never
 leaves a torn line); a resumed run reloads the records up to its checkpoint's step and continues.
@@ -11,9 +12,12 @@ import csv
 import io
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from attnzoo.io import atomic_write_text
+
+if TYPE_CHECKING:
+    from attnzoo.train.trackers import Tracker
 
 __all__ = ["MetricLogger", "read_records"]
 
@@ -27,12 +31,19 @@ def read_records(path: str | Path) -> list[dict[str, Any]]:
 
 
 class MetricLogger:
-    """Collects ``{"step", "split", ...}`` records; writes JSONL + CSV (+ TensorBoard scalars)."""
+    """Collects ``{"step", "split", ...}`` records; writes JSONL + CSV (+ TensorBoard scalars, + ``trackers``)."""
 
     def __init__(
-        self, run_dir: Path, *, enabled: bool = True, tensorboard: bool = True, resume_step: int | None = None
+        self,
+        run_dir: Path,
+        *,
+        enabled: bool = True,
+        tensorboard: bool = True,
+        resume_step: int | None = None,
+        trackers: list[Tracker] | None = None,
     ):
         self.run_dir, self.enabled = run_dir, enabled
+        self.trackers = list(trackers or []) if enabled else []
         self.records: list[dict[str, Any]] = []
         if enabled and resume_step is not None:
             self.records = [r for r in read_records(run_dir / "metrics.jsonl") if r.get("step", 0) <= resume_step]
@@ -50,10 +61,17 @@ class MetricLogger:
         if not self.enabled:
             return
         self.records.append(record)
+        split, step = record.get("split", "train"), record.get("step", 0)
+        scalars = {
+            f"{split}/{key}": value
+            for key, value in record.items()
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and key != "step"
+        }
         if self.writer is not None:
-            for key, value in record.items():
-                if isinstance(value, (int, float)) and key != "step":
-                    self.writer.add_scalar(f"{record.get('split', 'train')}/{key}", value, record.get("step", 0))
+            for tag, value in scalars.items():
+                self.writer.add_scalar(tag, value, step)
+        for tracker in self.trackers:
+            tracker.log(scalars, step)
         if flush:
             self.flush()
 
@@ -74,7 +92,10 @@ class MetricLogger:
             self.writer.flush()
 
     def close(self) -> None:
-        """Flush and close TensorBoard."""
+        """Flush, close TensorBoard and finish the trackers' runs."""
         self.flush()
         if self.writer is not None:
             self.writer.close()
+        for tracker in self.trackers:
+            tracker.close()
+        self.trackers = []

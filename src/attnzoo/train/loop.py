@@ -13,12 +13,22 @@ optimiser step is :func:`train_step` (gradient accumulation, clipping, autocast)
 :func:`log_train` writes train metrics every ``log_every`` steps, :func:`evaluate_and_checkpoint`
 evaluates on dev every ``eval_every`` steps (writing ``last.pt`` and, on improvement, ``best.pt``),
 and :func:`finish` evaluates ``best.pt`` on test and writes ``results.json``. Rank 0 alone writes files.
+
+A run stops for one of :data:`STOP_REASONS`, printed when it ends and recorded as ``stopped`` in
+``results.json``: ``steps`` (all ``cfg.steps`` done) or ``max_time`` (the wall-clock budget ran out
+first). SIGINT (Ctrl-C) or SIGTERM stops it at the end of the current step: ``last.pt`` is written
+and :class:`TrainingInterrupted` is raised (no test evaluation, no ``results.json``); a second signal
+interrupts at once. When no progress bar is drawn (stderr not a terminal, or ``progress: false``)
+rank 0 prints one line to stdout at every train log and dev evaluation, flushed, so a log file
+shows how the run goes.
 """
 
 from __future__ import annotations
 
 import contextlib
+import signal
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -37,8 +47,68 @@ from attnzoo.train.distributed import DistInfo, all_reduce_sum, barrier, setup, 
 from attnzoo.train.log import MetricLogger
 from attnzoo.train.memory import peak_memory, reset_peak_memory
 from attnzoo.train.session import Run, save_run, start_run
+from attnzoo.train.trackers import open_trackers, require_trackers
 
-__all__ = ["autocast", "evaluate", "evaluate_and_checkpoint", "finish", "log_train", "train", "train_step"]
+__all__ = [
+    "STOP_REASONS",
+    "TrainingInterrupted",
+    "autocast",
+    "evaluate",
+    "evaluate_and_checkpoint",
+    "finish",
+    "log_train",
+    "stop_on_signals",
+    "train",
+    "train_step",
+]
+
+STOP_REASONS = ("steps", "max_time")  # results.json "stopped"; a signal ends a run without results
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class TrainingInterrupted(Exception):
+    """A run stopped by SIGINT/SIGTERM after its checkpoint ``last.pt`` was written at ``step``.
+
+    ``exit_code`` is the shell's ``128 + signal number`` (130 for SIGINT, 143 for SIGTERM).
+    """
+
+    def __init__(self, signum: int, step: int, run_dir: str) -> None:
+        super().__init__(signum, step, run_dir)
+        self.signum, self.step, self.run_dir = signum, step, run_dir
+        self.exit_code = 128 + signum
+
+    def __str__(self) -> str:
+        name = signal.Signals(self.signum).name
+        return f"stopped by {name} at step {self.step}; checkpoint {self.run_dir}/last.pt written"
+
+
+@contextlib.contextmanager
+def stop_on_signals(announce: bool = True) -> Iterator[list[int]]:
+    """While active, SIGINT and SIGTERM are recorded (in the yielded list) instead of interrupting.
+
+    The loop polls the list after each step; a second signal raises ``KeyboardInterrupt`` at once.
+    Outside the main thread (where Python cannot set handlers) nothing is installed. ``announce``
+    prints one line on stderr when the first signal arrives.
+    """
+    received: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield received
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        if received:
+            raise KeyboardInterrupt
+        received.append(signum)
+        if announce:
+            line = f"attnzoo train: {signal.Signals(signum).name}: stopping after this step (again to quit at once)"
+            print(line, file=sys.stderr, flush=True)
+
+    previous = {sig: signal.signal(sig, handler) for sig in STOP_SIGNALS}
+    try:
+        yield received
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
 
 
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager[Any]:
@@ -123,24 +193,60 @@ def log_train(run: Run, window: torch.Tensor, logger: MetricLogger, bar: tqdm) -
         "train_time_s": train_time,
     }
     logger.log(record, flush=False)
-    bar.set_postfix(loss=record["loss"], acc=record["accuracy"], steps_s=run.state.step / max(train_time, 1e-9))
+    rate = run.state.step / max(train_time, 1e-9)
+    bar.set_postfix(loss=record["loss"], acc=record["accuracy"], steps_s=rate)
+    if bar.disable and run.info.is_main:
+        say(
+            f"{_step_label(run)} | train loss {record['loss']:.4f} | acc {record['accuracy']:.4f} "
+            f"| lr {record['lr']:.3g} | {rate:.2f} steps/s"
+        )
     window.zero_()
 
 
-def out_of_time(run: Run) -> bool:
-    """Whether any process has used up ``max_time`` seconds of training (agreed over all processes)."""
-    if run.cfg.max_time <= 0:
-        return False
-    over = torch.tensor(float(run.state.elapsed() > run.cfg.max_time), device=run.info.device)
-    return all_reduce_sum(over, run.info).item() > 0
+def say(line: str) -> None:
+    """Print one progress line on stdout, flushed (a log file shows it at once)."""
+    print(line, flush=True)
+
+
+def _step_label(run: Run) -> str:
+    return f"step {run.state.step}/{run.cfg.steps}"
+
+
+def stop_reason(run: Run, received: list[int]) -> str | int | None:
+    """Why the run stops after this step, agreed over all processes: ``"steps"``, ``"max_time"``, a
+    signal number (SIGTERM before SIGINT when processes saw different ones) or ``None`` (go on)."""
+    over = run.cfg.max_time > 0 and run.state.elapsed() > run.cfg.max_time
+    flags = [float(over)] + [float(sig in received) for sig in STOP_SIGNALS]
+    if run.info.enabled:
+        flags = all_reduce_sum(torch.tensor(flags, device=run.info.device), run.info).tolist()
+    for sig, flag in sorted(zip(STOP_SIGNALS, flags[1:], strict=True), reverse=True):
+        if flag:
+            return int(sig)
+    if run.state.step >= run.cfg.steps:
+        return "steps"
+    return "max_time" if flags[0] else None
+
+
+def describe_stop(run: Run, reason: str) -> str:
+    """The line printed when a run ends: how many steps it did and why it stopped."""
+    cfg, step = run.cfg, run.state.step
+    if reason == "steps":
+        return f"attnzoo train: finished {step} steps"
+    return (
+        f"attnzoo train: stopped at step {step} of {cfg.steps}: max_time {cfg.max_time:g} s of training reached "
+        f"(continue with --resume auto --max-time 0, or a larger --max-time)"
+    )
 
 
 def _higher_is_better(run: Run) -> bool:
     return run.spec.metric != "mse"
 
 
-def evaluate_and_checkpoint(run: Run, dev_loader: Any, logger: MetricLogger) -> None:
-    """Evaluate on dev, write ``best.pt`` on improvement and ``last.pt``; the clock stops meanwhile."""
+def evaluate_and_checkpoint(run: Run, dev_loader: Any, logger: MetricLogger, *, verbose: bool = False) -> None:
+    """Evaluate on dev, write ``best.pt`` on improvement and ``last.pt``; the clock stops meanwhile.
+
+    ``verbose`` prints the dev scores as one line on stdout (rank 0).
+    """
     state = run.state
     state.clock_out()
     dev = evaluate(run.raw_model, dev_loader, run.info, run.cfg.precision)
@@ -151,6 +257,13 @@ def evaluate_and_checkpoint(run: Run, dev_loader: Any, logger: MetricLogger) -> 
     save_run(run, "last.pt")
     record = {"step": state.step, "split": "dev", "loss": dev["loss"], "accuracy": dev["accuracy"]}
     logger.log({**record, **generation_fields(dev), "train_time_s": state.train_time})
+    if verbose and run.info.is_main:
+        extra = "".join(f" | {key} {value:.4f}" for key, value in generation_fields(dev).items())
+        best = state.best if _higher_is_better(run) else -state.best
+        say(
+            f"{_step_label(run)} | dev loss {dev['loss']:.4f} | acc {dev['accuracy']:.4f}{extra} "
+            f"| best {best:.4f} at step {state.best_step}"
+        )
     state.clock_in()
 
 
@@ -170,11 +283,17 @@ def open_logs(run: Run) -> MetricLogger:
         print(f"attnzoo train: {describe_source(cfg)}{resumed}", file=sys.stderr, flush=True)
         atomic_write_json(cfg.run_dir() / "config.json", cfg.to_dict())
     resume_step = run.state.step if run.resumed_from else None
-    return MetricLogger(cfg.run_dir(), enabled=info.is_main, tensorboard=cfg.tensorboard, resume_step=resume_step)
+    trackers = open_trackers(cfg.trackers(), cfg.run_dir(), cfg.to_dict()) if info.is_main else []
+    return MetricLogger(
+        cfg.run_dir(), enabled=info.is_main, tensorboard=cfg.tensorboard, resume_step=resume_step, trackers=trackers
+    )
 
 
-def finish(run: Run, logger: MetricLogger, started: float) -> dict[str, Any]:
-    """Test the best dev checkpoint (or the final model) and write ``results.json``; returns the results."""
+def finish(run: Run, logger: MetricLogger, started: float, stopped: str = "steps") -> dict[str, Any]:
+    """Test the best dev checkpoint (or the final model) and write ``results.json``; returns the results.
+
+    ``stopped`` (one of :data:`STOP_REASONS`) is recorded as ``results["stopped"]``.
+    """
     cfg, info, state, spec = run.cfg, run.info, run.state, run.spec
     best_path = cfg.run_dir() / "best.pt"
     if best_path.is_file():
@@ -196,6 +315,7 @@ def finish(run: Run, logger: MetricLogger, started: float) -> dict[str, Any]:
         "dev_loss": -state.best if not higher else None,
         "best_step": state.best_step,
         "steps": state.step,
+        "stopped": stopped,
         "train_time_s": state.train_time,
         "wall_time_s": time.perf_counter() - started,
         "steps_per_s": state.step / max(state.train_time, 1e-9),
@@ -227,6 +347,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         ``parameters``, ``config`` (with the model config actually built), ``config_file``, ...).
     """
     cfg.validate()
+    require_trackers(cfg.trackers())
     info = setup(cfg.device)
     reset_peak_memory(info.device)
     prefetch: Prefetcher | None = None
@@ -243,23 +364,28 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         started = time.perf_counter()
         run.state.clock_in()
         run.model.train()
-        while run.state.step < cfg.steps:
-            train_step(run, prefetch, window)
-            bar.update()
-            step, last = run.state.step, run.state.step == cfg.steps
-            if step % cfg.log_every == 0 or last:
-                log_train(run, window, logger, bar)
-            stop = out_of_time(run)
-            if step % cfg.eval_every == 0 or last or stop:
-                evaluate_and_checkpoint(run, dev_loader, logger)
-            elif cfg.save_every and step % cfg.save_every == 0:
-                checkpoint_last(run, logger)
-            if stop:
-                break
+        with stop_on_signals(announce=info.is_main) as received:
+            reason: str | int | None = "steps" if run.state.step >= cfg.steps else None
+            while reason is None:
+                train_step(run, prefetch, window)
+                bar.update()
+                step, reason = run.state.step, stop_reason(run, received)
+                if step % cfg.log_every == 0 or reason is not None:
+                    log_train(run, window, logger, bar)
+                if isinstance(reason, int):  # a signal: save where it stands, no evaluation
+                    checkpoint_last(run, logger)
+                    bar.close()
+                    raise TrainingInterrupted(reason, step, str(cfg.run_dir()))
+                if step % cfg.eval_every == 0 or reason is not None:
+                    evaluate_and_checkpoint(run, dev_loader, logger, verbose=bar.disable)
+                elif cfg.save_every and step % cfg.save_every == 0:
+                    checkpoint_last(run, logger)
         bar.close()
         prefetch.close()
         barrier(info)
-        return finish(run, logger, started)
+        if info.is_main:
+            print(describe_stop(run, str(reason)), file=sys.stderr, flush=True)
+        return finish(run, logger, started, str(reason))
     finally:
         if prefetch is not None:
             prefetch.close()

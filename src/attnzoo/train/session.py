@@ -115,11 +115,15 @@ def start_run(cfg: TrainConfig, info: DistInfo) -> Run:
     Raises:
         ValueError: the checkpoint cannot continue with ``cfg`` (see :func:`~attnzoo.train.resume.check_resume`),
             or the batch does not split over processes and accumulation steps.
-        FileExistsError: a fresh run in a folder that holds a checkpoint.
+        FileExistsError: a fresh run in a folder that holds a checkpoint or a finished run (unless
+            ``cfg.overwrite``, which removes them), or ``out_dir`` is a file.
     """
     from attnzoo import tasks
 
-    path = ckpt.find_resume(cfg.run_dir(), cfg.resume)
+    path = ckpt.find_resume(cfg.run_dir(), cfg.resume, overwrite=cfg.overwrite)
+    if path is None and cfg.overwrite and info.is_main:  # before any collective: no rank writes until all passed here
+        for name in ckpt.RUN_OUTPUTS:
+            (cfg.run_dir() / name).unlink(missing_ok=True)
     saved = load_checkpoint(path) if path else None
     requested = cfg.model.to_dict()
     new_settings = False
