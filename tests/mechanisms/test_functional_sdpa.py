@@ -175,6 +175,20 @@ def test_rows_that_see_no_key_give_zero(name):
     torch.testing.assert_close(out[:, :, :-5], call(name, q, k, v, mask=pad)[:, :, :-5], rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")], ids=["nan", "inf"])
+@pytest.mark.parametrize("name", NAMES)
+def test_padded_keys_content_reaches_no_real_row(name, bad):
+    """NaN/inf in padded keys' and values' rows: every real query row as with clean padding."""
+    q, k, v = qkv(B, H, N, D)
+    pad = padding()
+    clean = call(name, q, k, v, mask=pad)
+    k_bad, v_bad = k.clone(), v.clone()
+    k_bad[1, :, -5:], v_bad[1, :, -5:] = bad, -bad
+    dirty = call(name, q, k_bad, v_bad, mask=pad)
+    torch.testing.assert_close(dirty[:, :, :-5], clean[:, :, :-5], rtol=0, atol=0)
+    torch.testing.assert_close(dirty[0], clean[0], rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("name", OTHERS)
 def test_masks_a_mechanism_cannot_honour_are_refused(name):
     q, k, v = qkv(B, H, N, D)

@@ -38,6 +38,7 @@ import torch
 from torch import Tensor
 
 from attnzoo.ops.common.checks import check_padding_mask
+from attnzoo.ops.common.masks import zero_masked_rows
 from attnzoo.options import check_field_types
 
 if TYPE_CHECKING:
@@ -110,6 +111,11 @@ def _option_check(
     grid = "grid" in core_keywords and set(_GRID_FIELDS) <= fields
     defaults = {kw: core_keywords[kw].default for kw in (*mapped, *(["grid"] if grid else []))}
     return _OptionCheck(options, mapped, defaults, grid)
+
+
+def _padding_takes_part(opts: Mapping[str, Any]) -> bool:
+    """Whether an official-compatibility option asks for padded keys' content to take part (ra E9, LARA 2D)."""
+    return any(opts.get(key) not in (None, False, "none") for key in ("compat", "count_padding"))
 
 
 def _causal_request(name: str, is_causal: bool, causal: bool | None) -> bool:
@@ -292,6 +298,8 @@ def sdpa_core(
             raise ValueError(f"attention {name!r} cannot be causal (is_causal=True, causal=True or a causal attn_mask)")
         if not want_causal and not capabilities.bidirectional:
             raise ValueError(f"attention {name!r} is causal only; pass is_causal=True")
+        if mask is not None and not _padding_takes_part(opts):
+            k, v = zero_masked_rows(k, mask), zero_masked_rows(v, mask)
         out = core(q, k, v, mask=mask, causal=want_causal, **call)
         if empty is not None:
             out = out.masked_fill(empty, 0.0)
