@@ -11,7 +11,16 @@ import shlex
 import sys
 from collections.abc import Sequence
 
-__all__ = ["USER_ERRORS", "build_parser", "main", "parse_command_line", "resume_command", "run_command"]
+__all__ = [
+    "USER_ERRORS",
+    "build_parser",
+    "main",
+    "parse_command_line",
+    "positive_float",
+    "positive_int",
+    "resume_command",
+    "run_command",
+]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -40,6 +49,27 @@ def build_parser() -> argparse.ArgumentParser:
     for register in commands:
         register(subparsers)
     return parser
+
+
+def _positive(kind: type, text: str) -> int | float:
+    try:
+        value = kind(text)
+    except ValueError:
+        value = None
+    if value is None or not value > 0:  # NaN fails too
+        word = "a whole number" if kind is int else "a number"
+        raise argparse.ArgumentTypeError(f"expected {word} > 0, got {text!r}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    """argparse ``type=`` for a count or length: a whole number > 0 (the error names the text)."""
+    return int(_positive(int, text))
+
+
+def positive_float(text: str) -> float:
+    """argparse ``type=`` for a budget in seconds or MiB: a number > 0 (``inf`` allowed; NaN refused)."""
+    return float(_positive(float, text))
 
 
 USER_ERRORS = (ValueError, TypeError, OSError, ImportError)  # bad value, file, folder, missing extra: one line

@@ -74,6 +74,24 @@ def test_bench_argument_errors(argv, message, capsys):
     assert message in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["bench", "--lengths", "-5"], "argument --lengths: expected a whole number > 0, got '-5'"),
+        (["bench", "--lengths", "64", "0"], "argument --lengths: expected a whole number > 0, got '0'"),
+        (["bench", "--time-budget-s", "-1"], "argument --time-budget-s: expected a number > 0, got '-1'"),
+        (["bench", "--memory-budget-mib", "nan"], "argument --memory-budget-mib: expected a number > 0, got 'nan'"),
+        (["bench", "--repeats", "two"], "argument --repeats: expected a whole number > 0, got 'two'"),
+        (["bench-decode", "--contexts", "-1"], "argument --contexts: expected a whole number > 0, got '-1'"),
+    ],
+)
+def test_bench_refuses_non_positive_sizes_before_running(argv, message, capsys):
+    """``--lengths -5`` once ran every case, recorded each as failed and exited 0."""
+    with pytest.raises(SystemExit) as stop:
+        main(argv)
+    assert stop.value.code == 2 and message in capsys.readouterr().err
+
+
 def test_docs_without_markers_is_an_error(tmp_path, capsys):
     docs = tmp_path / "plain.md"
     docs.write_text("# nothing to fill\n")

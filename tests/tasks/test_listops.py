@@ -87,6 +87,10 @@ def test_tsv_round_trip(tmp_path) -> None:
         ("Source\tTarget\n( [MAX 1 ] )\t12\n", r"basic_test.tsv:2: label 12 out of range"),
         ("Source\tTarget\n( [MAX 1 ] )\tx\n", r"basic_test.tsv:2: label 'x' is not an integer"),
         ("1\t( [MAX 1 ] )\n", r"basic_test.tsv:1: expected the header"),
+        (
+            "Source\tTarget\n( [MAX 1 ] )\t1\n\n( [MIN 2 ] )\t2\n",
+            r"basic_test.tsv:3: blank line before the row at line 4",
+        ),
     ],
 )
 def test_malformed_tsv(tmp_path, body: str, match: str) -> None:
@@ -119,3 +123,21 @@ def test_invalid_utf8_names_the_file_and_line(tmp_path) -> None:
     path.write_bytes(b"Source\tTarget\n( [MIN 1 2 ] )\t1\n\xff\xfe\t3\n")
     with pytest.raises(ValueError, match=r"basic_train\.tsv: not valid UTF-8 \(line 3"):
         listops.read_tsv(path)
+
+
+def test_reading_follows_the_official_loader_and_says_what_it_changed(tmp_path) -> None:
+    """Unknown tokens -> OOV and rows past N truncated (as LRA's input pipeline), one warning with the counts;
+    blank lines at the end are ignored."""
+    rows = ["( [MAX 1 [FIRST 2 ] ] )\t1", "( [MIN 3 4 ] )\t3", "( [SM 1 2 3 4 5 ] )\t5", "( [MAX [LAST 7 ] ] )\t7"]
+    (tmp_path / "basic_test.tsv").write_text("Source\tTarget\n" + "\n".join(rows) + "\n\n\n")
+    with pytest.warns(UserWarning) as caught:
+        ds = tasks.load_split("listops", "test", data_dir=tmp_path, cache_dir=tmp_path / "cache", seq_len=6)
+    assert len(caught) == 1
+    assert str(caught[0].message) == (
+        f"listops {tmp_path / 'basic_test.tsv'}: 2 unknown tokens mapped to the OOV id 16 ('[FIRST' x1, '[LAST' x1); "
+        "1 of 4 rows longer than N = 6 truncated (longest 7)"
+    )
+    assert len(ds) == 4
+    first = ds[0]["input_ids"].tolist()  # [MAX 1 [FIRST 2 X X
+    assert first == [11, 2, 16, 3, 15, 15]
+    assert ds[2]["input_ids"].tolist() == [14, 2, 3, 4, 5, 6] and int(ds[2]["mask"].sum()) == 6

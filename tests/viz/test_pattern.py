@@ -1,5 +1,7 @@
 """``attnzoo pattern``: the PNG's black cells are exactly the mechanism's attended pairs."""
 
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -29,7 +31,7 @@ def panels_of(path, n, count, scale):
 
 def run(tmp_path, name, n, *options):
     out = tmp_path / f"{name}.png"
-    argv = ["pattern", name, "--length", str(n), "--out", str(out), "--scale", "2"]
+    argv = ["pattern", name, "--length", str(n), "--out", str(out), "--scale", "2", "--raw"]
     for opt in options:
         argv += ["--option", opt]
     assert main(argv) == 0
@@ -69,7 +71,7 @@ def test_diffuser_draws_pairs_within_k_hops(tmp_path):
 
 def test_weights_style_and_errors(tmp_path, capsys):
     out = tmp_path / "w.png"
-    assert main(["pattern", "local", "--length", "16", "--out", str(out), "--style", "weights"]) == 0
+    assert main(["pattern", "local", "--length", "16", "--out", str(out), "--style", "weights", "--raw"]) == 0
     image = read_png_gray(out)
     assert image.min() >= 54 and (image < 255).any()
     assert main(["pattern", "local", "--length", "16", "--out", str(out), "--option", "nope=1"]) == 2
@@ -77,3 +79,45 @@ def test_weights_style_and_errors(tmp_path, capsys):
     assert main(["pattern", "local", "--length", "0", "--out", str(out)]) == 2
     with pytest.raises(SystemExit):
         main(["pattern", "local", "--out", str(out)])
+
+
+def test_figure_has_labelled_axes_and_a_title(tmp_path, monkeypatch, capsys):
+    """The default output is a matplotlib figure: axes key/query position, a title with the options."""
+    pytest.importorskip("matplotlib")
+    import matplotlib.figure
+
+    saved = {}
+    original = matplotlib.figure.Figure.savefig
+
+    def keep(fig, handle, **kwargs):
+        saved["axes"] = [(ax.get_xlabel(), ax.get_ylabel(), ax.get_title()) for ax in fig.axes]
+        saved["title"], saved["format"] = fig._suptitle.get_text(), kwargs["format"]
+        return original(fig, handle, **kwargs)
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", keep)
+    argv = ["pattern", "dilated", "--length", "32", "--option", "segment_lengths=8,16"]
+    argv += ["--option", "dilation_rates=1,2"]
+    assert main([*argv, "--out", str(tmp_path / "d.jpg")]) == 0
+    assert saved["format"] == "jpg" and (tmp_path / "d.jpg").read_bytes()[:3] == b"\xff\xd8\xff"  # JPEG, not PNG
+    assert saved["title"] == "dilated, N = 32 (segment_lengths=(8, 16), dilation_rates=(1, 2)): attended pairs"
+    assert saved["axes"] == [
+        ("key position", "query position", "dilated heads 0,1"),
+        ("key position", "query position", "dilated heads 2,3"),
+    ]
+    assert main([*argv, "--out", str(tmp_path / "d.svg")]) == 0
+    assert b"<svg" in (tmp_path / "d.svg").read_bytes()[:400]
+    capsys.readouterr()
+    assert main([*argv, "--out", str(tmp_path / "d.xyz")]) == 2
+    assert "cannot write .xyz figures; use one of" in capsys.readouterr().err
+    assert main([*argv, "--out", str(tmp_path / "d.jpg"), "--raw"]) == 2
+    assert "--raw writes PNG only; name the file .png" in capsys.readouterr().err
+
+
+def test_without_matplotlib_png_falls_back_to_exact_pixels(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import fails as if not installed
+    out = tmp_path / "l.png"
+    assert main(["pattern", "local", "--length", "8", "--out", str(out), "--option", "window_size=1"]) == 0
+    assert "(exact pixels)" in capsys.readouterr().out
+    assert read_png_gray(out).shape == (8 * 64, 8 * 64)  # scale 512 // 8
+    assert main(["pattern", "local", "--length", "8", "--out", str(tmp_path / "l.pdf")]) == 2
+    assert "a figure needs matplotlib" in capsys.readouterr().err

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from attnzoo.bench.compare import DEFAULT_TOLERANCE
+from attnzoo.cli import positive_float, positive_int
 
 __all__ = ["register_commands"]
 
@@ -290,15 +291,15 @@ def register_commands(subparsers: Any) -> None:
     p.add_argument("--quick", action="store_true", help="the quick preset: under a minute on a 2-core CPU")
     p.add_argument("--full", action="store_true", help="the full preset, for GPUs")
     p.add_argument("--mechanisms", nargs="+", metavar="NAME", help="default: the preset's (all registered)")
-    p.add_argument("--lengths", nargs="+", type=int, metavar="N")
+    p.add_argument("--lengths", nargs="+", type=positive_int, metavar="N")
     p.add_argument("--dtypes", nargs="+", choices=["float32", "float64", "bfloat16", "float16"])
     p.add_argument("--causal", choices=["off", "on", "both"])
     p.add_argument("--shapes", nargs="+", metavar="BxHxD", help="batch x heads x head dim, e.g. 1x8x64")
-    p.add_argument("--batch", type=int)
-    p.add_argument("--heads", type=int)
-    p.add_argument("--head-dim", type=int)
+    p.add_argument("--batch", type=positive_int)
+    p.add_argument("--heads", type=positive_int)
+    p.add_argument("--head-dim", type=positive_int)
     p.add_argument("--device", default="cpu")
-    p.add_argument("--repeats", type=int, help="timed blocks per case (median and IQR reported)")
+    p.add_argument("--repeats", type=positive_int, help="timed blocks per case (median and IQR reported)")
     p.add_argument("--forward-only", action="store_true")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory runs")
     p.add_argument("--compile", action="store_true", help="torch.compile each attention core (compile time apart)")
@@ -309,12 +310,12 @@ def register_commands(subparsers: Any) -> None:
         metavar="MECH.NAME=VALUE",
         help="mechanism option over its benchmark setting, e.g. local.window_size=128 (repeatable)",
     )
-    p.add_argument("--time-budget-s", type=float, help="seconds per case before it is recorded as timeout")
-    p.add_argument("--memory-budget-mib", type=float, help="peak MiB past which a case is over budget")
-    p.add_argument("--error-lengths", nargs="+", type=int, metavar="N")
+    p.add_argument("--time-budget-s", type=positive_float, help="seconds per case before it is recorded as timeout")
+    p.add_argument("--memory-budget-mib", type=positive_float, help="peak MiB past which a case is over budget")
+    p.add_argument("--error-lengths", nargs="+", type=positive_int, metavar="N")
     p.add_argument("--no-errors", action="store_true", help="skip the approximation-error cases")
     p.add_argument("--peers", action="store_true", help="run the public implementations side by side")
-    p.add_argument("--peer-lengths", nargs="+", type=int, metavar="N")
+    p.add_argument("--peer-lengths", nargs="+", type=positive_int, metavar="N")
     p.add_argument("--peers-python", metavar="PYTHON", help="interpreter with the peer packages (peer workers)")
     p.add_argument("--out", help="append JSON-lines records to this file")
     p.add_argument("--out-dir", help="write records.jsonl, records.csv, report.md and PNG plots here")

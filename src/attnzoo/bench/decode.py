@@ -21,6 +21,8 @@ from typing import Any
 
 import torch
 
+from attnzoo.cli import positive_int
+
 __all__ = ["DEFAULT_CONTEXTS", "DEFAULT_MECHANISMS", "format_table", "register_decode_command", "time_decoding"]
 
 DEFAULT_MECHANISMS = ("softmax", "performer", "linear", "local", "dilated", "causal_eva")
@@ -155,11 +157,11 @@ def register_decode_command(subparsers: Any) -> None:
     """Add ``attnzoo bench-decode`` to the CLI."""
     p = subparsers.add_parser("bench-decode", help="time per decoded token and state size vs context length")
     p.add_argument("--mechanisms", nargs="+", default=list(DEFAULT_MECHANISMS), metavar="NAME")
-    p.add_argument("--contexts", nargs="+", type=int, default=list(DEFAULT_CONTEXTS), metavar="L")
-    p.add_argument("--steps", type=int, default=32, help="timed steps after each prefill (default 32)")
-    p.add_argument("--batch", type=int, default=1)
-    p.add_argument("--heads", type=int, default=8)
-    p.add_argument("--head-dim", type=int, default=64)
+    p.add_argument("--contexts", nargs="+", type=positive_int, default=list(DEFAULT_CONTEXTS), metavar="L")
+    p.add_argument("--steps", type=positive_int, default=32, help="timed steps after each prefill (default 32)")
+    p.add_argument("--batch", type=positive_int, default=1)
+    p.add_argument("--heads", type=positive_int, default=8)
+    p.add_argument("--head-dim", type=positive_int, default=64)
     p.add_argument("--dtype", default="float32", choices=["float32", "float64", "bfloat16", "float16"])
     p.add_argument("--device", default="cpu")
     p.add_argument("--option", action="append", default=[], metavar="MECH.NAME=VALUE", help="as attnzoo bench")

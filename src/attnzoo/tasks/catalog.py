@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from attnzoo.tasks.dataset import pad_sequences
+from attnzoo.tasks import images
 from attnzoo.tasks.lra import cifar, listops, pathfinder, text
 from attnzoo.tasks.lra.pathfinder_params import FOLDERS, lra_params
 from attnzoo.tasks.spec import SPLITS, SplitArrays, Task, TaskSpec, register
@@ -48,9 +48,8 @@ def _spec(name: str, n: int, kind: str, vocab: int, classes: int, desc: str, **k
 
 
 # ---------------------------------------------------------------- ListOps
-def _listops_arrays(opts: listops.ListOpsOptions, sources: list[str], labels: np.ndarray) -> SplitArrays:
-    ids, lengths = pad_sequences([listops.tokenize(s) for s in sources], opts.seq_len)
-    return SplitArrays(ids, lengths, labels)
+def _listops_arrays(opts: listops.ListOpsOptions, sources: list[str], labels: np.ndarray, where: str) -> SplitArrays:
+    return SplitArrays(*listops.encode(sources, opts.seq_len, where), labels)
 
 
 def _listops_task(name: str, defaults: dict[str, int], sizes: dict[str, int], desc: str) -> Task:
@@ -58,7 +57,7 @@ def _listops_task(name: str, defaults: dict[str, int], sizes: dict[str, int], de
         return _spec(name, o.seq_len, "tokens", listops.VOCAB_SIZE, 10, desc)
 
     def generate(o: listops.ListOpsOptions, split: str, size: int, seed: int) -> SplitArrays:
-        return _listops_arrays(o, *listops.generate_examples(o, split, size, seed))
+        return _listops_arrays(o, *listops.generate_examples(o, split, size, seed), f"generated {split} split")
 
     def files(o: listops.ListOpsOptions, data_dir: Path, split: str) -> list[Path]:
         path = Path(data_dir) / f"basic_{ {'dev': 'val'}.get(split, split) }.tsv"
@@ -69,7 +68,8 @@ def _listops_task(name: str, defaults: dict[str, int], sizes: dict[str, int], de
         return [path]
 
     def load(o: listops.ListOpsOptions, data_dir: Path, split: str) -> SplitArrays:
-        return _listops_arrays(o, *listops.read_tsv(files(o, data_dir, split)[0]))
+        path = files(o, data_dir, split)[0]
+        return _listops_arrays(o, *listops.read_tsv(path), str(path))
 
     def export(o: listops.ListOpsOptions, split: str, size: int, seed: int, out: Path) -> list[Path]:
         path = Path(out) / f"basic_{ {'dev': 'val'}.get(split, split) }.tsv"
@@ -160,6 +160,66 @@ register(
         load=lambda o, d, s: cifar.read_cifar_gray(d, s, o.shift_pixels),
         files_hint="data_dir = the cifar-10-batches-py folder (or its parent) from cifar-10-python.tar.gz",
         mask_zero_pixels=lambda o: not o.shift_pixels,
+    )
+)
+
+
+# ---------------------------------------------------------------- Colour images (patch tokens, model.arch vit)
+def _image_spec(name: str, side: int, classes: int, augment: bool, desc: str) -> TaskSpec:
+    return _spec(
+        name,
+        side * side,
+        "image",
+        256,
+        classes,
+        desc,
+        num_features=3,
+        image_shape=(side, side),
+        augmentation="crop-flip" if augment else "none",
+    )
+
+
+register(
+    Task(
+        "shapes2d",
+        images.ShapesOptions,
+        lambda o: _image_spec(
+            "shapes2d",
+            o.image_size,
+            len(images.RELATIONS),
+            False,
+            "procedural colour images: is the blue object above / below / left / right of the red one (4 classes)",
+        ),
+        {"train": 20_000, "dev": 1_000, "test": 2_000},
+        lambda o, s, n, seed: images.image_arrays(*images.generate_shapes(o, n, _rng("shapes2d", seed, s))),
+    )
+)
+register(
+    Task(
+        "cifar10",
+        images.CifarColorOptions,
+        lambda o: _image_spec("cifar10", 32, 10, o.augment, "CIFAR-10 in colour (32 x 32 x 3), 10 classes"),
+        {},
+        sources=lambda o, d, s: cifar.cifar_files(d, s),
+        load=lambda o, d, s: images.read_cifar_color(d, s),
+        files_hint="data_dir = the cifar-10-batches-py folder (or its parent) from cifar-10-python.tar.gz",
+    )
+)
+register(
+    Task(
+        "image-folder",
+        images.FolderOptions,
+        lambda o: _image_spec(
+            "image-folder",
+            o.image_size,
+            o.num_classes,
+            o.augment,
+            "ImageFolder layout: data_dir/{train,val}/<class>/<image>, resized to image_size (Pillow)",
+        ),
+        {},
+        sources=lambda o, d, s: images.folder_files(d, s),
+        load=lambda o, d, s: images.read_folder(d, s, o),
+        files_hint="data_dir = a folder with train/ and val/ (or dev/; test/ optional) holding one folder per class",
     )
 )
 

@@ -4,6 +4,11 @@ N x N matrix of attended pairs), one panel per head or per butterfly stage where
 The pattern is read off the module itself (:meth:`AttentionBase.attention_map` on a seeded random
 input), so what is drawn is what runs: for sparse patterns the attended pairs, for Diffuser the
 effective multi-hop operator ``sum_k c_k A^k`` (pairs within K hops), for PSF the factor product.
+
+With matplotlib the figure has one panel per distinct pattern, axes labelled key position /
+query position and a title naming the mechanism, N and its options; the format follows the file
+suffix (png, svg, pdf, jpg, ...). ``--raw`` (and the fallback without matplotlib, PNG only) writes
+the exact-pixel image: each attended pair is ``scale`` x ``scale`` black pixels, no axes.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["pattern_panels", "register_commands", "render_panels", "write_pattern_png"]
+__all__ = ["draw_pattern_figure", "pattern_panels", "register_commands", "render_panels", "write_pattern_png"]
 
 MAX_LENGTH = 4096
 GAP = 4  # white columns between panels
@@ -121,27 +126,112 @@ def write_pattern_png(
     return [title for title, _ in panels]
 
 
+def draw_pattern_figure(
+    panels: list[tuple[str, np.ndarray]], path: str | Path, title: str, *, style: str = "mask"
+) -> None:
+    """Save ``panels`` (from :func:`pattern_panels`) as a matplotlib figure in the format of ``path``'s suffix.
+
+    One subplot per panel (the :func:`render_panels` image, one cell per pair), x = key position,
+    y = query position, the panel's title above it and ``title`` above all.
+
+    Raises:
+        ImportError: matplotlib is not installed.
+        ValueError: a suffix matplotlib cannot write (the message lists those it can).
+    """
+    from attnzoo.io import atomic_open
+    from attnzoo.viz.plots import require_matplotlib
+
+    plt = require_matplotlib()
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels) + 0.4, 3.6), squeeze=False)
+    suffix = Path(path).suffix.lstrip(".").lower()
+    formats = fig.canvas.get_supported_filetypes()
+    if suffix not in formats:
+        plt.close(fig)
+        raise ValueError(f"--out {str(path)!r}: cannot write .{suffix} figures; use one of .{', .'.join(formats)}")
+    for ax, (panel_title, weights) in zip(axes[0], panels, strict=True):
+        n = weights.shape[0]
+        ax.imshow(
+            render_panels([(panel_title, weights)], style=style),
+            cmap="gray",
+            vmin=0,
+            vmax=255,
+            extent=(-0.5, n - 0.5, n - 0.5, -0.5),
+            interpolation="nearest",
+        )
+        ax.set_xlabel("key position")
+        ax.set_ylabel("query position")
+        ax.set_title(panel_title, fontsize=9)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    try:
+        with atomic_open(path, "wb") as handle:
+            fig.savefig(handle, format=suffix, dpi=150, bbox_inches="tight")
+    finally:
+        plt.close(fig)
+
+
+def _figure_title(name: str, length: int, options: dict[str, Any], style: str) -> str:
+    shown = ", ".join(f"{key}={value}" for key, value in options.items())
+    what = "attended pairs" if style == "mask" else "attention weights (log scale)"
+    return f"{name}, N = {length}" + (f" ({shown})" if shown else "") + f": {what}"
+
+
+def _has_matplotlib() -> bool:
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def _run(args: argparse.Namespace) -> int:
     import attnzoo
     from attnzoo.options import parse_option_string
 
     cls = attnzoo.options(args.name)
     options = dict(parse_option_string(cls, text) for text in args.option)
-    titles = write_pattern_png(
-        args.name, args.length, args.out, options, heads=args.heads, scale=args.scale, style=args.style
-    )
-    print(f"wrote {args.out}: " + "; ".join(titles))
+    raw = args.raw
+    if not raw and not _has_matplotlib():
+        if Path(args.out).suffix.lower() != ".png":
+            raise ImportError(
+                f"--out {args.out}: a figure needs matplotlib (pip install 'attnzoo[plot]'); without it only "
+                ".png is written (the exact-pixel image, --raw)"
+            )
+        raw = True
+    if raw:
+        if Path(args.out).suffix.lower() != ".png":
+            raise ValueError(f"--out {args.out}: --raw writes PNG only; name the file .png")
+        titles = write_pattern_png(
+            args.name, args.length, args.out, options, heads=args.heads, scale=args.scale, style=args.style
+        )
+    else:
+        panels = pattern_panels(args.name, args.length, options, heads=args.heads)
+        draw_pattern_figure(
+            panels, args.out, _figure_title(args.name, args.length, options, args.style), style=args.style
+        )
+        titles = [title for title, _ in panels]
+    print(f"wrote {args.out}" + (" (exact pixels)" if raw else "") + ": " + "; ".join(titles))
     return 0
 
 
 def register_commands(subparsers: Any) -> None:
     """Add ``attnzoo pattern`` to the CLI."""
-    parser = subparsers.add_parser("pattern", help="draw a mechanism's attention pattern as a PNG")
+    parser = subparsers.add_parser(
+        "pattern",
+        help="draw a mechanism's attention pattern (a matplotlib figure, or exact pixels with --raw)",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("name", help="registered mechanism, e.g. local, dilated, butterfly, diffuser")
     parser.add_argument("--length", type=int, required=True, help="sequence length N (<= 4096)")
     parser.add_argument("--option", action="append", default=[], metavar="K=V", help="mechanism option (repeat)")
     parser.add_argument("--heads", type=int, default=4, help="heads to draw (default 4)")
-    parser.add_argument("--scale", type=int, default=None, help="pixels per cell (default 512 // N, >= 1)")
+    parser.add_argument("--scale", type=int, default=None, help="--raw: pixels per cell (default 512 // N, >= 1)")
     parser.add_argument("--style", choices=("mask", "weights"), default="mask", help="black mask or log weights")
-    parser.add_argument("--out", required=True, help="output PNG file")
+    parser.add_argument("--out", required=True, help="output file; its suffix picks the format (.png, .svg, .pdf, ...)")
+    parser.add_argument(
+        "--raw",
+        action="store_true",
+        help="exact-pixel PNG (each pair --scale pixels square, no axes); the fallback without matplotlib",
+    )
     parser.set_defaults(func=_run)

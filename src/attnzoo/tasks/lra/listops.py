@@ -10,12 +10,20 @@ test 9), so the splits are disjoint without generating them together.
 Tokenisation (``listops/input_pipeline.py``): ``]`` -> ``X``, drop ``(`` and ``)``, split on
 whitespace. The official vocabulary order depends on Python set order; this one is fixed:
 0 = pad, ``0``..``9`` -> 1..10, ``[MAX [MED [MIN [SM`` -> 11..14, ``X`` -> 15, unknown -> 16.
+
+Reading files follows the official loader: a token outside the vocabulary becomes the OOV id (its
+``TokenTextEncoder`` has one OOV bucket) and a row longer than the model length N is truncated to
+N (its ``max_length``); :func:`encode` does both and warns once per file with the counts. Malformed
+rows (header, column count, label, UTF-8, a blank line before data) are refused naming the line;
+blank lines at the end of a file are ignored.
 """
 
 from __future__ import annotations
 
 import random
+import warnings
 import zlib
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,11 +31,13 @@ import numpy as np
 
 from attnzoo.io import atomic_open
 from attnzoo.progress import progress
+from attnzoo.tasks.dataset import pad_sequences
 from attnzoo.tasks.lra.text import first_bad_utf8_line
 
 __all__ = [
     "VOCAB",
     "ListOpsOptions",
+    "encode",
     "evaluate_tree",
     "generate_examples",
     "generate_tree",
@@ -200,6 +210,32 @@ def tokenize(source: str) -> np.ndarray:
     return np.fromiter((VOCAB.get(t, OOV_ID) for t in toks), dtype=np.int16, count=len(toks))
 
 
+def encode(sources: list[str], seq_len: int, where: str) -> tuple[np.ndarray, np.ndarray]:
+    """Tokenise ``sources`` into ``(ids (n, seq_len) int16, lengths (n,) int32)``, as the official loader.
+
+    Unknown tokens become the OOV id and rows longer than ``seq_len`` are truncated; when either
+    happens, one ``UserWarning`` naming ``where`` (a file) gives the counts and the commonest unknown tokens.
+    """
+    rows = [tokenize(source) for source in sources]
+    ids, lengths = pad_sequences(rows, seq_len)
+    unknown: Counter[str] = Counter()
+    for source, row in zip(sources, rows, strict=True):
+        if (row == OOV_ID).any():
+            toks = source.replace("]", "X").replace("(", "").replace(")", "").split()
+            unknown.update(t for t in toks if t not in VOCAB)
+    long_rows = [len(row) for row in rows if len(row) > seq_len]
+    notes = []
+    if unknown:
+        common = ", ".join(f"{tok!r} x{n}" for tok, n in unknown.most_common(3))
+        notes.append(f"{sum(unknown.values())} unknown tokens mapped to the OOV id {OOV_ID} ({common})")
+    if long_rows:
+        longest = max(long_rows)
+        notes.append(f"{len(long_rows)} of {len(rows)} rows longer than N = {seq_len} truncated (longest {longest})")
+    if notes:
+        warnings.warn(f"listops {where}: " + "; ".join(notes), stacklevel=2)
+    return ids, lengths
+
+
 def write_tsv(path: Path, sources: list[str], labels: np.ndarray) -> None:
     """Write the official ``Source<TAB>Target`` TSV (with header) atomically."""
     with atomic_open(path, "w") as handle:
@@ -227,9 +263,15 @@ def read_tsv(path: Path) -> tuple[list[str], np.ndarray]:
 def _read_rows(path: Path) -> tuple[list[str], np.ndarray]:
     sources: list[str] = []
     labels: list[int] = []
+    blank = 0  # the first blank line seen, an error if a row follows it
     with open(path, encoding="utf-8") as handle:
         for lineno, line in enumerate(handle, start=1):
             line = line.rstrip("\r\n")
+            if not line.strip() and lineno > 1:
+                blank = blank or lineno
+                continue
+            if blank:
+                raise ValueError(f"{path}:{blank}: blank line before the row at line {lineno}")
             if lineno == 1:
                 if line != HEADER:
                     raise ValueError(f"{path}:1: expected the header 'Source<TAB>Target', got {line[:40]!r}")
