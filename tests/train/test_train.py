@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -75,6 +76,16 @@ def test_tiny_model_learns_and_writes_everything(tmp_path: Path) -> None:
     state = load_checkpoint(tmp_path / "run" / "last.pt")
     assert state["step"] == 80 and state["data_position"]["epoch"] >= 2
     assert len(state["rng"]) == 1 and {"python", "numpy", "torch"} <= set(state["rng"][0])  # one per rank
+
+
+def test_bf16_performer_trains_through_the_cli(tmp_path: Path) -> None:
+    """``attnzoo train --precision bf16 --attention performer`` (issue 24: its backward raised a dtype error)."""
+    run_dir = tmp_path / "run"
+    args = ["--attention", "performer", "--precision", "bf16", "--steps", "2", "--log-every", "1"]
+    assert main(["train", *TINY, *args, "--warmup-steps", "0", "--out-dir", str(run_dir)]) == 0
+    losses = train_losses(run_dir)
+    assert sorted(losses) == [1, 2] and all(math.isfinite(loss) for loss in losses.values())
+    assert json.loads((run_dir / "config.json").read_text())["precision"] == "bf16"
 
 
 def test_killed_run_resumes_with_identical_losses(tmp_path: Path) -> None:

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from attnzoo.ops.common import check_padding_mask, check_qkv
+from attnzoo.ops.common.precision import fp32_core
 from attnzoo.ops.diffuser.edges import edge_diffusion, edge_dots
 from attnzoo.ops.diffuser.graph import DiffuserGraph, _global_codes, diffuser_graph, official_graph
 
@@ -101,6 +102,7 @@ class _EdgeSoftmax(torch.autograd.Function):
         return product.addcmul_(weights, per_row.gather(2, dst.expand_as(weights)), value=-1.0), None, None
 
 
+@fp32_core
 def diffuser_attention(
     q: Tensor,
     k: Tensor,
@@ -137,7 +139,8 @@ def diffuser_attention(
         dropout_p: dropout on the edge weights (one mask for all hops, as the official code).
 
     Returns:
-        ``(B, H, N, d)``.
+        ``(B, H, N, d)``, computed in fp32 at least with autocast off (the sparse kernels have no half
+        precision), in the inputs' dtype or autocast's (:func:`attnzoo.ops.common.precision.fp32_core`).
 
     Raises:
         ValueError: ``causal``, an unknown graph, an official graph longer than 4096.

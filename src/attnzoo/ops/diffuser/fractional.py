@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from attnzoo.ops.common.precision import fp32_core
 from attnzoo.ops.diffuser.diffusion import check_graph_inputs, edge_scores, resolve_graph
 from attnzoo.ops.diffuser.edges import EdgeLayout, edge_matmul
 
@@ -140,6 +141,7 @@ def tied_sphere_attention(
     return out if mask is None or not zero_pad_rows else out * mask[:, None, :, None].to(out.dtype)
 
 
+@fp32_core
 def diffuser_fractional_attention(
     q: Tensor,
     k: Tensor,

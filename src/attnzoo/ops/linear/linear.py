@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from attnzoo.ops.common import check_padding_mask, check_qkv
+from attnzoo.ops.common.precision import fp32_core
 from attnzoo.ops.linear.kernel import FeatureFn, feature_attention
 
 __all__ = ["COMPAT", "check_linear_args", "elu_feature_maps", "linear_attention"]
@@ -39,6 +40,7 @@ def elu_feature_maps(q_div: float = 1.0, k_div: float = 1.0) -> tuple[Callable[[
     return query_features, key_features
 
 
+@fp32_core
 def linear_attention(
     q: Tensor,
     k: Tensor,
@@ -52,7 +54,8 @@ def linear_attention(
     """Linear attention ``y_i = phi(q_i)^T sum_j phi(k_j) v_j^T / phi(q_i)^T sum_j phi(k_j)``, ``phi = elu + 1``.
 
     O(N*d*dv) time and memory, never an N x S matrix; causal by chunked prefix sums. Computed in fp32
-    (at least) and returned in q's dtype. Paper: Katharopoulos et al., "Transformers are RNNs" (2020).
+    (at least) with autocast off, returned in q's dtype or autocast's (``ops.common.precision.fp32_core``).
+    Paper: Katharopoulos et al., "Transformers are RNNs" (2020).
 
     Args:
         q: queries ``(B, H, N, d)``; k: keys ``(B, H, S, d)``; v: values ``(B, H, S, dv)``.

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from attnzoo.ops.common import check_padding_mask, check_qkv, zero_masked_rows
+from attnzoo.ops.common.precision import fp32_core
 from attnzoo.ops.nystrom.landmarks import add_segment_means_grad, iterative_pinv, segment_means
 from attnzoo.ops.softmax import softmax_attention
 from attnzoo.sparse.kernels import Kernel, pick_kernel
@@ -59,6 +60,7 @@ def conv_skip(v: Tensor, weight: Tensor, mask: Tensor | None) -> Tensor:
     return F.conv2d(v, weight.to(v.dtype), padding=(weight.shape[2] // 2, 0), groups=v.shape[1])
 
 
+@fp32_core
 def nystrom_attention(
     q: Tensor,
     k: Tensor,
@@ -100,6 +102,8 @@ def nystrom_attention(
 
     Returns:
         ``(B, H, N, dv)``; padded query rows and rows without a real key give 0 (plus the conv skip).
+        Computed in fp32 at least with autocast off (the pseudo-inverse iteration included), returned in
+        the inputs' dtype or autocast's (:func:`attnzoo.ops.common.precision.fp32_core`).
 
     Raises:
         ValueError: ``causal=True``, bad shapes, masks or options, a conv skip with N != S.
@@ -107,9 +111,6 @@ def nystrom_attention(
     Reference: :func:`attnzoo.ops.nystrom.naive_nystrom_attention`.
     """
     query_mask = check_nystrom_args(q, k, v, mask, causal, conv_weight, compat, query_mask)
-    out_dtype = q.dtype
-    work = torch.promote_types(q.dtype, torch.float32)
-    q, k, v = q.to(work), k.to(work), v.to(work)
     b, _, n, _ = q.shape
     s_len, m, lra = k.shape[-2], num_landmarks, compat == "nystromformer-lra"
     if min(n, s_len) <= m:
@@ -128,7 +129,7 @@ def nystrom_attention(
                 out = torch.where(few_queries[:, None, None, None], _exact_few_queries(q, k, v, q_real, mask, m), out)
     if conv_weight is not None:
         out = out + conv_skip(v, conv_weight, mask)
-    return zero_masked_rows(out, query_mask).to(out_dtype)
+    return zero_masked_rows(out, query_mask)
 
 
 def _approximate(

@@ -9,6 +9,7 @@ import torch
 from torch import Tensor
 
 from attnzoo.ops.common import check_padding_mask, check_qkv
+from attnzoo.ops.common.precision import fp32_core
 from attnzoo.ops.linear.kernel import FeatureFn, chunk_length, feature_attention
 from attnzoo.ops.performer.features import draw_projection, projection_terms
 from attnzoo.ops.performer.fused import favor_attention_fused
@@ -110,6 +111,7 @@ def favor_feature_maps(
     return query_features, key_features
 
 
+@fp32_core
 def performer_attention(
     q: Tensor,
     k: Tensor,

@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 
 from attnzoo.ops.common import check_padding_mask, check_qkv
+from attnzoo.ops.common.precision import fp32_core
 
 __all__ = ["chord_offsets", "psf_attention"]
 
@@ -139,6 +140,7 @@ def _link_maps(lengths: Tensor, n: int, offsets: list[int]) -> tuple[Tensor, Ten
     return torch.stack(fwd)[:, :, None, :, None], torch.stack(inv)[:, :, None, :, None]
 
 
+@fp32_core
 def psf_attention(
     q: Tensor,
     k: Tensor,
@@ -156,9 +158,11 @@ def psf_attention(
 
     ``V_t = W_t V_(t-1) (+ V0 with use_residuals)`` for t = 1..m, each W_t sparse on the chord
     pattern with per-sample row values ``factors[:, :, t-1]`` (raw, signed, as the official networks
-    give them). Without ``factors`` the values are the scaled dot products ``<q_i, k_link(i)> * scale``
-    of each link (the same for every factor): a parameter-free form for generic callers; the
-    ``psf`` module passes the values its factor networks produce.
+    give them). Without ``factors`` the values are a softmax, over each row's m + 1 links, of the scaled
+    dot products ``<q_i, k_link(i)> * scale`` (the same for every factor): a parameter-free form for
+    generic callers whose factors are row-stochastic, so ``|out| <= (m + 1) max |V0|`` in every dtype
+    (raw dot products multiply out to ~1e5 at N = 256 and overflow fp16). The ``psf`` module passes
+    the values its factor networks produce.
 
     Padding (``mix_padding=False``, the default): the chord pattern runs over each sequence's real
     tokens only (in order, wrapping at its real length), so pads change no real row and a padded
@@ -176,7 +180,8 @@ def psf_attention(
         scale: for the q.k factor values, default ``d ** -0.5``.
 
     Returns:
-        ``(B, H, N, C)``.
+        ``(B, H, N, C)``, computed in fp32 at least with autocast off (``factors`` too), returned in the
+        inputs' dtype or autocast's (:func:`attnzoo.ops.common.precision.fp32_core`).
 
     Raises:
         ValueError: ``causal``, a factors tensor of the wrong shape.
@@ -194,6 +199,7 @@ def psf_attention(
         raise ValueError(f"factors must have shape (B, H, m, N, m + 1) = {expected}, got {tuple(factors.shape)}")
     if b == 0 or n == 0:
         return v.clone()
+    factors = None if factors is None else factors.to(v.dtype)
     compact = mask is not None and not mix_padding
     if compact:
         assert mask is not None
@@ -210,7 +216,7 @@ def psf_attention(
     if factors is None:
         s = q.shape[-1] ** -0.5 if scale is None else scale
         dots = [(q * links.take(k, j)).sum(-1) * s for j in range(m + 1)]
-        shared = torch.stack(dots, -1)
+        shared = torch.softmax(torch.stack(dots, -1), dim=-1)
         factor_list = [shared] * m
     else:
         factor_list = list(factors.unbind(2))

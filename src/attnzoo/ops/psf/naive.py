@@ -42,8 +42,8 @@ def naive_psf_attention(
 ) -> Tensor:
     """Dense O(m N^2 C) PSF-Attn with the signature of :func:`psf_attention` (tests only).
 
-    Without ``factors`` the values of link (i -> j) are ``<q_i, k_j> * scale`` read from the dense
-    score matrix.
+    Without ``factors`` the values of row i's links are a softmax over them of ``<q_i, k_j> * scale``,
+    read from the dense score matrix.
     """
     if causal:
         raise ValueError("psf cannot be causal: chord links point forward and wrap around")
@@ -62,6 +62,7 @@ def naive_psf_attention(
             values = q.new_zeros(q.shape[1], n, m + 1)
             for j, col in enumerate(cols):
                 values[:, real, j] = scores[:, real, col]
+            values = values.softmax(-1)
             mats = [dense_chord_factor(values, real, n)] * m
         else:
             mats = [dense_chord_factor(factors[batch, :, t], real, n) for t in range(m)]

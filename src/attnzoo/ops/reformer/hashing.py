@@ -11,6 +11,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from attnzoo.ops.common.precision import working_dtype
+
 __all__ = ["auto_num_buckets", "hash_buckets", "lsh_plan", "normalise_keys", "plan_lengths", "rotation_shape"]
 
 
@@ -76,9 +78,10 @@ def normalise_keys(q: Tensor) -> Tensor:
 
 
 def _key_factor(q: Tensor) -> Tensor:
-    """``f = (mean(q^2) + 1e-6)^(-1/2) d^(-1/2)``: ``(..., N, 1)`` (no full-size temporary)."""
+    """``f = (mean(q^2) + 1e-6)^(-1/2) d^(-1/2)``: ``(..., N, 1)`` in fp32 at least (f^3, in the backward,
+    reaches 1.6e7 for a zero row: past fp16's range), no full-size temporary."""
     d = q.shape[-1]
-    mean_square = torch.linalg.vector_norm(q, dim=-1, keepdim=True).square_().div_(d)
+    mean_square = torch.linalg.vector_norm(q, dim=-1, keepdim=True, dtype=working_dtype(q)).square_().div_(d)
     return mean_square.add_(1e-6).rsqrt_().div_(math.sqrt(d))
 
 
@@ -90,11 +93,12 @@ class _SharedKeys(torch.autograd.Function):
     def forward(ctx: Any, q: Tensor) -> Tensor:  # type: ignore[override]
         factor = _key_factor(q)
         ctx.save_for_backward(q, factor)
-        return q * factor
+        return q * factor.to(q.dtype)
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> Tensor:  # type: ignore[override]
         q, factor = ctx.saved_tensors
-        dot = grad.unsqueeze(-2) @ q.unsqueeze(-1)  # (..., N, 1, 1): g . q per token, as a batched product
+        q_work, grad_work = q.to(factor.dtype), grad.to(factor.dtype)  # copies only for half precision
+        dot = grad_work.unsqueeze(-2) @ q_work.unsqueeze(-1)  # (..., N, 1, 1): g . q per token, a batched product
         coef = factor.pow(3).mul_(dot.squeeze(-1)).neg_()
-        return torch.mul(grad, factor).addcmul_(q, coef)
+        return torch.mul(grad_work, factor).addcmul_(q_work, coef).to(q.dtype)
