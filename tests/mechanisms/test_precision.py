@@ -25,10 +25,10 @@ from attnzoo.ops.psf import naive_psf_attention
 
 TOLERANCE = {
     "butterfly": 3,
-    "causal_eva": 6,
+    "causal_eva": 5,
     "diffuser": 3,
     # renormfrac normalises rows by sum |x| (official): rounding flips the sign of near-zero entries of
-    # L^gamma, a kink that moves a few rows' gradients (the same happens in fp32 under 2^-9 perturbations)
+    # L^gamma, a kink of |x| that moves a few rows' gradients (bf16 9 u, fp16 1.6 u)
     "diffuser_fractional": 32,
     "dilated": 4,
     "eva": 4,
@@ -37,14 +37,15 @@ TOLERANCE = {
     "linformer": 3,
     "local": 4,
     "none": 2,
-    "nystrom": 6,
-    "performer": 6,
+    "nystrom": 5,
+    "performer": 4,
     "psf": 6,
     "ra": 4,
-    # LSH buckets are a discrete function of q: bf16 rounding moves 2 of 512 (token, round) pairs to
-    # another bucket here, which changes their chunks; this bound only catches NaN, overflow, dtype faults
+    # LSH buckets are a discrete function of q: bf16 rounding moves a few tokens to another bucket here,
+    # which changes their chunks (bf16 32 u, fp16 1.9 u); this bound catches NaN, overflow and dtype
+    # faults, not small losses of accuracy
     "reformer": 64,
-    "scatterbrain": 10,
+    "scatterbrain": 8,
     "softmax": 4,
 }
 """Relative error allowed for output and gradients, in units of the low-precision dtype's unit roundoff."""
@@ -180,7 +181,7 @@ def test_a_core_keeps_its_own_error_for_mixed_dtypes():
 @pytest.mark.parametrize("n", [256, 1024])
 def test_psf_with_raw_qk_stays_in_fp16_range(n):
     """The parameter-free factors are a softmax over each row's links: |out| <= (m + 1) max |v|, and fp16
-    runs (raw dot products multiplied out to 3.6e5 at N = 256 in fp32 and to inf in fp16)."""
+    stays finite and close to fp32 (raw dot products multiplied out to inf in fp16 from N = 256 on)."""
     gen = torch.Generator().manual_seed(0)
     q, k, v = torch.randn(3, 1, 2, n, 16, generator=gen)
     out = psf_attention(q, k, v)

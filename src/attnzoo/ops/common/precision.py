@@ -1,12 +1,13 @@
 """The dtype rule of the functional cores (``docs/precision.md``).
 
-* A core returns the dtype a matmul of its inputs would have: the autocast dtype when autocast is on
-  for the inputs' device (and they are not fp64), else the inputs' dtype (:func:`result_dtype`).
-* Exact cores (the sparse engine, SDPA, the gathers of ``local``/``dilated``/``butterfly``) compute in
-  the input dtype; their kernels keep the softmax statistics (max, log-sum-exp) in fp32.
+* Softmax cores (SDPA, the sparse engine, the sampled and pooled softmaxes of lara, ra, linformer) compute in
+  the input dtype and return it; their kernels keep the softmax statistics (max, log-sum-exp) in fp32.
+  Under autocast a module's q, k, v already have the autocast dtype (they leave autocast projections).
 * Cores whose math estimates or chains reductions (random features, a pseudo-inverse, diffusion or
   factor products, running normalisers) compute in ``promote(dtype, fp32)`` with autocast switched
-  off inside: :func:`fp32_core` wraps them, so their hand-written backwards see one dtype too.
+  off inside, and return the dtype a matmul of their inputs would have (:func:`result_dtype`):
+  :func:`fp32_core` wraps them, so their hand-written backwards see one dtype too (call ``backward()``
+  outside autocast, as PyTorch recommends).
 """
 
 from __future__ import annotations
