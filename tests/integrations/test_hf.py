@@ -123,7 +123,7 @@ def test_masks_it_cannot_express_are_refused():
     with pytest.raises(ValueError, match=r"got a prepared attention mask \(2, 1, 12, 12\)"):
         run(model, ids, window_mask(real, 3, True))
     step = model(ids, attention_mask=am, use_cache=True)  # the prompt itself runs (empty cache, no offset)
-    with pytest.raises(ValueError, match="HF KV-cache decoding is not supported"):
+    with pytest.raises(ValueError, match="decodes after 12 cached tokens from a cache attnzoo does not hold"):
         model(ids[:, :1], attention_mask=torch.cat([am, am[:, :1]], 1), cache=step.past_key_values)
     odd = and_masks(causal_mask_function, lambda b, h, q, kv: kv >= 0)
     with pytest.raises(ValueError, match="plain causal or bidirectional masks"):

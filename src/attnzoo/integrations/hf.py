@@ -26,6 +26,7 @@ module to hold a draw. Needs the optional extra ``attnzoo[hf]``.
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import itertools
 import math
@@ -38,8 +39,11 @@ from torch import Tensor, nn
 from transformers import AttentionInterface, AttentionMaskInterface
 from transformers.masking_utils import bidirectional_mask_function, causal_mask_function
 
+from attnzoo.integrations.hf_cache import AttnzooCache, AttnzooLayer, claim_layer
+from attnzoo.mechanisms.causal_eva import CausalEvaAttention
 from attnzoo.ops.common import zero_masked_rows
-from attnzoo.registry import MechanismSpec, get_spec, make_options
+from attnzoo.ops.eva.causal import causal_chunk_keys
+from attnzoo.registry import MechanismSpec, build, get_spec, make_options
 
 __all__ = ["HFMask", "attnzoo_mask", "make_attention_function", "use_attnzoo"]
 
@@ -53,12 +57,14 @@ class HFMask:
     """What the attnzoo mask function hands to the attention function.
 
     Attributes:
-        padding: ``(B, N)`` bool, True = real token, or ``None`` when every token is real.
+        padding: ``(B, past + N)`` bool, True = real token, or ``None`` when every token is real.
         causal: whether token i may use only tokens j <= i.
+        past: tokens before the ``N`` queries (held by an :class:`~attnzoo.integrations.hf_cache.AttnzooCache`).
     """
 
     padding: Tensor | None
     causal: bool
+    past: int = 0
 
 
 def attnzoo_mask(
@@ -75,7 +81,8 @@ def attnzoo_mask(
 
     Args:
         batch_size, q_length, kv_length, q_offset, kv_offset: HF's mask geometry; attnzoo needs
-            ``q_length == kv_length`` and zero offsets (a sequence attending to itself).
+            ``kv_offset == 0`` and ``q_offset + q_length == kv_length`` (the queries are the last tokens;
+            ``q_offset > 0`` only for a causal model decoding from a cache).
         mask_function: HF's ``mask_mod``; only ``causal_mask_function`` and ``bidirectional_mask_function``.
         attention_mask: HF's 2D padding mask ``(B, kv_length)`` (True/1 = real token) or ``None``.
 
@@ -92,30 +99,37 @@ def attnzoo_mask(
             f"attnzoo's HF adapter honours plain causal or bidirectional masks (plus padding) only; the model "
             f"asks for mask function {name} (sliding window, packed sequences or a custom or/and mask)"
         )
-    if not isinstance(q_offset, int) or not isinstance(kv_offset, int) or q_offset or kv_offset:
+    if not isinstance(q_offset, int) or not isinstance(kv_offset, int) or kv_offset or q_offset + q_length != kv_length:
         raise ValueError(
-            f"attnzoo's HF adapter runs whole sequences only (q_offset={q_offset}, kv_offset={kv_offset}); HF "
-            "KV-cache decoding is not supported: call the model with use_cache=False"
+            f"attnzoo's HF adapter needs the queries to be the last of kv_length tokens counted from 0 "
+            f"(q_offset + q_length == kv_length, kv_offset == 0), got q_offset={q_offset}, q_length={q_length}, "
+            f"kv_length={kv_length}, kv_offset={kv_offset}: static and sliding-window HF caches are not supported; "
+            "generate with the default cache (an AttnzooCache) or use_cache=False"
         )
-    if q_length != kv_length:
-        raise ValueError(f"attnzoo's HF adapter needs q_length == kv_length, got {q_length} and {kv_length}")
+    if q_offset and not causal:
+        raise ValueError(f"a bidirectional model cannot decode from a cache ({q_offset} tokens cached)")
     if attention_mask is None:
-        return HFMask(None, causal)
+        return HFMask(None, causal, q_offset)
     if attention_mask.dim() != 2 or tuple(attention_mask.shape) != (batch_size, kv_length):
         raise ValueError(
             f"attnzoo's HF adapter takes a 2D padding mask (B, N) = ({batch_size}, {kv_length}), "
             f"got {tuple(attention_mask.shape)}"
         )
-    return HFMask(attention_mask.to(torch.bool), causal)
+    return HFMask(attention_mask.to(torch.bool), causal, q_offset)
 
 
 @dataclass(frozen=True)
 class _Setup:
-    """A mechanism bound to the functional keyword options ``use_attnzoo`` received."""
+    """A mechanism bound to the functional keyword options ``use_attnzoo`` received.
+
+    ``options`` is the validated options dataclass with every ``None`` the core resolves replaced by the
+    core's default (so a causal module built from it for decoding draws what the core draws).
+    """
 
     spec: MechanismSpec
     kwargs: dict[str, Any]
     takes: frozenset[str]
+    options: Any
 
 
 def _bind(name: str, opts: dict[str, Any]) -> _Setup:
@@ -127,17 +141,20 @@ def _bind(name: str, opts: dict[str, Any]) -> _Setup:
     options = make_options(spec.options, opts, context=name)
     defaults = spec.options()
     kwargs: dict[str, Any] = {}
+    resolved: dict[str, Any] = {}
     for field in fields(options):
         value = getattr(options, field.name)
         if field.name in params and field.name not in _OWNED:
             if value is not None or params[field.name].default in (None, inspect.Parameter.empty):
                 kwargs[field.name] = value
+            else:
+                resolved[field.name] = params[field.name].default
         elif value != getattr(defaults, field.name):
             raise ValueError(
                 f"option {field.name}={value!r} of {name!r} needs the mechanism module (learned parameters, state "
                 "or per-input geometry); the HF adapter calls the functional core, so leave it at its default"
             )
-    return _Setup(spec, kwargs, frozenset(params))
+    return _Setup(spec, kwargs, frozenset(params), dataclasses.replace(options, **resolved))
 
 
 def _resolve_mask(attention_mask: Any, module: nn.Module, is_causal: bool | None) -> HFMask:
@@ -151,6 +168,60 @@ def _resolve_mask(attention_mask: Any, module: nn.Module, is_causal: bool | None
         f"attnzoo mechanisms take a (B, N) padding mask and a causal flag; got a prepared attention mask {shape} "
         "(pass a 2D attention_mask to the model instead)"
     )
+
+
+def _default_scale(scaling: float | None, query: Tensor) -> bool:
+    """Whether ``scaling`` is ``None`` or the mechanisms' default ``d**-0.5`` for ``query: (..., d)``."""
+    return scaling is None or math.isclose(scaling, query.shape[-1] ** -0.5, rel_tol=1e-6)
+
+
+def _start_state(
+    setup: _Setup, layer: AttnzooLayer, q: Tensor, k: Tensor, v: Tensor, mask: HFMask, scaling: float | None
+) -> None:
+    """Build ``layer``'s causal decoder and its state after the prompt ``q, k, v: (B, H, T, d)``."""
+    name = setup.spec.name
+    if not mask.causal:
+        raise ValueError(f"a bidirectional model cannot decode from a cache (attention {name!r})")
+    if not _default_scale(scaling, q):
+        raise ValueError(
+            f"attnzoo decode states use the scale d**-0.5 = {q.shape[-1] ** -0.5:g}; the model asks for "
+            f"scaling={scaling} (call it with use_cache=False)"
+        )
+    h, d = q.shape[1], q.shape[-1]
+    with torch.random.fork_rng(devices=[]):  # the module's unused weight init must not move generate()'s sampling RNG
+        decoder = build(name, h * d, h, causal=True, options=setup.options).to(q.device).eval()
+    if isinstance(decoder, CausalEvaAttention):  # the functional core's parameter-free chunk keys, not learned maps
+        decoder.chunk_keys = causal_chunk_keys
+    layer.decoder = decoder
+    layer.state = decoder.init_state(q, k, v, mask.padding)
+    layer.length = q.shape[2]
+
+
+def _decode(
+    setup: _Setup,
+    layer: AttnzooLayer,
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    mask: HFMask,
+    scaling: float | None,
+    dropout: float,
+) -> Tensor:
+    """Advance ``layer``'s state by new tokens ``q, k, v: (B, H, n, d)``, one decode step each -> ``(B, H, n, d)``."""
+    if mask.past != layer.length:
+        raise ValueError(f"the model says {mask.past} tokens are cached, the attnzoo state holds {layer.length}")
+    if dropout > 0.0:
+        raise ValueError(f"decoding from a cache applies no attention dropout (asked {dropout}): call model.eval()")
+    if not _default_scale(scaling, q):
+        raise ValueError(f"attnzoo decode states use the scale d**-0.5; the model asks for scaling={scaling}")
+    if mask.padding is not None and not bool(mask.padding[:, mask.past :].all()):
+        raise ValueError("tokens decoded after the prompt must be real: the attention_mask has padding after it")
+    decoder, outs = layer.decoder, []
+    for t in range(q.shape[2]):
+        out, layer.state = decoder.decode(q[:, :, t : t + 1], k[:, :, t : t + 1], v[:, :, t : t + 1], layer.state)
+        outs.append(out)
+    layer.length += q.shape[2]
+    return torch.cat(outs, dim=2)
 
 
 def make_attention_function(name: str, **options: Any) -> Callable[..., tuple[Tensor, None]]:
@@ -192,19 +263,30 @@ def make_attention_function(name: str, **options: Any) -> Callable[..., tuple[Te
             raise ValueError(f"attention {name!r} is causal only, but {type(module).__name__} is bidirectional")
         if mask.padding is not None and not caps.key_padding_mask:
             raise ValueError(f"attention {name!r} cannot honour a padding mask, but the model passes one")
+        layer = claim_layer(key)
+        if mask.past and layer is None:
+            raise ValueError(
+                f"the model decodes after {mask.past} cached tokens from a cache attnzoo does not hold; generate() "
+                "with the default cache (an AttnzooCache), pass cache=AttnzooCache(), or use_cache=False"
+            )
         groups = query.shape[1] // key.shape[1]
         if groups > 1:  # GQA / MQA: every query head reads its group's key/value head
             key, value = key.repeat_interleave(groups, dim=1), value.repeat_interleave(groups, dim=1)
-        call = dict(setup.kwargs, mask=mask.padding, causal=mask.causal)
-        if scaling is not None and "scale" in setup.takes:
-            call["scale"] = scaling
-        elif scaling is not None and not math.isclose(scaling, query.shape[-1] ** -0.5, rel_tol=1e-6):
-            raise ValueError(f"attention {name!r} has no scale option; the model asks for scaling={scaling}")
-        if dropout > 0.0:
-            if "dropout_p" not in setup.takes:
-                raise ValueError(f"attention {name!r} has no attention dropout; the model asks for {dropout}")
-            call["dropout_p"] = dropout
-        out = zero_masked_rows(setup.spec.functional(query, key, value, **call), mask.padding)
+        if layer is not None and layer.state is not None:
+            out = _decode(setup, layer, query, key, value, mask, scaling, dropout)
+        else:
+            call = dict(setup.kwargs, mask=mask.padding, causal=mask.causal)
+            if scaling is not None and "scale" in setup.takes:
+                call["scale"] = scaling
+            elif scaling is not None and not _default_scale(scaling, query):
+                raise ValueError(f"attention {name!r} has no scale option; the model asks for scaling={scaling}")
+            if dropout > 0.0:
+                if "dropout_p" not in setup.takes:
+                    raise ValueError(f"attention {name!r} has no attention dropout; the model asks for {dropout}")
+                call["dropout_p"] = dropout
+            out = zero_masked_rows(setup.spec.functional(query, key, value, **call), mask.padding)
+            if layer is not None:
+                _start_state(setup, layer, query, key, value, mask, scaling)
         return out.transpose(1, 2).contiguous(), None
 
     return attnzoo_attention
@@ -239,4 +321,23 @@ def use_attnzoo(model: nn.Module, name: str, **options: Any) -> str:
             f"{type(model).__name__} cannot switch its attention implementation (it stays "
             f"{model.config._attn_implementation!r})"
         )
+    if hasattr(model, "_prepare_cache_for_generation"):
+        model._prepare_cache_for_generation = _attnzoo_cache_by_default(model._prepare_cache_for_generation)
     return key
+
+
+def _attnzoo_cache_by_default(prepare: Callable[..., None]) -> Callable[..., None]:
+    """Wrap ``GenerationMixin._prepare_cache_for_generation`` (bound) so ``generate()`` creates an
+    :class:`AttnzooCache` where HF would create its default ``DynamicCache``; user caches, ``use_cache=False``
+    and other ``cache_implementation`` values go to HF unchanged."""
+    prepare = getattr(prepare, "__wrapped__", prepare)  # switching twice wraps HF's method once
+
+    def prepare_attnzoo(generation_config: Any, model_kwargs: dict[str, Any], *args: Any, **kwargs: Any) -> None:
+        default = model_kwargs.get("cache") is None and generation_config.cache_implementation in (None, "dynamic")
+        if default and generation_config.use_cache is not False:
+            model_kwargs["cache"] = AttnzooCache()
+            return
+        prepare(generation_config, model_kwargs, *args, **kwargs)
+
+    prepare_attnzoo.__wrapped__ = prepare  # type: ignore[attr-defined]
+    return prepare_attnzoo
