@@ -11,7 +11,6 @@ from torch import Tensor
 from attnzoo.mechanisms.base import AttentionBase
 from attnzoo.mechanisms.diffuser import DiffuserGraphOptions, convert_diffuser
 from attnzoo.official.registry import OfficialEntry, register_official
-from attnzoo.ops.common import check_padding_mask, zero_masked_rows
 from attnzoo.ops.diffuser import (
     VARIANTS,
     diffuser_fractional_attention,
@@ -121,25 +120,9 @@ class FractionalAttention(AttentionBase):
     ``dropout`` drops the per-head output in training (the official classes drop their output).
     """
 
-    def forward(
-        self,
-        x: Tensor,
-        mask: Tensor | None = None,
-        *,
-        context: Tensor | None = None,
-        context_mask: Tensor | None = None,
-    ) -> Tensor:
-        """:meth:`AttentionBase.forward`; with ``official_pads`` the padded tokens of ``x: (B, N, dim)`` are
-        projected as they are (the official classes read their content), not zeroed first. Returns ``(B, N, dim)``,
-        padded rows zero before ``proj``."""
-        if not self.options.official_pads or context is not None or context_mask is not None:
-            return super().forward(x, mask, context=context, context_mask=context_mask)
-        self.check_input(x)
-        mask = check_padding_mask(mask, x.shape[0], x.shape[1], x.device)
-        q, k, v = self.project(x)
-        if x.shape[0] == 0 or x.shape[1] == 0:
-            return self.merge(v * 0)
-        return self.merge(zero_masked_rows(self.attend(q, k, v, mask), mask))
+    def padding_takes_part(self) -> bool:
+        """With ``official_pads`` padded tokens are projected as they are (the official classes read their content)."""
+        return self.options.official_pads
 
     def attend(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
         """The variant on ``(B, H, N, d)``; ``scramble_heads`` returns the official raw reshape of the

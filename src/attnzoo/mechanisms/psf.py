@@ -111,6 +111,10 @@ class PSFAttention(AttentionBase):
         factors = rows.permute(0, 2, 1, 3, 4).reshape(b, h, n, m * (m + 1))
         return factors, factors, split_heads(self.g(x), h)
 
+    def padding_takes_part(self) -> bool:
+        """Under ``mix_padding`` (P1) padded tokens are mixed like real ones, their content included, as officially."""
+        return self.options.mix_padding
+
     def attend(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
         o: PSFOptions = self.options
         b, h, n, _ = q.shape

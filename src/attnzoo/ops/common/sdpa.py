@@ -299,6 +299,8 @@ def sdpa_core(
         if not want_causal and not capabilities.bidirectional:
             raise ValueError(f"attention {name!r} is causal only; pass is_causal=True")
         if mask is not None and not _padding_takes_part(opts):
+            axis = "N" if k.shape[2] == q.shape[2] else "S"
+            mask = check_padding_mask(mask, k.shape[0], k.shape[2], k.device, axis=axis)
             k, v = zero_masked_rows(k, mask), zero_masked_rows(v, mask)
         out = core(q, k, v, mask=mask, causal=want_causal, **call)
         if empty is not None:
