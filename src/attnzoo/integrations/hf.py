@@ -48,7 +48,7 @@ from attnzoo.registry import MechanismSpec, build, get_spec, make_options
 __all__ = ["HFMask", "attnzoo_mask", "make_attention_function", "use_attnzoo"]
 
 _OWNED = ("mask", "causal", "scale", "dropout_p")  # functional arguments the adapter sets per call
-_MATH_KWARGS = ("softcap", "position_bias", "sliding_window", "s_aux", "sinks")  # HF extras that change the math
+_MATH_KWARGS = ("softcap", "position_bias", "s_aux", "sinks")  # HF extras that change the math
 _names = itertools.count()
 
 
@@ -60,11 +60,39 @@ class HFMask:
         padding: ``(B, past + N)`` bool, True = real token, or ``None`` when every token is real.
         causal: whether token i may use only tokens j <= i.
         past: tokens before the ``N`` queries (held by an :class:`~attnzoo.integrations.hf_cache.AttnzooCache`).
+        window: HF's ``sliding_window`` W of a sliding-window mask (causal: keys ``i - W < j <= i``;
+            bidirectional: ``|i - j| <= W``), or ``None``.
     """
 
     padding: Tensor | None
     causal: bool
     past: int = 0
+    window: int | None = None
+
+
+def _closure(fn: Callable[..., Any], name: str) -> Any:
+    """The value of free variable ``name`` of closure ``fn`` (``None`` if it has none)."""
+    names = getattr(getattr(fn, "__code__", None), "co_freevars", ())
+    return fn.__closure__[names.index(name)].cell_contents if name in names else None
+
+
+def _pattern(mask_function: Callable[..., Any]) -> tuple[bool, int | None] | None:
+    """``(causal, sliding window W or None)`` of HF's plain or sliding-window mask functions, else ``None``.
+
+    Sliding windows are ``and_masks(sliding_window_overlay(W), causal_mask_function)`` and
+    ``and_masks(sliding_window_bidirectional_overlay(W), bidirectional_mask_function)`` (transformers 5).
+    """
+    plain = {causal_mask_function: True, bidirectional_mask_function: False}
+    if mask_function in plain:
+        return plain[mask_function], None
+    parts = _closure(mask_function, "mask_functions")
+    if not isinstance(parts, tuple) or len(parts) != 2 or parts[1] not in plain:
+        return None
+    overlay = {True: "sliding_window_overlay.", False: "sliding_window_bidirectional_overlay."}[plain[parts[1]]]
+    window = _closure(parts[0], "sliding_window")
+    if not getattr(parts[0], "__qualname__", "").startswith(overlay) or not isinstance(window, int):
+        return None
+    return plain[parts[1]], window
 
 
 def attnzoo_mask(
@@ -83,22 +111,21 @@ def attnzoo_mask(
         batch_size, q_length, kv_length, q_offset, kv_offset: HF's mask geometry; attnzoo needs
             ``kv_offset == 0`` and ``q_offset + q_length == kv_length`` (the queries are the last tokens;
             ``q_offset > 0`` only for a causal model decoding from a cache).
-        mask_function: HF's ``mask_mod``; only ``causal_mask_function`` and ``bidirectional_mask_function``.
+        mask_function: HF's ``mask_mod``: ``causal_mask_function``, ``bidirectional_mask_function`` or
+            their sliding-window forms (see :class:`HFMask`'s ``window``).
         attention_mask: HF's 2D padding mask ``(B, kv_length)`` (True/1 = real token) or ``None``.
 
     Raises:
         ValueError: a pattern, offset or mask attnzoo cannot express.
     """
-    if mask_function is causal_mask_function:
-        causal = True
-    elif mask_function is bidirectional_mask_function:
-        causal = False
-    else:
+    pattern = _pattern(mask_function)
+    if pattern is None:
         name = getattr(mask_function, "__qualname__", repr(mask_function))
         raise ValueError(
-            f"attnzoo's HF adapter honours plain causal or bidirectional masks (plus padding) only; the model "
-            f"asks for mask function {name} (sliding window, packed sequences or a custom or/and mask)"
+            f"attnzoo's HF adapter honours plain causal or bidirectional masks, or their sliding windows (plus "
+            f"padding) only; the model asks for mask function {name} (packed sequences or a custom or/and mask)"
         )
+    causal, window = pattern
     if not isinstance(q_offset, int) or not isinstance(kv_offset, int) or kv_offset or q_offset + q_length != kv_length:
         raise ValueError(
             f"attnzoo's HF adapter needs the queries to be the last of kv_length tokens counted from 0 "
@@ -109,13 +136,13 @@ def attnzoo_mask(
     if q_offset and not causal:
         raise ValueError(f"a bidirectional model cannot decode from a cache ({q_offset} tokens cached)")
     if attention_mask is None:
-        return HFMask(None, causal, q_offset)
+        return HFMask(None, causal, q_offset, window)
     if attention_mask.dim() != 2 or tuple(attention_mask.shape) != (batch_size, kv_length):
         raise ValueError(
             f"attnzoo's HF adapter takes a 2D padding mask (B, N) = ({batch_size}, {kv_length}), "
             f"got {tuple(attention_mask.shape)}"
         )
-    return HFMask(attention_mask.to(torch.bool), causal, q_offset)
+    return HFMask(attention_mask.to(torch.bool), causal, q_offset, window)
 
 
 @dataclass(frozen=True)
@@ -234,10 +261,39 @@ def make_attention_function(name: str, **options: Any) -> Callable[..., tuple[Te
     Raises:
         ValueError: (when called) a causal request for a non-causal mechanism (or the reverse), a
             padding mask for a mechanism without ``key_padding_mask``, a scaling or dropout the core
-            cannot apply, attention weights requested, or an HF extra (softcap, position bias,
-            sliding window, sinks) the mechanism cannot honour.
+            cannot apply, attention weights requested, an HF extra (softcap, position bias, sinks) the
+            mechanism cannot honour, or a sliding-window layer for a mechanism other than ``local`` (or a
+            ``window_size`` option that is not the model's window).
     """
-    setup = _bind(name, options)
+    setups: dict[Any, _Setup] = {None: _bind(name, options)}  # by (HF window W, causal, model has a window)
+    from_model = name == "local" and "window_size" not in options
+
+    def for_layer(module: nn.Module, mask: HFMask, sliding_window: Any) -> _Setup:
+        """The setup of a layer with ``mask``: ``local``'s window_size from HF's W (``W - 1`` causal, ``W``
+        bidirectional); without a window option, in a model whose config has a ``sliding_window``, a layer
+        without one (Gemma-style alternation, Qwen2's full layers) runs full attention (``softmax``)."""
+        if sliding_window is not None and sliding_window != mask.window:
+            raise ValueError(f"the layer passes sliding_window={sliding_window} but its mask has window {mask.window}")
+        windowed_model = getattr(getattr(module, "config", None), "sliding_window", None) is not None
+        key = (mask.window, mask.causal, windowed_model)
+        if key not in setups:
+            if mask.window is None:
+                setups[key] = _bind("softmax", {}) if from_model and windowed_model else setups[None]
+            elif name != "local":
+                raise ValueError(
+                    f"attention {name!r} cannot honour the model's sliding window {mask.window}; 'local' maps it "
+                    "exactly (use_attnzoo(model, 'local') takes each layer's window from the model)"
+                )
+            else:
+                size = mask.window - 1 if mask.causal else mask.window
+                if not from_model and options["window_size"] != size:
+                    raise ValueError(
+                        f"option window_size={options['window_size']} differs from the model's sliding window "
+                        f"{mask.window} (window_size={size} in attnzoo's terms); leave window_size out to take it "
+                        "from the model"
+                    )
+                setups[key] = _bind(name, {**options, "window_size": size})
+        return setups[key]
 
     def attnzoo_attention(
         module: nn.Module,
@@ -256,6 +312,7 @@ def make_attention_function(name: str, **options: Any) -> Callable[..., tuple[Te
         if kwargs.get("output_attentions"):
             raise ValueError("attnzoo's HF adapter returns no attention weights (output_attentions=True)")
         mask = _resolve_mask(attention_mask, module, is_causal)
+        setup = for_layer(module, mask, kwargs.get("sliding_window"))
         caps = setup.spec.capabilities
         if mask.causal and not caps.causal:
             raise ValueError(f"attention {name!r} cannot be causal, but {type(module).__name__} is causal")
