@@ -189,6 +189,18 @@ def test_padded_keys_content_reaches_no_real_row(name, bad):
     torch.testing.assert_close(dirty[0], clean[0], rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("name", NAMES)
+def test_fp32_inputs_under_autocast_run_in_the_autocast_dtype(name):
+    """As SDPA under autocast: fp32 q, k, v are cast to bf16 first, the output is bf16 (causal where possible)."""
+    q, k, v = (t.float() for t in qkv(B, H, N, D))
+    causal = attnzoo.get_spec(name).capabilities.causal
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = call(name, q, k, v, is_causal=causal)
+    expected = call(name, q.bfloat16(), k.bfloat16(), v.bfloat16(), is_causal=causal)
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out.float(), expected.float(), rtol=2e-2, atol=2e-2)
+
+
 @pytest.mark.parametrize("name", OTHERS)
 def test_masks_a_mechanism_cannot_honour_are_refused(name):
     q, k, v = qkv(B, H, N, D)

@@ -16,6 +16,7 @@ can honour or refuses it with a message naming the mechanism, the argument and w
 - ``is_causal`` is the core's ``causal`` (``causal=`` still works; contradicting values raise).
 - ``scale`` and ``dropout_p`` go to a core that takes them; a core without them refuses a value.
 - ``enable_gqa`` repeats each key/value head for its group of query heads, as SDPA.
+- under autocast, fp32 inputs are cast to the autocast dtype first, as autocast does for SDPA.
 
 The core's options that are fields of the mechanism's options dataclass (same name, a rename given at
 registration, or ``grid=(h, w)`` for ``attn_2d`` / ``image_height`` / ``image_width``) are checked by
@@ -39,6 +40,7 @@ from torch import Tensor
 
 from attnzoo.ops.common.checks import check_padding_mask
 from attnzoo.ops.common.masks import zero_masked_rows
+from attnzoo.ops.common.precision import result_dtype
 from attnzoo.options import check_field_types
 
 if TYPE_CHECKING:
@@ -277,6 +279,8 @@ def sdpa_core(
                 f"attention {name!r} has no attention weights to drop; pass dropout_p=0.0, got {dropout_p}"
             )
         q, k, v = _to_bhnd(query, "query"), _to_bhnd(key, "key"), _to_bhnd(value, "value")
+        if q.dtype == k.dtype == v.dtype and result_dtype(q) != q.dtype:  # autocast: its dtype, as SDPA's inputs
+            q, k, v = q.to(result_dtype(q)), k.to(result_dtype(q)), v.to(result_dtype(q))
         k, v = _group_heads(q, k, v, enable_gqa)
         call: dict[str, Any] = dict(opts)
         if scale is not None:
