@@ -13,7 +13,7 @@ from attnzoo.train import load_config, train
 from attnzoo.train.config import CONFIG_ROOT, default_config_path, read_config_file
 
 MINI = sorted((CONFIG_ROOT / "mini").glob("*.yaml"))
-OFFICIAL_ONLY = {"image", "text", "retrieval"}  # need --data-dir; the rest are generated
+OFFICIAL_ONLY = {"image", "text", "retrieval", "cifar10", "image-folder"}  # need --data-dir; others are generated
 TINY_DATA = {"train_size": 16, "dev_size": 8, "test_size": 8}
 
 
@@ -53,8 +53,9 @@ def test_official_data_mini_models_run_on_a_fake_batch(task: str) -> None:
     spec = tasks.get(cfg.task, **cfg.task_options)
     model = build_model(spec, cfg.model)
     torch.manual_seed(0)
+    shape = (2, spec.seq_len, spec.num_features) if spec.input_kind == "image" else (2, spec.seq_len)
     batch = {
-        "input_ids": torch.randint(1, spec.vocab_size, (2, spec.seq_len)),
+        "input_ids": torch.randint(1, spec.vocab_size, shape),
         "mask": torch.ones(2, spec.seq_len, dtype=torch.bool),
         "label": torch.tensor([0, 1]),
     }

@@ -26,6 +26,7 @@ __all__ = [
     "TaskModel",
     "build_model",
     "count_parameters",
+    "score",
 ]
 
 REGRESSION_TOLERANCE = 0.04  # PSF-Attn's "accuracy" for regression: |pred - y| < 0.04
@@ -56,29 +57,45 @@ class TaskModel(nn.Module):
         self.out_dim = task.num_classes if task.target != "regression" else 1
         self.hidden = cfg.head_hidden or cfg.mlp_dim
 
-    def loss(self, outputs: Tensor, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor, Tensor]:
-        """``(mean loss, number correct, number scored)`` for ``outputs`` of :meth:`forward`.
+    def loss(
+        self, outputs: Tensor, batch: dict[str, Tensor], label_smoothing: float = 0.0
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """``(mean loss, number correct, number scored)`` for ``outputs`` of :meth:`forward` (see :func:`score`)."""
+        return score(self.task, outputs, batch["label"], label_smoothing)
 
-        class: cross-entropy on ``(B, C)``; regression: MSE on ``(B,)``, correct = within
-        ``REGRESSION_TOLERANCE``; sequence: cross-entropy on ``(B, N, C)`` ignoring label -100.
-        """
-        labels = batch["label"]
-        if self.task.target == "regression":
-            pred = outputs.float()
-            loss = F.mse_loss(pred, labels.float())
-            correct = ((pred - labels.float()).abs() < REGRESSION_TOLERANCE).sum()
-            return loss, correct, torch.tensor(labels.numel(), device=labels.device)
-        logits = outputs.float().reshape(-1, outputs.shape[-1])
-        flat = labels.reshape(-1)
-        loss = F.cross_entropy(logits, flat, ignore_index=-100)
-        scored = flat != -100
-        correct = ((logits.argmax(-1) == flat) & scored).sum()
-        return loss, correct, scored.sum()
+    @property
+    def length(self) -> int:
+        """Tokens the encoder reads (the position table's length)."""
+        return self.encoder.embed.length
+
+    @property
+    def grid(self) -> tuple[int, int] | None:
+        """The token grid ``(h, w)`` of an image task, else None."""
+        return self.encoder.embed.grid
 
     @torch.no_grad()
     def attention_maps(self, batch: dict[str, Tensor]) -> list[Tensor]:
         """Per-layer dense attention weights ``(B, H, T, T)`` of the (first) input."""
         return self.encoder.attention_maps(batch["input_ids"], batch["mask"])
+
+
+def score(task: Any, outputs: Tensor, labels: Tensor, label_smoothing: float = 0.0) -> tuple[Tensor, Tensor, Tensor]:
+    """``(mean loss, number correct, number scored)`` of ``outputs`` against ``labels`` for ``task``'s target.
+
+    class: cross-entropy (with ``label_smoothing``) on ``(B, C)``; regression: MSE on ``(B,)``, correct
+    = within ``REGRESSION_TOLERANCE``; sequence: cross-entropy on ``(B, N, C)`` ignoring label -100.
+    """
+    if task.target == "regression":
+        pred = outputs.float()
+        loss = F.mse_loss(pred, labels.float())
+        correct = ((pred - labels.float()).abs() < REGRESSION_TOLERANCE).sum()
+        return loss, correct, torch.tensor(labels.numel(), device=labels.device)
+    logits = outputs.float().reshape(-1, outputs.shape[-1])
+    flat = labels.reshape(-1)
+    loss = F.cross_entropy(logits, flat, ignore_index=-100, label_smoothing=label_smoothing)
+    scored = flat != -100
+    correct = ((logits.argmax(-1) == flat) & scored).sum()
+    return loss, correct, scored.sum()
 
 
 class SequenceClassifier(TaskModel):
@@ -148,7 +165,17 @@ class CausalLM(TaskModel):
 
 
 def build_model(task: Any, cfg: ModelConfig) -> TaskModel:
-    """The model for ``task`` (a ``TaskSpec``): seq2seq, per-token, dual encoder, image or sequence classifier."""
+    """The model for ``task`` (a ``TaskSpec``): seq2seq, per-token, dual encoder, image or sequence classifier.
+
+    ``cfg.arch == "vit"`` gives :class:`~attnzoo.models.vit_task.ViTClassifier` (image tasks; the same
+    ``forward``/``loss``/``length``/``grid``); colour images (``input_kind="image"``) need it.
+    """
+    if cfg.arch == "vit":
+        from attnzoo.models.vit_task import ViTClassifier  # builds on score (defined here)
+
+        return ViTClassifier(task, cfg)  # type: ignore[return-value]
+    if task.input_kind == "image":
+        raise ValueError(f"task {task.name!r} has colour image inputs: set model.arch: vit (patch tokens)")
     if task.target == "seq2seq":
         from attnzoo.models.seq2seq import Seq2Seq  # seq2seq builds on TaskModel (defined here)
 

@@ -25,6 +25,7 @@ from attnzoo.models.positions import POSITION_KINDS, make_positions
 from attnzoo.registry import make_options
 
 __all__ = [
+    "ARCHS",
     "CLS_POOLINGS",
     "POOLINGS",
     "Block",
@@ -37,6 +38,7 @@ __all__ = [
 
 POOLINGS = ("cls", "cls-id", "mean", "mean-all")
 CLS_POOLINGS = ("cls", "cls-id")  # the poolings that read a CLS token at position 0
+ARCHS = ("encoder", "vit")  # ModelConfig.arch: attnzoo.models.heads.build_model
 
 
 @dataclass
@@ -67,6 +69,11 @@ class ModelConfig:
             mechanism).
         cross_attention_options: options of cross_attention.
         decoder_layers: decoder depth; 0 = num_layers.
+        arch: encoder (this module's :class:`Encoder` with the task heads) or vit (image tasks: the
+            efficient ViT of ``attnzoo.models.vit`` with dim, num_heads, num_layers, mlp_dim / dim as MLP
+            ratio, dropout, attention_dropout, patch_size and the attention; positions, norm, pooling and
+            head_hidden do not apply).
+        vit_options: arch vit: further ``ViTConfig`` fields (drop_path_rate, use_glu, patchify_stem, pos_emb).
     """
 
     attention: str = "softmax"
@@ -89,6 +96,8 @@ class ModelConfig:
     cross_attention: str = "softmax"
     cross_attention_options: dict[str, Any] = field(default_factory=dict)
     decoder_layers: int = 0
+    arch: str = "encoder"
+    vit_options: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the field for any invalid value."""
@@ -109,7 +118,7 @@ class ModelConfig:
         for name in ("dropout", "attention_dropout"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"model.{name} must be in [0, 1), got {getattr(self, name)}")
-        choices = {"norm": ("pre", "post"), "pooling": POOLINGS, "positions": POSITION_KINDS}
+        choices = {"norm": ("pre", "post"), "pooling": POOLINGS, "positions": POSITION_KINDS, "arch": ARCHS}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"model.{name} must be one of {', '.join(allowed)}; got {getattr(self, name)!r}")

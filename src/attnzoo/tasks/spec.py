@@ -27,9 +27,9 @@ class TaskSpec:
 
     name: str
     seq_len: int  # N: padded length of one input
-    input_kind: str  # "tokens" | "bytes" | "pixels" | "continuous"
+    input_kind: str  # "tokens" | "bytes" | "pixels" | "continuous" | "image" (uint8 (N, C) per pixel)
     vocab_size: int  # embedding rows incl. the padding id (0 for "continuous")
-    num_features: int  # F for "continuous" inputs, else 0
+    num_features: int  # F for "continuous" inputs, C (channels) for "image" inputs, else 0
     num_classes: int  # 0 for regression
     target: str  # "class" | "regression" | "sequence" (-100 = ignore)
     paired: bool  # two inputs (retrieval)
@@ -37,6 +37,7 @@ class TaskSpec:
     metric: str  # "accuracy" | "mse"
     image_shape: tuple[int, int] | None
     description: str
+    augmentation: str = "none"  # train-time image augmentation: "none" | "crop-flip" (tasks.images.crop_flip)
 
 
 @dataclass

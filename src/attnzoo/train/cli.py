@@ -148,7 +148,8 @@ def train_command(args: argparse.Namespace) -> int:
         print(json.dumps(measure_overhead(cfg, steps=args.profile_steps), indent=2))
         return 0
     summary = train_seeds(cfg, args.seeds, workers=args.seed_workers)
-    keys = ("accuracy", "exact_match", "dev_accuracy", "loss", "steps_per_s", "tokens_per_s", "peak_memory_mb")
+    keys = ("accuracy", "exact_match", "dev_accuracy", "loss", "steps_per_s", "tokens_per_s", "images_per_s")
+    keys += ("peak_memory_mb",)
     if int(os.environ.get("RANK", "0")) == 0:  # under torchrun only rank 0 prints
         brief = {k: summary[f"{k}_mean"] for k in keys if f"{k}_mean" in summary}
         brief.update({f"{k}_std": summary[f"{k}_std"] for k in ("accuracy",) if args.seeds > 1})

@@ -75,6 +75,8 @@ class TrainConfig:
         schedule: learning-rate schedule, one of constant, rsqrt, cosine, linear, onecycle.
         warmup_steps: linear warm-up steps (rsqrt needs >= 1; onecycle needs 2 .. steps - 1).
         grad_clip: max gradient norm; 0 = off.
+        label_smoothing: label smoothing of the training cross-entropy (class targets), in [0, 1); evaluation
+            scores the plain cross-entropy.
         eval_every: dev evaluation (and checkpoint) every k steps.
         eval_batches: dev batches per evaluation; 0 = the whole dev set.
         precision: fp32, bf16 or fp16 (autocast; fp16 only on CUDA).
@@ -124,6 +126,7 @@ class TrainConfig:
     schedule: str = "cosine"
     warmup_steps: int = 0
     grad_clip: float = 0.0
+    label_smoothing: float = 0.0
     eval_every: int = 100
     eval_batches: int = 0
     precision: str = "fp32"
@@ -157,6 +160,13 @@ class TrainConfig:
         for name in (*non_negative, "max_time"):
             if not getattr(self, name) >= 0:  # also refuses NaN
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        if self.model.arch == "vit" and (self.init_from or self.sequence_parallel > 1):
+            raise ValueError(
+                f"model.arch vit supports neither init_from nor sequence_parallel > 1; got init_from "
+                f"{self.init_from!r}, sequence_parallel {self.sequence_parallel}"
+            )
         if self.batch_size % self.accumulate:
             raise ValueError(f"batch_size ({self.batch_size}) must be divisible by accumulate ({self.accumulate})")
         if self.schedule not in SCHEDULES:

@@ -165,7 +165,7 @@ def train_step(run: Run, batches: Iterator[Batch], window: torch.Tensor) -> None
             run.model.require_backward_grad_sync = micro_step == cfg.accumulate - 1
         with autocast(info.device, cfg.precision):
             outputs = run.model(batch)
-        loss, correct, count = run.raw_model.loss(outputs, batch)
+        loss, correct, count = run.raw_model.loss(outputs, batch, cfg.label_smoothing)
         run.scaler.scale(loss / cfg.accumulate).backward()
         share = torch.tensor(1.0 / cfg.accumulate, dtype=torch.float64, device=info.device)
         window += torch.stack([loss.detach().double() / cfg.accumulate, correct.double(), count.double(), share])
@@ -320,6 +320,7 @@ def finish(run: Run, logger: MetricLogger, started: float, stopped: str = "steps
         "wall_time_s": time.perf_counter() - started,
         "steps_per_s": state.step / max(state.train_time, 1e-9),
         "tokens_per_s": tokens / max(state.train_time, 1e-9),
+        **({"images_per_s": state.step * cfg.batch_size / max(state.train_time, 1e-9)} if spec.image_shape else {}),
         "peak_memory_mb": peak,
         "peak_memory_kind": peak_kind,
         "parameters": count_parameters(run.raw_model),

@@ -27,6 +27,7 @@ SUMMARY_KEYS = (
     "token_accuracy",  # ... and target tokens right
     "steps_per_s",
     "tokens_per_s",
+    "images_per_s",  # image tasks
     "peak_memory_mb",
     "train_time_s",
 )

@@ -68,7 +68,7 @@ def prepare_model(cfg: TrainConfig, spec: Any, init: dict[str, Any] | None) -> t
     if init is not None and init["config"]["model"]["attention"] == model_cfg.attention:
         old = init["config"]["model"]
         probe = build_model(spec, dataclasses.replace(model_cfg, num_layers=1))  # length and grid only
-        new_len, new_grid = probe.encoder.embed.length, probe.encoder.embed.grid
+        new_len, new_grid = probe.length, probe.grid
         options = ckpt.adapt_options(
             model_cfg.attention,
             model_cfg.attention_options,
@@ -84,8 +84,8 @@ def prepare_model(cfg: TrainConfig, spec: Any, init: dict[str, Any] | None) -> t
     model = build_model(spec, model_cfg)
     resized: list[str] = []
     if init is not None:
-        grid = model.encoder.embed.grid
-        resized = ckpt.load_weights_resized(model, init, model.encoder.embed.length, list(grid) if grid else None)
+        grid = model.grid
+        resized = ckpt.load_weights_resized(model, init, model.length, list(grid) if grid else None)
     return model, model_cfg, resized
 
 
@@ -160,8 +160,8 @@ def start_run(cfg: TrainConfig, info: DistInfo) -> Run:
         ckpt.restore_rank_rng(saved["rng"], info, cfg.seed * 1000 + info.rank + state.step + 1)
     stream = TrainStream(splits["train"], micro, data, seed=cfg.seed, num_workers=cfg.num_workers, **position)
     meta = {
-        "length": raw_model.encoder.embed.length,
-        "grid": list(raw_model.encoder.embed.grid or []) or None,
+        "length": raw_model.length,
+        "grid": list(raw_model.grid or []) or None,
         "version": attnzoo.__version__,
         "task_spec": dataclasses.asdict(spec),
         "requested_model": requested,

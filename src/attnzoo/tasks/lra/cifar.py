@@ -19,7 +19,7 @@ import numpy as np
 
 from attnzoo.tasks.spec import SplitArrays
 
-__all__ = ["cifar_files", "load_batch", "read_cifar_gray", "to_grayscale"]
+__all__ = ["cifar_files", "load_batch", "read_cifar_gray", "read_split", "to_grayscale"]
 
 _ALLOWED = {
     ("numpy.core.multiarray", "_reconstruct"),
@@ -141,13 +141,19 @@ def cifar_files(data_dir: Path, split: str) -> list[Path]:
     return files
 
 
+def read_split(data_dir: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """Colour images (n, 3, 32, 32) uint8 and labels (n,) of ``split`` (train: first 90 %, dev: last 10 %)."""
+    images, labels = zip(*(load_batch(f) for f in cifar_files(data_dir, split)), strict=True)
+    x, y = np.concatenate(images), np.concatenate(labels)
+    if split == "test":
+        return x, y
+    cut = round(0.9 * len(y))
+    return (x[:cut], y[:cut]) if split == "train" else (x[cut:], y[cut:])
+
+
 def read_cifar_gray(data_dir: Path, split: str, shift_pixels: bool) -> SplitArrays:
     """Grayscale CIFAR-10: ids (n, 1024) int16 (pixel, or pixel + 1 if ``shift_pixels``), labels (n,)."""
-    images, labels = zip(*(load_batch(f) for f in cifar_files(data_dir, split)), strict=True)
-    gray = to_grayscale(np.concatenate(images)).reshape(-1, 1024)
-    y = np.concatenate(labels)
-    if split != "test":
-        cut = round(0.9 * len(y))
-        gray, y = (gray[:cut], y[:cut]) if split == "train" else (gray[cut:], y[cut:])
+    images, y = read_split(data_dir, split)
+    gray = to_grayscale(images).reshape(-1, 1024)
     ids = gray.astype(np.int16) + (1 if shift_pixels else 0)
     return SplitArrays(ids, np.full(len(y), 1024, dtype=np.int32), y)
