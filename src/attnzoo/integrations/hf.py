@@ -349,28 +349,109 @@ def make_attention_function(name: str, **options: Any) -> Callable[..., tuple[Te
     return attnzoo_attention
 
 
-def use_attnzoo(model: nn.Module, name: str, **options: Any) -> str:
-    """Switch every attention layer of HF ``model`` to attnzoo mechanism ``name``, in place.
+LayerChoice = str | dict[str, Any]  # a mechanism name, or {"name": ..., **options}
+
+
+def _layer_specs(model: nn.Module, mechanism: Any, options: dict[str, Any]) -> list[dict[str, Any]]:
+    """One ``{"name": ..., **options}`` per layer of ``model`` from what :func:`use_attnzoo` was given."""
+    if mechanism is None:
+        saved = getattr(model.config, "attnzoo", None)
+        if options or not isinstance(saved, dict) or not isinstance(saved.get("layers"), list):
+            raise ValueError(
+                "use_attnzoo(model) without a mechanism restores the choice saved in model.config.attnzoo; "
+                + ("options need a mechanism" if options else "this model's config holds none")
+            )
+        return [dict(spec) for spec in saved["layers"]]
+    if isinstance(mechanism, str):
+        return [dict(options, name=mechanism)] * _num_layers(model)
+    if options:
+        raise ValueError("with a per-layer choice give each layer's options as {'name': ..., **options}")
+    n = _num_layers(model)
+    if callable(mechanism):
+        choices: list[Any] = [mechanism(i) for i in range(n)]
+    elif isinstance(mechanism, dict):
+        choices = [None] * n
+        for span, choice in mechanism.items():
+            for i in _layer_range(str(span), n):
+                if choices[i] is not None:
+                    raise ValueError(f"layer {i} is chosen twice (key {span!r})")
+                choices[i] = choice
+        missing = [i for i, choice in enumerate(choices) if choice is None]
+        if missing:
+            raise ValueError(f"layers {missing} of {n} have no mechanism; cover every layer (e.g. with 'softmax')")
+    else:
+        raise TypeError(f"mechanism must be a name, a {{'a-b': name}} dict or a callable, got {mechanism!r}")
+    specs = []
+    for i, choice in enumerate(choices):
+        if isinstance(choice, str):
+            specs.append({"name": choice})
+        elif isinstance(choice, dict) and isinstance(choice.get("name"), str):
+            specs.append(dict(choice))
+        else:
+            raise ValueError(f"layer {i}: expected a mechanism name or {{'name': ..., **options}}, got {choice!r}")
+    return specs
+
+
+def _num_layers(model: nn.Module) -> int:
+    """The number of decoder/encoder layers in ``model``'s (text) config."""
+    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    return int(config.num_hidden_layers)
+
+
+def _layer_range(span: str, n: int) -> range:
+    """Layers ``"a-b"`` (inclusive) or ``"a"`` of ``n``."""
+    first, _, last = span.partition("-")
+    try:
+        lo, hi = int(first), int(last or first)
+    except ValueError:
+        raise ValueError(f"layer key {span!r} is not 'a' or 'a-b' (inclusive layer indices)") from None
+    if not 0 <= lo <= hi < n:
+        raise ValueError(f"layer key {span!r} is outside layers 0-{n - 1}")
+    return range(lo, hi + 1)
+
+
+def use_attnzoo(model: nn.Module, mechanism: Any = None, **options: Any) -> str:
+    """Switch the attention layers of HF ``model`` to attnzoo mechanisms, in place.
 
     Args:
         model: a ``transformers.PreTrainedModel`` whose attention goes through ``AttentionInterface``.
-        name: a registered attnzoo mechanism.
-        **options: fields of the mechanism's options dataclass that its functional core takes.
+        mechanism: a registered attnzoo mechanism for every layer; or per layer: a dict of inclusive
+            layer ranges (``{"0-5": "local", "6-11": {"name": "softmax"}}``, every layer covered once) or
+            a callable ``layer_idx -> name | {"name": ..., **options}``; or ``None`` to restore the
+            choice a saved model recorded in ``model.config.attnzoo`` (after ``from_pretrained``).
+        **options: with a single name, fields of the mechanism's options dataclass that its functional
+            core takes.
 
     Returns:
         The attention-implementation name registered for this call (``model.config._attn_implementation``).
+        The per-layer choice is recorded as ``model.config.attnzoo = {"layers": [{"name": ..., **options}]}``,
+        which ``save_pretrained`` writes to ``config.json``.
 
     Raises:
-        ValueError: unknown mechanism or option, an option needing the module, a model that cannot switch
-            implementation, or a causal model with a mechanism that cannot be causal.
+        ValueError: unknown mechanism or option, an option needing the module, a layer chosen twice or
+            not at all, a model that cannot switch implementation, a causal layer with a mechanism that
+            cannot be causal, or nothing to restore.
     """
-    fn = make_attention_function(name, **options)
-    caps = get_spec(name).capabilities
-    causal_layers = [m for m in model.modules() if getattr(m, "is_causal", False) is True]
-    if causal_layers and not caps.causal:
-        raise ValueError(f"attention {name!r} cannot be causal, but {type(causal_layers[0]).__name__} is causal")
-    key = f"attnzoo-{name}-{next(_names)}"
-    AttentionInterface.register(key, fn)
+    specs = _layer_specs(model, mechanism, options)
+    fns = [make_attention_function(spec["name"], **{k: v for k, v in spec.items() if k != "name"}) for spec in specs]
+    for module in model.modules():
+        index = getattr(module, "layer_idx", None)
+        if getattr(module, "is_causal", False) is True and isinstance(index, int) and index < len(specs):
+            name = specs[index]["name"]
+            if not get_spec(name).capabilities.causal:
+                raise ValueError(f"attention {name!r} cannot be causal, but {type(module).__name__} is causal")
+
+    def per_layer(module: nn.Module, *args: Any, **kwargs: Any) -> tuple[Tensor, None]:
+        index = getattr(module, "layer_idx", None)
+        if not isinstance(index, int) or not 0 <= index < len(fns):
+            raise ValueError(
+                f"{type(module).__name__} has layer_idx={index!r}; the choice covers layers 0-{len(fns) - 1}"
+            )
+        return fns[index](module, *args, **kwargs)
+
+    single = all(spec == specs[0] for spec in specs)
+    key = f"attnzoo-{specs[0]['name'] if single else 'layers'}-{next(_names)}"
+    AttentionInterface.register(key, fns[0] if single else per_layer)
     AttentionMaskInterface.register(key, attnzoo_mask)
     model.set_attn_implementation(key)
     if model.config._attn_implementation != key:
@@ -378,6 +459,7 @@ def use_attnzoo(model: nn.Module, name: str, **options: Any) -> str:
             f"{type(model).__name__} cannot switch its attention implementation (it stays "
             f"{model.config._attn_implementation!r})"
         )
+    model.config.attnzoo = {"layers": specs}
     if hasattr(model, "_prepare_cache_for_generation"):
         model._prepare_cache_for_generation = _attnzoo_cache_by_default(model._prepare_cache_for_generation)
     return key
