@@ -142,8 +142,9 @@ def test_scaling_dropout_and_extras_are_honoured_or_refused():
     assert lin(module, q, k, v, plain, scaling=0.5)[0].shape == (1, 6, 2, 4)  # 0.5 = d**-0.5, the default
     with pytest.raises(ValueError, match=re.escape("'linear' has no scale option; the model asks for scaling=0.3")):
         lin(module, q, k, v, plain, scaling=0.3)
-    with pytest.raises(ValueError, match=re.escape("'linear' has no attention dropout; the model asks for 0.1")):
-        lin(module, q, k, v, plain, dropout=0.1)
+    with pytest.warns(UserWarning, match=re.escape("'linear' has no attention probabilities to drop; as in its")):
+        undropped = lin(module, q, k, v, plain, dropout=0.1)[0]
+    assert torch.equal(undropped, lin(module, q, k, v, plain)[0])
     with pytest.raises(ValueError, match="cannot honour the model's softcap"):
         soft(module, q, k, v, plain, softcap=30.0)
     with pytest.raises(ValueError, match="no attention weights"):
@@ -153,12 +154,22 @@ def test_scaling_dropout_and_extras_are_honoured_or_refused():
     assert not torch.allclose(dropped, expected)  # dropout reached the core
 
 
-def test_training_bert_with_attention_dropout_reaches_the_mechanism():
-    model, (ids, am, _) = bert(attention_probs_dropout_prob=0.3), inputs(False)
-    use_attnzoo(model, "linear")
-    with pytest.raises(ValueError, match=re.escape("'linear' has no attention dropout; the model asks for 0.3")):
-        run(model.train(), ids, am)
-    assert run(model.eval(), ids, am).isfinite().all()
+@pytest.mark.parametrize(("name", "options"), [("performer", {"num_features": 16}), ("nystrom", {"num_landmarks": 4})])
+def test_fine_tuning_bert_with_attention_dropout(name, options):
+    """BERT's default attention dropout 0.1 in train(): kernel/low-rank mechanisms apply none (their official
+    codes have none) and warn; softmax drops probabilities."""
+    model, (ids, am, real) = bert(hidden_dropout_prob=0.0), inputs(False)
+    assert model.config.attention_probs_dropout_prob == 0.1
+    use_attnzoo(model, name, **options)
+    ref = run(model.eval(), ids, am)
+    with pytest.warns(UserWarning, match=f"'{name}' has no attention probabilities to drop; as in its official code"):
+        out = run(model.train(), ids, am)
+    assert torch.allclose(out[real], ref[real], atol=1e-6, rtol=0)
+    out[real].square().sum().backward()
+    assert all(p.grad is not None and p.grad.isfinite().all() for p in model.encoder.parameters())
+    use_attnzoo(model, "softmax")
+    torch.manual_seed(0)
+    assert (run(model.train(), ids, am) - run(model.eval(), ids, am))[real].abs().max() > 1e-3
 
 
 def test_a_padding_mask_is_refused_for_a_mechanism_that_cannot_honour_it(monkeypatch):

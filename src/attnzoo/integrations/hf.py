@@ -30,6 +30,7 @@ import dataclasses
 import inspect
 import itertools
 import math
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, fields
 from typing import Any
@@ -258,11 +259,16 @@ def make_attention_function(name: str, **options: Any) -> Callable[..., tuple[Te
         ``fn(module, query, key, value, attention_mask, *, dropout=0.0, scaling=None, is_causal=None,
         **kwargs) -> (out (B, N, H, d), None)`` with ``query: (B, H, N, d)``, ``key, value: (B, H_kv, N, d)``.
 
+    Attention dropout (``dropout > 0``, training) goes to the core's ``dropout_p`` where the mechanism has
+    attention probabilities (softmax, local, dilated, butterfly, diffuser, linformer, reformer, causal
+    EVA); the kernel and low-rank mechanisms (performer, nystrom, linear, EVA, LARA, RA, ScatterBrain,
+    PSF, ...) apply none, as their official codes and attnzoo's own modules, and say so in a warning.
+
     Raises:
         ValueError: (when called) a causal request for a non-causal mechanism (or the reverse), a
-            padding mask for a mechanism without ``key_padding_mask``, a scaling or dropout the core
-            cannot apply, attention weights requested, an HF extra (softcap, position bias, sinks) the
-            mechanism cannot honour, or a sliding-window layer for a mechanism other than ``local`` (or a
+            padding mask for a mechanism without ``key_padding_mask``, a scaling the core cannot apply,
+            attention weights requested, an HF extra (softcap, position bias, sinks) the mechanism cannot
+            honour, or a sliding-window layer for a mechanism other than ``local`` (or a
             ``window_size`` option that is not the model's window).
     """
     setups: dict[Any, _Setup] = {None: _bind(name, options)}  # by (HF window W, causal, model has a window)
@@ -337,10 +343,14 @@ def make_attention_function(name: str, **options: Any) -> Callable[..., tuple[Te
                 call["scale"] = scaling
             elif scaling is not None and not _default_scale(scaling, query):
                 raise ValueError(f"attention {name!r} has no scale option; the model asks for scaling={scaling}")
-            if dropout > 0.0:
-                if "dropout_p" not in setup.takes:
-                    raise ValueError(f"attention {name!r} has no attention dropout; the model asks for {dropout}")
+            if dropout > 0.0 and "dropout_p" in setup.takes:
                 call["dropout_p"] = dropout
+            elif dropout > 0.0:
+                warnings.warn(
+                    f"attention {setup.spec.name!r} has no attention probabilities to drop; as in its official code, "
+                    f"the model's attention dropout {dropout} is not applied",
+                    stacklevel=2,
+                )
             out = zero_masked_rows(setup.spec.functional(query, key, value, **call), mask.padding)
             if layer is not None:
                 _start_state(setup, layer, query, key, value, mask, scaling)
