@@ -2,20 +2,24 @@
 
 ``use_attnzoo(model, "local", window_size=64)`` registers one attention function and one mask
 function under a fresh implementation name (``AttentionInterface.register`` and
-``AttentionMaskInterface.register``) and switches ``model`` to it with ``set_attn_implementation``.
+``AttentionMaskInterface.register``), switches ``model`` to it with ``set_attn_implementation``,
+records the per-layer choice in ``model.config.attnzoo`` (``use_attnzoo(model)`` restores it after
+``from_pretrained``) and makes ``generate()`` create an :class:`~attnzoo.integrations.hf_cache.AttnzooCache`.
 
 What the two functions do:
 
-* The mask function replaces HF's dense mask: it accepts only the two patterns attnzoo can
-  honour exactly, HF's plain causal and plain bidirectional mask functions, over a sequence
-  attending to itself (no KV-cache offset), and returns an :class:`HFMask`, the ``(B, N)`` padding
-  mask (True = real token, the polarity of both libraries) and the causal flag. Sliding-window,
-  packed-sequence, and custom (``or_mask``/``and_mask``) patterns, and HF KV-cache decoding steps,
-  raise ``ValueError`` instead of being dropped.
+* The mask function replaces HF's dense mask: it accepts the patterns attnzoo can honour exactly,
+  HF's plain causal and bidirectional mask functions and their sliding-window forms, with the queries
+  the last tokens of the sequence (no KV-cache offset, or the cached length of an ``AttnzooCache``),
+  and returns an :class:`HFMask`: the ``(B, N)`` padding mask (True = real token, the polarity of both
+  libraries), the causal flag, the cached length and the window. Packed-sequence and custom
+  (``or_mask``/``and_mask``) patterns and static caches raise ``ValueError`` instead of being dropped.
 * The attention function gets ``q: (B, H, N, d)`` and ``k, v: (B, H_kv, N, d)`` after RoPE, repeats
   the key/value heads for GQA, checks that the mechanism can honour causality and the scaling the
   model asks for, calls the mechanism's functional core (``attnzoo.get_spec(name).functional``) with
-  the options given to ``use_attnzoo``, zeroes padded query rows, and returns ``(B, N, H, d)``.
+  the options given to ``use_attnzoo``, zeroes padded query rows, and returns ``(B, N, H, d)``. With an
+  ``AttnzooCache`` it also builds the layer's decode state from the prompt and, for later tokens, runs
+  one ``decode`` step of that state per token instead of the core.
 
 Only options the functional core takes are accepted; options that need the mechanism module's
 learned parameters (e.g. ``local``'s ``use_rpe``) must stay at their defaults here. An option left
