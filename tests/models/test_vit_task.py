@@ -37,7 +37,7 @@ def test_vit_on_colour_images_with_2d_attention() -> None:
     assert model.vit.blocks[0].attn.options.image_height == 8  # the grid reached the 2D mechanism
     batch = _batch(spec)
     logits = model(batch)
-    assert logits.shape == (3, 4)
+    assert logits.shape == (3, 2)
     loss, correct, count = model.loss(logits, batch)
     loss.backward()
     assert int(count) == 3 and 0 <= int(correct) <= 3

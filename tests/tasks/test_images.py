@@ -13,29 +13,32 @@ from attnzoo import tasks
 from attnzoo.tasks import images
 
 
-def _centre(image: np.ndarray, channel: int) -> np.ndarray:
-    """Mean (row, col) of the pixels where ``channel`` is saturated and the other two are not."""
-    others = [c for c in range(3) if c != channel]
-    hit = (image[..., channel] >= 190) & (image[..., others] <= 70).all(-1)
-    return np.argwhere(hit).mean(0)
+def _red_cells(image: np.ndarray, cell: int = 4) -> np.ndarray:
+    """(row, col) of the grid cells holding a saturated red object, shape (k, 2)."""
+    red = (image[..., 0] >= 190) & (image[..., 1:] <= 70).all(-1)
+    side = image.shape[0] // cell
+    return np.argwhere(red.reshape(side, cell, side, cell).any(axis=(1, 3)))
 
 
 def test_shapes_labels_match_geometry_and_are_deterministic() -> None:
-    opts = images.ShapesOptions(distractors=0)
+    opts = images.ShapesOptions(distractors=2)
     x, y = images.generate_shapes(opts, 64, np.random.default_rng(3))
     assert x.shape == (64, 32, 32, 3) and x.dtype == np.uint8 and y.shape == (64,)
-    assert set(y.tolist()) == {0, 1, 2, 3}
+    assert set(y.tolist()) == {0, 1}
     for image, label in zip(x, y, strict=True):
-        dy, dx = _centre(image, 2) - _centre(image, 0)  # blue minus red
-        expected = (0 if dy < 0 else 1) if abs(dy) > abs(dx) else (2 if dx < 0 else 3)
-        assert label == expected and max(abs(dy), abs(dx)) >= 4 and abs(abs(dy) - abs(dx)) >= 4  # whole cells
+        cells = _red_cells(image)
+        assert len(cells) == 2
+        dy, dx = np.abs(cells[1] - cells[0])
+        assert label == (0 if dy > dx else 1) and dy != dx
     x2, y2 = images.generate_shapes(opts, 64, np.random.default_rng(3))
     assert np.array_equal(x, x2) and np.array_equal(y, y2)
+    for image in images.generate_shapes(images.ShapesOptions(max_gap=1), 16, np.random.default_rng(0))[0]:
+        assert np.abs(np.diff(_red_cells(image), axis=0)).sum() == 1  # adjacent cells
 
 
 def test_shapes2d_task_split(tmp_path: Path) -> None:
     spec = tasks.get("shapes2d")
-    assert (spec.input_kind, spec.seq_len, spec.num_features, spec.num_classes) == ("image", 1024, 3, 4)
+    assert (spec.input_kind, spec.seq_len, spec.num_features, spec.num_classes) == ("image", 1024, 3, 2)
     assert spec.image_shape == (32, 32) and spec.augmentation == "none"
     ds = tasks.load_split("shapes2d", "dev", cache_dir=tmp_path, size=8, seed=1)
     item = ds[0]
@@ -46,6 +49,8 @@ def test_shapes2d_task_split(tmp_path: Path) -> None:
         tasks.get("shapes2d", image_size=8)
     with pytest.raises(ValueError, match=r"distractors must be in 0 \.\. cells - 2, got 15"):
         tasks.get("shapes2d", image_size=16, distractors=15)
+    with pytest.raises(ValueError, match=r"max_gap must be >= 0 \(0 = anywhere\), got -1"):
+        tasks.get("shapes2d", max_gap=-1)
 
 
 def test_crop_flip_moves_and_flips_within_padding() -> None:

@@ -69,7 +69,7 @@ def _sweep(args: argparse.Namespace) -> tuple[Any, list[str], dict[str, dict[str
     for mech in overrides:
         if mech not in mechanisms:
             raise ValueError(f"--option for {mech!r}, which is not benchmarked (mechanisms: {', '.join(mechanisms)})")
-    return preset, mechanisms, {m: bench_options(m, overrides.get(m)) for m in mechanisms}
+    return preset, mechanisms, {m: bench_options(m, overrides.get(m), grid_2d=preset.grid_2d) for m in mechanisms}
 
 
 def _tasks(args: argparse.Namespace, preset: Any, mechanisms: list[str], options: dict[str, Any]) -> list[Any]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,12 +17,14 @@ import attnzoo
 
 __all__ = [
     "BENCH_SETTINGS",
+    "GRID_2D_SETTINGS",
     "PRESETS",
     "BenchSetting",
     "Preset",
     "Shape",
     "bench_options",
     "case_options",
+    "grid_options",
     "parse_shape",
 ]
 
@@ -58,23 +61,55 @@ BENCH_SETTINGS: dict[str, BenchSetting] = {
 }
 """Benchmark options per mechanism; names not listed run with their defaults."""
 
+GRID_2D_SETTINGS: dict[str, BenchSetting] = {
+    "local": BenchSetting({"attn_2d": True, "window_size": 7, "use_rpe": True}, "the seed's ViT: 7 x 7 windows, RPE"),
+    "eva": BenchSetting(
+        {"attn_2d": True, "window_size": 7, "num_landmarks": 49, "use_rpe": True},
+        "the seed's ViT (spec efficient-attention-eva-lara-longnet §11.1): 7 x 7 windows, 49 landmarks, RPE",
+    ),
+    "lara": BenchSetting(
+        {"attn_2d": True, "num_landmarks": 49, "proposal_gen": "pool-mixed", "alpha_coeff": 2.0},
+        "the seed's ViT: 49 pooled landmarks (7 x 7 cells), pool-mixed proposals, alpha 2.0",
+    ),
+}
+"""Options of the 2D-capable mechanisms in presets with ``grid_2d`` (the patch grid, a square of side sqrt(N))."""
+
+
+def grid_options(seq_len: int) -> dict[str, int]:
+    """``{image_height, image_width}`` of the square grid of ``seq_len`` tokens.
+
+    Raises:
+        ValueError: ``seq_len`` is not a perfect square.
+    """
+    side = math.isqrt(seq_len)
+    if side * side != seq_len:
+        raise ValueError(
+            f"2D attention (attn_2d) is benchmarked on square grids: length {seq_len} is not a square "
+            "(e.g. 196, 784, 3136: 224 px images at patch 16, 8, 4)"
+        )
+    return {"image_height": side, "image_width": side}
+
 
 def case_options(name: str, options: dict[str, Any], seq_len: int) -> dict[str, Any]:
-    """``options`` with the mechanism's ``per_length`` options set to ``seq_len`` (unless given explicitly)."""
+    """``options`` for a case of length ``seq_len`` (explicit values win): the mechanism's ``per_length``
+    options set to ``seq_len``, and with ``attn_2d`` the square grid (:func:`grid_options`)."""
     setting = BENCH_SETTINGS.get(name)
-    if setting is None:
-        return options
-    return {**{key: seq_len for key in setting.per_length}, **options}
+    derived: dict[str, Any] = {key: seq_len for key in setting.per_length} if setting else {}
+    if options.get("attn_2d"):
+        derived.update(grid_options(seq_len))
+    return {**derived, **options}
 
 
-def bench_options(name: str, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+def bench_options(name: str, overrides: dict[str, Any] | None = None, *, grid_2d: bool = False) -> dict[str, Any]:
     """Options ``name`` runs with: its table entry (or its defaults), then ``overrides``; validated.
+
+    ``grid_2d``: a mechanism in :data:`GRID_2D_SETTINGS` takes that entry (2D attention) instead.
 
     Raises:
         ValueError: unknown mechanism or option, invalid value.
     """
     spec = attnzoo.get_spec(name)
-    setting = BENCH_SETTINGS.get(name)
+    setting = (GRID_2D_SETTINGS if grid_2d and name in GRID_2D_SETTINGS else BENCH_SETTINGS).get(name)
     merged = {**(setting.options if setting else {}), **(overrides or {})}
     from attnzoo.registry import make_options
 
@@ -109,7 +144,8 @@ def parse_shape(text: str) -> Shape:
 
 @dataclass(frozen=True)
 class Preset:
-    """A named sweep. ``mechanisms=None`` means every registered mechanism."""
+    """A named sweep. ``mechanisms=None`` means every registered mechanism; ``grid_2d``: the 2D-capable
+    mechanisms attend over the square grid of each length (:data:`GRID_2D_SETTINGS`)."""
 
     mechanisms: tuple[str, ...] | None
     lengths: tuple[int, ...]
@@ -122,6 +158,7 @@ class Preset:
     time_budget_s: float = 120.0
     memory_budget_mib: float = 16384.0
     peer_lengths: tuple[int, ...] = field(default=(1024, 4096))
+    grid_2d: bool = False
 
     def cases(self, mechanisms: list[str]) -> list[dict[str, Any]]:
         """The grid as plain dicts (one per mechanism x dtype x causal x shape), lengths ascending inside."""
@@ -151,6 +188,14 @@ PRESETS: dict[str, Preset] = {
         time_budget_s=300.0,
         peer_lengths=(1024, 4096, 16384),
     ),
+    "grid2d": Preset(
+        mechanisms=("softmax", "local", "eva", "lara", "none"),
+        lengths=(196, 784, 3136),
+        error_lengths=(196, 784),
+        repeats=3,
+        peer_lengths=(784,),
+        grid_2d=True,
+    ),
     "full": Preset(
         mechanisms=None,
         lengths=(1024, 2048, 4096, 8192, 16384, 32768, 65536, 131072),
@@ -165,5 +210,6 @@ PRESETS: dict[str, Preset] = {
     ),
 }
 """``quick``: under a minute on a 2-core CPU; ``default``: a few minutes, every mechanism; ``docs``: what
-docs/benchmarks.md shows (1k..16k, causal and not, peers); ``full``: for GPUs (to 128k, bf16/fp16/fp32,
-two shapes)."""
+docs/benchmarks.md shows (1k..16k, causal and not, peers); ``grid2d``: ViT patch grids (14 x 14, 28 x 28,
+56 x 56 = 224 px at patch 16, 8, 4) with local, EVA and LARA in 2D next to softmax and none; ``full``: for
+GPUs (to 128k, bf16/fp16/fp32, two shapes)."""

@@ -188,7 +188,7 @@ register(
             o.image_size,
             len(images.RELATIONS),
             False,
-            "procedural colour images: is the blue object above / below / left / right of the red one (4 classes)",
+            "procedural colour images: are the two red objects stacked vertically or side by side (2 classes)",
         ),
         {"train": 20_000, "dev": 1_000, "test": 2_000},
         lambda o, s, n, seed: images.image_arrays(*images.generate_shapes(o, n, _rng("shapes2d", seed, s))),

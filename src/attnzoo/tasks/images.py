@@ -36,7 +36,7 @@ __all__ = [
     "read_folder",
 ]
 
-RELATIONS = ("above", "below", "left", "right")  # class k: the blue object is RELATIONS[k] of the red one
+RELATIONS = ("vertical", "horizontal")  # class k: the two red objects are stacked (k = 0) or side by side (k = 1)
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".ppm", ".tif", ".tiff")
 _FOLDER_SPLITS = {"train": ("train",), "dev": ("val", "dev", "valid"), "test": ("test", "val")}
 
@@ -44,11 +44,13 @@ _FOLDER_SPLITS = {"train": ("train",), "dev": ("val", "dev", "valid"), "test": (
 @dataclass(frozen=True)
 class ShapesOptions:
     """shapes2d: ``image_size`` S, objects drawn in ``cell`` x ``cell`` cells of the S/cell grid, up to
-    ``distractors`` green objects per image."""
+    ``distractors`` green objects per image, the two red objects at most ``max_gap`` cells apart along
+    their axis (0: anywhere on the grid)."""
 
     image_size: int = 32
     cell: int = 4
     distractors: int = 2
+    max_gap: int = 0
 
     def __post_init__(self) -> None:
         if self.cell < 2 or self.image_size % self.cell or self.image_size // self.cell < 3:
@@ -56,6 +58,8 @@ class ShapesOptions:
                 f"shapes2d: cell must be >= 2 and divide image_size into a grid of >= 3 x 3 cells; "
                 f"got image_size {self.image_size}, cell {self.cell}"
             )
+        if self.max_gap < 0:
+            raise ValueError(f"shapes2d: max_gap must be >= 0 (0 = anywhere), got {self.max_gap}")
         if not 0 <= self.distractors <= (self.image_size // self.cell) ** 2 - 2:
             raise ValueError(f"shapes2d: distractors must be in 0 .. cells - 2, got {self.distractors}")
 
@@ -122,14 +126,15 @@ def _colour(rng: np.random.Generator, channel: int) -> np.ndarray:
 
 
 def generate_shapes(opts: ShapesOptions, size: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """``size`` images ``(n, S, S, 3)`` uint8 and labels ``(n,)``: where the blue object sits relative to the red one.
+    """``size`` images ``(n, S, S, 3)`` uint8 and labels ``(n,)``: are the two red objects stacked or side by side?
 
-    Each image has a noisy dark background and, in distinct cells of the ``S/cell`` grid, one red, one
-    blue and up to ``opts.distractors`` green objects (a square, disc or cross each). Label k =
-    ``RELATIONS[k]``: the blue cell is at least one cell above / below / left / right of the red one
-    along that axis and strictly less far along the other. Deciding it compares the rows and columns of
-    two objects anywhere in the image: a row-major 1D window sees vertical neighbours only S/cell
-    patches (of side ``cell``) apart, and independent per-patch features cannot compare the two offsets.
+    Each image has a noisy dark background and, in distinct cells of the ``S/cell`` grid, two red and up
+    to ``opts.distractors`` green objects (a square, disc or cross each). Label 0 (``vertical``): the red
+    cells are further apart in rows than in columns; 1 (``horizontal``): the reverse (never equal).
+    Deciding it compares the rows and columns of two objects anywhere in the image: a row-major 1D
+    window sees vertical neighbours only S/cell patches apart, and a sum of independent per-patch
+    scores cannot do it (for four cells on a rectangle's corners the two vertical and the two
+    horizontal pairs would need the same total with opposite signs), so attention-free models stay low.
     """
     side, cell = opts.image_size, opts.cell
     grid = side // cell
@@ -138,16 +143,16 @@ def generate_shapes(opts: ShapesOptions, size: int, rng: np.random.Generator) ->
     labels = rng.integers(0, len(RELATIONS), size=size)
     for i in range(size):
         while True:
-            red = rng.integers(0, grid, size=2)
-            main = int(rng.integers(1, grid))
+            first = rng.integers(0, grid, size=2)
+            main = int(rng.integers(1, min(opts.max_gap or grid - 1, grid - 1) + 1))
             other = int(rng.integers(-(main - 1), main))
-            sign = -1 if RELATIONS[labels[i]] in ("above", "left") else 1
-            blue = red + np.asarray((sign * main, other) if labels[i] < 2 else (other, sign * main))
-            if ((blue >= 0) & (blue < grid)).all():
+            sign = 1 if rng.random() < 0.5 else -1
+            second = first + np.asarray((sign * main, other) if labels[i] == 0 else (other, sign * main))
+            if ((second >= 0) & (second < grid)).all():
                 break
-        free = np.setdiff1d(np.arange(grid * grid), [red[0] * grid + red[1], blue[0] * grid + blue[1]])
+        free = np.setdiff1d(np.arange(grid * grid), [first[0] * grid + first[1], second[0] * grid + second[1]])
         greens = rng.choice(free, size=int(rng.integers(0, opts.distractors + 1)), replace=False)
-        objects = [((int(c) // grid, int(c) % grid), 1) for c in greens] + [(tuple(red), 0), (tuple(blue), 2)]
+        objects = [((int(c) // grid, int(c) % grid), 1) for c in greens] + [(tuple(first), 0), (tuple(second), 0)]
         for (row, col), channel in objects:
             patch = images[i, row * cell : (row + 1) * cell, col * cell : (col + 1) * cell]
             patch[masks[int(rng.integers(3))]] = _colour(rng, channel)
