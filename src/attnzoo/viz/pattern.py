@@ -14,13 +14,22 @@ the exact-pixel image: each attended pair is ``scale`` x ``scale`` black pixels,
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-__all__ = ["draw_pattern_figure", "pattern_panels", "register_commands", "render_panels", "write_pattern_png"]
+__all__ = [
+    "draw_pattern_figure",
+    "grid_panels",
+    "pattern_grid",
+    "pattern_panels",
+    "register_commands",
+    "render_panels",
+    "write_pattern_png",
+]
 
 MAX_LENGTH = 4096
 GAP = 4  # white columns between panels
@@ -80,6 +89,40 @@ def pattern_panels(
     return panels
 
 
+def pattern_grid(length: int, options: dict[str, Any]) -> tuple[int, int] | None:
+    """The ``(h, w)`` token grid of a 2D mechanism (``attn_2d`` set): ``image_height`` x ``image_width``, else
+    the square of side ``sqrt(length)``; None for 1D options.
+
+    Raises:
+        ValueError: the grid does not hold ``length`` tokens.
+    """
+    if not options.get("attn_2d"):
+        return None
+    side = math.isqrt(length)
+    grid = (int(options.get("image_height") or side), int(options.get("image_width") or side))
+    if grid[0] * grid[1] != length:
+        raise ValueError(
+            f"attn_2d: a {grid[0]} x {grid[1]} grid does not hold --length {length} tokens; give a square "
+            "length or image_height/image_width"
+        )
+    return grid
+
+
+def grid_panels(
+    panels: list[tuple[str, np.ndarray]], grid: tuple[int, int], query: tuple[int, int]
+) -> list[tuple[str, np.ndarray]]:
+    """Each panel's weights ``(N, N)`` of the token at grid cell ``query = (row, col)``, as the key grid ``(h, w)``.
+
+    Raises:
+        ValueError: ``query`` outside the grid.
+    """
+    h, w = grid
+    if not (0 <= query[0] < h and 0 <= query[1] < w):
+        raise ValueError(f"--query {query[0]},{query[1]} is outside the {h} x {w} grid")
+    index = query[0] * w + query[1]
+    return [(f"{title}, query {query}", weights[index].reshape(h, w)) for title, weights in panels]
+
+
 def render_panels(panels: list[tuple[str, np.ndarray]], *, scale: int = 1, style: str = "mask") -> np.ndarray:
     """A uint8 image: panels side by side (``GAP * scale`` white columns apart), each N x N cells of
     ``scale`` pixels. ``style="mask"``: attended = 0 (black), else 255. ``style="weights"``: attended
@@ -127,12 +170,18 @@ def write_pattern_png(
 
 
 def draw_pattern_figure(
-    panels: list[tuple[str, np.ndarray]], path: str | Path, title: str, *, style: str = "mask"
+    panels: list[tuple[str, np.ndarray]],
+    path: str | Path,
+    title: str,
+    *,
+    style: str = "mask",
+    labels: tuple[str, str] = ("key position", "query position"),
 ) -> None:
-    """Save ``panels`` (from :func:`pattern_panels`) as a matplotlib figure in the format of ``path``'s suffix.
+    """Save ``panels`` (from :func:`pattern_panels` or :func:`grid_panels`) as a matplotlib figure in the
+    format of ``path``'s suffix.
 
-    One subplot per panel (the :func:`render_panels` image, one cell per pair), x = key position,
-    y = query position, the panel's title above it and ``title`` above all.
+    One subplot per panel (the :func:`render_panels` image, one cell per entry), axes ``labels`` (x, y),
+    the panel's title above it and ``title`` above all.
 
     Raises:
         ImportError: matplotlib is not installed.
@@ -149,17 +198,17 @@ def draw_pattern_figure(
         plt.close(fig)
         raise ValueError(f"--out {str(path)!r}: cannot write .{suffix} figures; use one of .{', .'.join(formats)}")
     for ax, (panel_title, weights) in zip(axes[0], panels, strict=True):
-        n = weights.shape[0]
+        rows, cols = weights.shape
         ax.imshow(
             render_panels([(panel_title, weights)], style=style),
             cmap="gray",
             vmin=0,
             vmax=255,
-            extent=(-0.5, n - 0.5, n - 0.5, -0.5),
+            extent=(-0.5, cols - 0.5, rows - 0.5, -0.5),
             interpolation="nearest",
         )
-        ax.set_xlabel("key position")
-        ax.set_ylabel("query position")
+        ax.set_xlabel(labels[0])
+        ax.set_ylabel(labels[1])
         ax.set_title(panel_title, fontsize=9)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
@@ -198,17 +247,28 @@ def _run(args: argparse.Namespace) -> int:
                 ".png is written (the exact-pixel image, --raw)"
             )
         raw = True
-    if raw:
-        if Path(args.out).suffix.lower() != ".png":
-            raise ValueError(f"--out {args.out}: --raw writes PNG only; name the file .png")
+    if raw and Path(args.out).suffix.lower() != ".png":
+        raise ValueError(f"--out {args.out}: --raw writes PNG only; name the file .png")
+    grid = pattern_grid(args.length, options)
+    if raw and grid is None:
         titles = write_pattern_png(
             args.name, args.length, args.out, options, heads=args.heads, scale=args.scale, style=args.style
         )
     else:
         panels = pattern_panels(args.name, args.length, options, heads=args.heads)
-        draw_pattern_figure(
-            panels, args.out, _figure_title(args.name, args.length, options, args.style), style=args.style
-        )
+        labels = ("key position", "query position")
+        if grid is not None:
+            query = tuple(int(v) for v in args.query.split(",")) if args.query else (grid[0] // 2, grid[1] // 2)
+            panels, labels = grid_panels(panels, grid, query), ("key column", "key row")  # type: ignore[arg-type]
+        if raw:
+            from attnzoo.tasks.png import write_png_gray
+
+            write_png_gray(
+                args.out, render_panels(panels, scale=args.scale or max(1, 256 // max(grid)), style=args.style)
+            )  # type: ignore[arg-type]
+        else:
+            title = _figure_title(args.name, args.length, options, args.style)
+            draw_pattern_figure(panels, args.out, title, style=args.style, labels=labels)
         titles = [title for title, _ in panels]
     print(f"wrote {args.out}" + (" (exact pixels)" if raw else "") + ": " + "; ".join(titles))
     return 0
@@ -226,6 +286,11 @@ def register_commands(subparsers: Any) -> None:
     parser.add_argument("--length", type=int, required=True, help="sequence length N (<= 4096)")
     parser.add_argument("--option", action="append", default=[], metavar="K=V", help="mechanism option (repeat)")
     parser.add_argument("--heads", type=int, default=4, help="heads to draw (default 4)")
+    parser.add_argument(
+        "--query",
+        metavar="ROW,COL",
+        help="2D mechanisms (attn_2d): draw the keys of this grid cell's query on the grid (default: the centre)",
+    )
     parser.add_argument("--scale", type=int, default=None, help="--raw: pixels per cell (default 512 // N, >= 1)")
     parser.add_argument("--style", choices=("mask", "weights"), default="mask", help="black mask or log weights")
     parser.add_argument("--out", required=True, help="output file; its suffix picks the format (.png, .svg, .pdf, ...)")
