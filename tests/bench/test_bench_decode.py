@@ -45,7 +45,8 @@ def test_mechanisms_that_cannot_decode_are_reported_not_fatal():
 
 
 def test_bad_arguments_name_the_problem(capsys):
-    assert main(["bench-decode", "--mechanisms", "linear", "--steps", "0"]) == 2
-    assert "--steps must be >= 1 and --contexts >= 0, got 0" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["bench-decode", "--mechanisms", "linear", "--steps", "0"])
+    assert "argument --steps: expected a whole number > 0, got '0'" in capsys.readouterr().err
     with pytest.raises(ValueError, match="unknown attention mechanism 'nonexistent'"):
         time_decoding("nonexistent", {}, 8)

@@ -253,6 +253,9 @@ def test_optimizer_for_is_run_tasks_and_needs_its_keys():
     assert isinstance(scheduler, torch.optim.lr_scheduler.OneCycleLR)
     with pytest.raises(ValueError, match="training config is missing warmup"):
         optimizer_for(model, {k: v for k, v in training.items() if k != "warmup"})
+    for warmup in (1, training["num_train_steps"]):  # an empty phase divides by zero inside torch
+        with pytest.raises(ValueError, match=r"needs 2 <= warmup <= num_train_steps - 1"):
+            optimizer_for(model, {**training, "warmup": warmup})
 
 
 def test_nystromformer_preset_trains_with_optimizer_for():

@@ -72,7 +72,10 @@ def run_tasks_one_cycle(
     ``done_steps > 0``: as if that many steps were taken (the param groups must hold the scheduler's
     entries from a fresh build, as after loading an optimiser state).
     """
+    from attnzoo.train.config import check_one_cycle  # config imports this module
+
     tc = _checked(training_config)
+    check_one_cycle(tc["warmup"], tc["num_train_steps"], warmup_name="warmup", steps_name="num_train_steps")
     return torch.optim.lr_scheduler.OneCycleLR(
         optimizer,
         max_lr=tc["learning_rate"],
@@ -98,7 +101,7 @@ def optimizer_for(
         ``(AdamW, OneCycleLR)``; call ``optimizer.step()`` then ``scheduler.step()`` once per training step.
 
     Raises:
-        ValueError: a missing training key (named).
+        ValueError: a missing training key (named), or a ``warmup`` that leaves a phase of the cycle empty.
     """
     optimizer = run_tasks_adamw(model.parameters(), training_config)
     return optimizer, run_tasks_one_cycle(optimizer, training_config)

@@ -133,7 +133,9 @@ def attach(model: TaskModel, sp: SequenceParallel) -> TaskModel:
     if hasattr(model, "head"):
         model.head.register_forward_pre_hook(lambda _module, args: (_pooled(args[0], sp, cfg.pooling),))
     local_loss, per_token = model.loss, model.task.target == "sequence"
-    model.loss = lambda outputs, batch: _loss(local_loss, outputs, batch, sp, per_token)  # type: ignore[method-assign]
+    model.loss = lambda outputs, batch, label_smoothing=0.0: _loss(  # type: ignore[method-assign]
+        local_loss, outputs, batch, label_smoothing, sp, per_token
+    )
     return model
 
 
@@ -169,12 +171,20 @@ def _pooled(local: Tensor, sp: SequenceParallel, mode: str) -> Tensor:
     return summed / total.to(local.dtype)
 
 
-def _loss(local_loss: Any, outputs: Tensor, batch: dict[str, Tensor], sp: SequenceParallel, per_token: bool):
+def _loss(
+    local_loss: Any,
+    outputs: Tensor,
+    batch: dict[str, Tensor],
+    label_smoothing: float,
+    sp: SequenceParallel,
+    per_token: bool,
+):
     """The model's loss over the whole sequence; correct and count divided by the group size."""
     if not per_token:  # pooled: every rank of the group holds the same logits
-        loss, correct, count = local_loss(outputs, batch)
+        loss, correct, count = local_loss(outputs, batch, label_smoothing)
         return loss, correct / sp.size, count / sp.size
-    loss, correct, count = local_loss(outputs, {**batch, "label": _chunk(batch["label"], sp.length, sp)})
+    chunk = {**batch, "label": _chunk(batch["label"], sp.length, sp)}
+    loss, correct, count = local_loss(outputs, chunk, label_smoothing)
     # a chunk without scored tokens has a NaN mean loss (0 / 0); it weighs 0
     parts = torch.stack([loss.float().nan_to_num(0.0) * count, correct.float(), count.float()])
     sums = all_reduce_sum_grad(parts, sp.group)
