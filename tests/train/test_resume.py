@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -111,3 +112,20 @@ def test_resume_with_new_settings_applies_them(tmp_path: Path) -> None:
     assert (config["lr"], config["steps"], config["weight_decay"]) == (5e-4, 8, 0.5)
     groups = load_checkpoint(tmp_path / "run" / "last.pt")["optimizer"]["param_groups"]
     assert [g["lr"] for g in groups] == [5e-4, 5e-4] and [g["weight_decay"] for g in groups] == [0.5, 0.0]
+
+
+def test_a_checkpoint_from_before_a_new_setting_resumes(tmp_path: Path) -> None:
+    """Fields added to the configs after a checkpoint was written compare as their defaults (what it ran)."""
+    from attnzoo.train.config import TrainConfig
+    from attnzoo.train.resume import check_resume
+
+    cfg = TrainConfig(task="toy")
+    config = cfg.to_dict()
+    old_model = {k: v for k, v in config["model"].items() if k not in ("arch", "vit_options")}
+    old = {k: v for k, v in config.items() if k not in ("label_smoothing", "optimizer")}
+    saved = {"config": {**old, "model": old_model}, "meta": {"requested_model": old_model}, "step": 3}
+    resumed, changed = check_resume(saved, cfg, 1, tmp_path)
+    assert resumed.model == cfg.model and not changed
+    other = TrainConfig(task="toy", model=dataclasses.replace(cfg.model, dim=cfg.model.dim * 2))
+    with pytest.raises(ValueError, match=r"the model differs: model\.dim \(checkpoint 64, now 128\)"):
+        check_resume(saved, other, 1, tmp_path)

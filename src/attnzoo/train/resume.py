@@ -107,7 +107,8 @@ def check_resume(saved: Mapping[str, Any], cfg: TrainConfig, world_size: int, pa
             (or the number of processes) differ without ``resume_with_new_settings``. Names every field.
     """
     config, meta = saved["config"], saved["meta"]
-    requested = meta.get("requested_model", config["model"])
+    # a model field added after the checkpoint was written compares as its default (what that run built)
+    requested = {**ModelConfig().to_dict(), **meta.get("requested_model", config["model"])}
     now_model = cfg.model.to_dict()
     model_changes = differences(requested, now_model, sorted(set(requested) | set(now_model)), "model.")
     if model_changes:
