@@ -43,6 +43,7 @@ def test_cli_draws_runs_with_published_lines(tmp_path, capsys):
     second = write_run(tmp_path / "b", RECORDS[:2])
     out = tmp_path / "curves.png"
     args = [str(first) + "=nystrom", str(second), "--out", str(out), "--percent", "--published", "nystrom=37.15"]
+    args += ["--chance", "17.4"]
     assert main(["curves", *args]) == 0
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert f"wrote {out}" in capsys.readouterr().out

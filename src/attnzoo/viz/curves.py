@@ -68,7 +68,15 @@ def _run(args: argparse.Namespace) -> int:
     curves = {label: [(step, value * scale) for step, value in points] for label, points in curves.items()}
     ylabel = f"{args.split} {args.metric}" + (" (%)" if args.percent else "")
     xlabel = {"step": "optimiser step", "train_time_s": "training time (s)"}.get(args.x, args.x)
-    plot_curves(curves, args.out, xlabel=xlabel, ylabel=ylabel, title=args.title, references=dict(args.published))
+    plot_curves(
+        curves,
+        args.out,
+        xlabel=xlabel,
+        ylabel=ylabel,
+        title=args.title,
+        chance=args.chance,
+        references=dict(args.published),
+    )
     print(f"wrote {args.out}")
     return 0
 
@@ -93,4 +101,7 @@ def register_commands(subparsers: argparse._SubParsersAction) -> None:
         help="a published value drawn as a dotted line (repeatable)",
     )
     parser.add_argument("--title", default="", help="figure title")
+    parser.add_argument(
+        "--chance", type=float, default=None, metavar="VALUE", help="a dashed line at the majority-class value"
+    )
     parser.set_defaults(func=_run)
