@@ -1,6 +1,6 @@
 """``from_official_model("solving-lra-pathx", ...)``: the LRA classifier of tsumansapkota/Solving-LRA-PathX.
 
-That ``LRA/code`` is a fork of mlpen/Nystromformer's (spec diffuser-psf-butterfly-nystrom §4.2, §5): the same
+That ``LRA/code`` is a fork of mlpen/Nystromformer's ``LRA/code`` (``model.py``, ``model_wrapper.py``): the same
 ``ModelForSC`` / ``ModelForSCDual``, with ``butterfly-<b>`` attention types and three dropouts. So the model
 is the ``nystromformer-lra`` one (:mod:`attnzoo.official.model_builders.nystromformer_lra`: weight names,
 pooling, head, ``task == "retrieval"`` for the dual model, calls ``model(tokens, mask)`` /

@@ -1,6 +1,6 @@
 """``from_official_model("sparse-factorization", ...)``: the whole ``PSFNet`` of RuslanKhalitov/SparseFactorization.
 
-Three official models share one layout (spec diffuser-psf-butterfly-nystrom §3.2-3.3), selected by
+Three official models share one layout (the ``PSFNet`` class of each folder below), selected by
 ``config["variant"]``:
 
 * ``"lra"`` (default): ``LRA/psf.py``; ``config`` = the model section of ``LRA/psf_training_config.py``
