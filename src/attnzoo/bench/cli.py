@@ -157,6 +157,10 @@ def _command(preset: Any, mechanisms: list[str], args: argparse.Namespace) -> st
     for flag in ("forward_only", "no_memory", "no_errors", "compile"):
         if getattr(args, flag):
             argv.append("--" + flag.replace("_", "-"))
+    if args.contention != [0]:
+        argv += ["--contention", *map(str, args.contention), "--contention-kind", args.contention_kind]
+    if args.threads:
+        argv += ["--threads", str(args.threads)]
     if args.peers:
         argv += ["--peers", "--peer-lengths", *map(str, preset.peer_lengths)]
     return shlex.join(argv)
@@ -251,6 +255,7 @@ def _compare(old_path: str, records: list[dict[str, Any]], threshold: float) -> 
 
 def _run(args: argparse.Namespace) -> int:
     from attnzoo.bench.compare import load_records
+    from attnzoo.bench.contention import Contention, load_label
     from attnzoo.bench.isolate import run_groups
     from attnzoo.bench.report import add_floor, format_report
     from attnzoo.bench.run import environment
@@ -262,18 +267,27 @@ def _run(args: argparse.Namespace) -> int:
     if args.docs:
         _docs_section(Path(args.docs))  # fail before the sweep, not after
     _check_destinations(args)
+    if len(set(args.contention)) < len(args.contention):
+        raise ValueError(f"--contention {' '.join(map(str, args.contention))}: give each number of busy processes once")
     preset, mechanisms, options = _sweep(args)
     env = environment()
     print(f"# attnzoo bench: {env}", file=sys.stderr)
     groups = _tasks(args, preset, mechanisms, options)
-    records = run_groups(
-        groups,
-        timeout=preset.time_budget_s,
-        memory_budget_mib=preset.memory_budget_mib,
-        python=sys.executable,
-        on_records=_progress,
-    )
-    records = [{**r, "env": env} for r in records]
+    records = []
+    for count in args.contention:  # the whole sweep once per load, quiet first when asked
+        with Contention(count, args.contention_kind) as load:
+            pids = f" (pids {', '.join(map(str, load.pids))})" if load.pids else ""
+            print(f"# load: {load_label(count, args.contention_kind, args.threads)}{pids}", file=sys.stderr)
+            part = run_groups(
+                groups,
+                timeout=preset.time_budget_s,
+                memory_budget_mib=preset.memory_budget_mib,
+                python=sys.executable,
+                env={"ATTNZOO_BENCH_THREADS": str(args.threads)} if args.threads else None,
+                on_records=_progress,
+            )
+            load.check()
+        records += [{**r, "env": env, **load.fields()} for r in part]
     add_floor(records)
     _write_records(args, records)  # before the report: a sweep is never lost to a reporting error
     report = format_report(records, env, _command(preset, mechanisms, args))
@@ -284,6 +298,7 @@ def _run(args: argparse.Namespace) -> int:
 
 def register_commands(subparsers: Any) -> None:
     """Add ``attnzoo bench`` and ``attnzoo bench-decode`` to the CLI."""
+    from attnzoo.bench.contention import CONTENTION_KINDS, DEFAULT_KIND, contention_count
     from attnzoo.bench.settings import PRESETS
 
     p = subparsers.add_parser("bench", help="time, memory, FLOP floor, approximation error and peers vs length")
@@ -303,6 +318,22 @@ def register_commands(subparsers: Any) -> None:
     p.add_argument("--forward-only", action="store_true")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory runs")
     p.add_argument("--compile", action="store_true", help="torch.compile each attention core (compile time apart)")
+    p.add_argument(
+        "--contention",
+        type=contention_count,
+        nargs="+",
+        default=[0],
+        metavar="K",
+        help="run K busy one-thread processes beside the benchmark (shared cores); several K: the sweep once "
+        "per K, in order, with a quiet-vs-contended table (e.g. 0 2; default 0: quiet)",
+    )
+    p.add_argument(
+        "--contention-kind",
+        choices=CONTENTION_KINDS,
+        default=DEFAULT_KIND,
+        help=f"what each busy process runs (default {DEFAULT_KIND}): an MLP training step, a matmul, a Python loop",
+    )
+    p.add_argument("--threads", type=positive_int, metavar="T", help="torch.set_num_threads(T) in every worker")
     p.add_argument(
         "--option",
         action="append",

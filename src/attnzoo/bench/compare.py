@@ -1,6 +1,7 @@
 """``attnzoo bench --compare OLD.jsonl``: the change of every case against an earlier run, and a verdict.
 
-A case is the same case in both runs when its identity (:func:`case_id`) matches. A time is a
+A case is the same case in both runs when its identity (:func:`case_id`: its case fields, options and load,
+so a contended record is never judged against a quiet one) matches. A time is a
 regression when ``new > old * (1 + max(tolerance, 3 * noise)) + 0.5 ms``, ``noise`` being the larger
 relative inter-quartile range (IQR / median) of the two measurements: a case whose repeats scatter is
 given room in proportion, a steady one is held to ``tolerance``; the 0.5 ms absorbs the scheduler's
@@ -21,6 +22,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 from typing import Any
+
+from attnzoo.bench.contention import load_key
 
 __all__ = ["DEFAULT_TOLERANCE", "TIME_SLACK_MS", "case_id", "compare_records", "load_records"]
 
@@ -47,8 +50,10 @@ _ID_FIELDS = (
 
 
 def case_id(rec: dict[str, Any]) -> str:
-    """A record's identity across runs: its case fields and options (not its measurements)."""
-    return json.dumps({**{k: rec.get(k) for k in _ID_FIELDS}, "options": rec.get("options")}, sort_keys=True)
+    """A record's identity across runs: its case fields, options and load (:func:`load_key`; a record
+    written before loads were recorded is quiet), not its measurements."""
+    fields = {**{k: rec.get(k) for k in _ID_FIELDS}, "options": rec.get("options"), "load": load_key(rec)}
+    return json.dumps(fields, sort_keys=True)
 
 
 def load_records(path: str | Path) -> list[dict[str, Any]]:

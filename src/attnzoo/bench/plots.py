@@ -1,6 +1,6 @@
 """PNG plots of benchmark records (needs matplotlib: ``pip install 'attnzoo[plot]'``).
 
-Per setting (device, dtype, causal, B/H/d): log-log time vs N (forward and forward+backward) and memory
+Per setting (device, dtype, causal, B/H/d, load): log-log time vs N (forward and forward+backward) and memory
 vs N with each mechanism's fitted exponent in its legend; error vs N per input distribution; attnzoo's
 time as a ratio of each public peer's against N.
 """
@@ -11,6 +11,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from attnzoo.bench.contention import load_key, load_suffix
 from attnzoo.bench.report import fit_exponent, group_key
 from attnzoo.viz import require_matplotlib
 
@@ -69,10 +70,11 @@ def write_plots(records: list[dict[str, Any]], out_dir: str | Path) -> list[Path
     for rec in records:
         if rec.get("kind") != "time" or rec.get("status") != "ok":
             continue
-        pass_name, dtype, causal, b, h, d, device, compiled = group_key(rec)
+        pass_name, dtype, causal, b, h, d, device, compiled, *load = group_key(rec)
         setting = f"{device} {dtype} B{b} H{h} d{d} {'causal' if causal else 'noncausal'}" + (
             " compiled" if compiled else ""
         )
+        setting += load_suffix(*load)
         for metric, key in (("time", "ms"), ("memory", "mem_mib")):
             if rec.get(key):
                 panel = settings.setdefault(setting, {}).setdefault(metric, {}).setdefault(PASS_TITLES[pass_name], {})
@@ -96,7 +98,7 @@ def write_plots(records: list[dict[str, Any]], out_dir: str | Path) -> list[Path
     ratios: dict[str, dict[str, list[tuple[int, float]]]] = {}
     for rec in records:
         if rec.get("kind") == "peer" and rec.get("status") == "ok":
-            name = f"{rec['mechanism']} / {rec['peer']}"
+            name = f"{rec['mechanism']} / {rec['peer']}" + load_suffix(*load_key(rec))
             ratios.setdefault(PASS_TITLES[rec["pass"]], {}).setdefault(name, []).append((rec["seq_len"], rec["ratio"]))
     if ratios:
         path = out_dir / "attnzoo-vs-peers.png"

@@ -2,6 +2,9 @@
 
 Records are flat dicts (see :func:`attnzoo.bench.run.run_case`, :mod:`attnzoo.bench.accuracy`,
 :mod:`attnzoo.bench.worker`); a record whose ``status`` is not ``ok`` shows its status in the tables.
+Records of runs under different loads (``--contention``, ``--threads``: :func:`attnzoo.bench.contention.load_key`)
+are tabled apart; when quiet and contended runs are both present, one table puts each mechanism's ratio to
+softmax and to its public peer under each load side by side.
 """
 
 from __future__ import annotations
@@ -14,20 +17,25 @@ import math
 from collections.abc import Iterable
 from typing import Any
 
+from attnzoo.bench.contention import load_key, load_label, load_suffix
+
 __all__ = [
     "add_floor",
     "crossovers",
     "fit_exponent",
     "format_report",
     "group_key",
+    "load_ratios",
     "scaling_exponents",
     "to_csv",
 ]
 
 
 def group_key(rec: dict[str, Any]) -> tuple[Any, ...]:
-    """The setting a time record belongs to: ``(pass, dtype, causal, B, H, d, device, compile)``."""
-    return tuple(rec.get(k) for k in ("pass", "dtype", "causal", "batch", "heads", "head_dim", "device", "compile"))
+    """The setting a time record belongs to: ``(pass, dtype, causal, B, H, d, device, compile, K, kind,
+    threads)``, the last three its load (:func:`attnzoo.bench.contention.load_key`)."""
+    fields = ("pass", "dtype", "causal", "batch", "heads", "head_dim", "device", "compile")
+    return (*(rec.get(k) for k in fields), *load_key(rec))
 
 
 def _ok(records: Iterable[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
@@ -36,10 +44,11 @@ def _ok(records: Iterable[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
 
 def add_floor(records: list[dict[str, Any]]) -> None:
     """Give every ok time record with ``flops`` its ``gflops``, ``floor_ms`` and ``x_floor`` (in place),
-    from the ``peak`` record of its device and dtype (the measured matmul peak)."""
-    peaks = {(r["device"], r["dtype"]): r["flops_per_s"] for r in _ok(records, "peak")}
+    from the ``peak`` record of its device, dtype and load (the matmul peak measured beside the same busy
+    processes)."""
+    peaks = {(r["device"], r["dtype"], *load_key(r)): r["flops_per_s"] for r in _ok(records, "peak")}
     for rec in _ok(records, "time"):
-        peak = peaks.get((rec["device"], rec["dtype"]))
+        peak = peaks.get((rec["device"], rec["dtype"], *load_key(rec)))
         if rec.get("flops") and rec.get("ms"):
             rec["gflops"] = rec["flops"] / rec["ms"] / 1e6
             if peak:
@@ -111,9 +120,13 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
 
 
 def _setting(key: tuple[Any, ...]) -> str:
-    _, dtype, causal, b, h, d, device, compiled = key
-    return f"{device}, {dtype}, B={b} H={h} d={d}, {'causal' if causal else 'non-causal'}" + (
-        ", torch.compile" if compiled else ""
+    """A :func:`group_key` in words (its pass left out); the load is named unless it is quiet at the default
+    threads."""
+    _, dtype, causal, b, h, d, device, compiled, count, kind, threads = key
+    return (
+        f"{device}, {dtype}, B={b} H={h} d={d}, {'causal' if causal else 'non-causal'}"
+        + (", torch.compile" if compiled else "")
+        + load_suffix(count, kind, threads)
     )
 
 
@@ -206,12 +219,13 @@ def _error_table(records: list[dict[str, Any]]) -> str:
 def _peer_table(records: list[dict[str, Any]]) -> str:
     rows = []
     for rec in sorted(
-        (r for r in records if r.get("kind") == "peer"), key=lambda r: (r["peer"], r["seq_len"], r["pass"])
+        (r for r in records if r.get("kind") == "peer"),
+        key=lambda r: (r["peer"], str(load_key(r)), r["seq_len"], r["pass"]),
     ):
         ok = rec.get("status") == "ok"
         rows.append(
             [
-                rec["peer"],
+                rec["peer"] + load_suffix(*load_key(rec)),
                 rec.get("mechanism", "-"),
                 str(rec["seq_len"]),
                 rec["pass"],
@@ -248,9 +262,64 @@ def _peer_table(records: list[dict[str, Any]]) -> str:
     return _table(header, rows) + "\n\nWhat differs in each pair:\n\n" + "\n".join(lines) + tail
 
 
+def load_ratios(records: list[dict[str, Any]]) -> dict[tuple[Any, ...], dict[tuple[int, str | None], float]]:
+    """Every ratio a mechanism is judged by, per load: ``{(mechanism, against, N, setting): {(K, kind): ratio}}``.
+
+    ``against`` is ``softmax`` for ok time records (time over softmax's ok record of the same
+    :func:`group_key` and N, so the same load) and the peer's name for ok peer records (their
+    ``attnzoo / peer``). ``setting`` is the :func:`group_key` with the busy processes (K, kind) set to
+    quiet's ``(0, None)``: they are the inner key, so a case's quiet and contended ratios sit together.
+    """
+    times = _ok(records, "time")
+    softmax = {(group_key(r), r["seq_len"]): r["ms"] for r in times if r["mechanism"] == "softmax" and r.get("ms")}
+    pairs = [
+        (r, "softmax", r["ms"] / softmax[(group_key(r), r["seq_len"])])
+        for r in times
+        if r["mechanism"] != "softmax" and r.get("ms") and (group_key(r), r["seq_len"]) in softmax
+    ]
+    pairs += [(r, r["peer"], r["ratio"]) for r in _ok(records, "peer") if r.get("ratio")]
+    out: dict[tuple[Any, ...], dict[tuple[int, str | None], float]] = {}
+    for rec, against, ratio in pairs:
+        key = group_key(rec)
+        setting = (*key[:8], 0, None, key[10])
+        out.setdefault((rec["mechanism"], against, rec["seq_len"], setting), {})[(key[8], key[9])] = ratio
+    return out
+
+
+def _load_table(records: list[dict[str, Any]]) -> str | None:
+    """Quiet and contended ratios side by side (:func:`load_ratios`); None unless both kinds of run are present."""
+    ratios = load_ratios(records)
+    contended = sorted({load for by_load in ratios.values() for load in by_load if load[0]}, key=str)
+    if not contended or not any((0, None) in by_load for by_load in ratios.values()):
+        return None
+    rows = []
+    for (mech, against, n, setting), by_load in sorted(
+        ratios.items(), key=lambda kv: (*kv[0][:2], str(kv[0][3]), kv[0][2])
+    ):
+        quiet = by_load.get((0, None))
+        changes = [by_load[load] / quiet for load in contended if load in by_load and quiet]
+        rows.append(
+            [
+                mech,
+                against,
+                str(n),
+                setting[0],
+                _setting(setting),
+                _f(quiet, 3),
+                *(_f(by_load.get(load), 3) for load in contended),
+                _f(max(changes), 2) if changes else "-",
+            ]
+        )
+    header = ["mechanism", "against", "N", "pass", "setting", "quiet", *(load_label(*load) for load in contended)]
+    return _table([*header, "worst contended / quiet"], rows)
+
+
 def format_report(records: list[dict[str, Any]], env: dict[str, Any], command: str) -> str:
     """The Markdown report: machine, command, time/memory/floor tables, crossovers, errors, peers, failures."""
-    peaks = ", ".join(f"{r['device']} {r['dtype']} {r['flops_per_s'] / 1e9:.1f} GFLOP/s" for r in _ok(records, "peak"))
+    peaks = ", ".join(
+        f"{r['device']} {r['dtype']}{load_suffix(*load_key(r))} {r['flops_per_s'] / 1e9:.1f} GFLOP/s"
+        for r in _ok(records, "peak")
+    )
     parts = [
         f"Machine: {json.dumps(env, sort_keys=True)}. Matmul peak (measured): {peaks or 'not measured'}.",
         f"Command: `{command}`",
@@ -279,6 +348,15 @@ def format_report(records: list[dict[str, Any]], env: dict[str, Any], command: s
         parts += ["### Approximation error (relative, vs fp64 softmax / vs itself in fp64)", _error_table(records)]
     if any(r.get("kind") == "peer" for r in records):
         parts += ["### Public peers (same q, k, v; projections bypassed)", _peer_table(records)]
+    loads = _load_table(records)
+    if loads:
+        parts += [
+            "### Ratio to softmax/peer, quiet vs contended",
+            "Each cell is the mechanism's time over softmax's (or attnzoo's over the peer's) measured under that "
+            "load; the last column is the largest contended ratio over the quiet one (1.00: the busy processes "
+            "slow the mechanism exactly as much as its baseline).",
+            loads,
+        ]
     bad = [r for r in records if r.get("status") not in ("ok", "missing")]
     if bad:
         rows = [

@@ -5,7 +5,8 @@ Tasks (``kind``): ``time`` (a :class:`BenchCase`), ``error`` (:func:`error_recor
 implementation and its attnzoo mechanism on the same q, k, v) and ``peak`` (the matmul peak). Modules
 named in the ``ATTNZOO_BENCH_IMPORTS`` environment variable (comma-separated) are imported first, so
 mechanisms registered outside attnzoo can be benchmarked. On CUDA ``ATTNZOO_BENCH_MEMORY_MIB`` caps the
-process's allocations (an allocation past it is an ``out-of-memory`` record).
+process's allocations (an allocation past it is an ``out-of-memory`` record). ``ATTNZOO_BENCH_THREADS``
+(``attnzoo bench --threads T``) sets ``torch.set_num_threads``; every record then carries ``threads``.
 """
 
 from __future__ import annotations
@@ -101,6 +102,9 @@ def main() -> int:
         total = torch.cuda.get_device_properties(0).total_memory
         torch.cuda.set_per_process_memory_fraction(min(1.0, float(budget) * 2**20 / total))
     regime = set_time_regime()
+    threads = os.environ.get("ATTNZOO_BENCH_THREADS")
+    if threads:
+        torch.set_num_threads(int(threads))
     out = sys.stdout
     sys.stdout = sys.stderr  # anything a mechanism prints must not corrupt the answers
     out.write('{"ready": true}\n')  # imports done: the parent starts each task's clock after this
@@ -115,6 +119,8 @@ def main() -> int:
             records = failure_records(task, failure_status(err), f"{type(err).__name__}: {err}")
         for rec in records:
             rec.setdefault("time_regime", regime)
+            if threads:
+                rec.setdefault("threads", torch.get_num_threads())
         out.write(json.dumps(records, default=str) + "\n")
         out.flush()
     return 0
