@@ -20,7 +20,10 @@ every real key feature after stabilisation (the official Performer codes' ``+1e-
 refused with ``causal``. Causal rows use frames of their own: row i's is the running max of the log
 scales of the keys j <= i (and of the chunks before), so with per-key scales no later key takes part in
 row i's arithmetic, not even through underflow (a chunk-wide scale would let a dominant later key flush
-the features of earlier keys to 0).
+the features of earlier keys to 0). With ``normalize``, each causal row's query features are also scaled by a
+detached factor (:func:`_row_stabiliser`) that makes the largest term of its normaliser 1: the output, a
+ratio, is unchanged, but the normaliser no longer falls to fp32's ``tiny`` when the largest query and key
+features sit on different features (large logits), where ``num / den``'s backward overflowed into NaN.
 
 Decoding: :func:`causal_feature_sums` absorbs a prompt into the running sums (same chunks and frames as
 the causal forward) and :func:`causal_feature_step` runs the causal forward's arithmetic on a chunk of
@@ -55,6 +58,7 @@ FeatureSums = tuple[Tensor, Tensor, "Tensor | None"]
 
 _CHUNK_BYTES = 16 * 2**20  # keep every (B, H, C, m) temporary well under glibc's 32 MiB mmap threshold
 CAUSAL_CHUNK = 128  # tokens per causal chunk: the (C x C) intra-chunk term costs O(N*C*(m + dv))
+_ROW_SHIFT_CAP = 60.0  # largest log of a causal row's query-feature factor (e^60 ~ 1e26, far below fp32's 3e38)
 
 
 def chunk_length(batch_heads: int, width: int, length: int, *, causal: bool) -> int:
@@ -195,15 +199,34 @@ def _chunks(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, chunk: int) ->
     return zip(q.split(chunk, -2), k.split(chunk, -2), v.split(chunk, -2), masks, strict=True)
 
 
-def _row_frames(frame: Tensor, log_scale: Tensor, tril: Tensor) -> tuple[Tensor, Tensor]:
+def _row_frames(frame: Tensor, log_scale: Tensor, tril: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """Per-row frames of a causal chunk: row i's frame ``M_i`` is the max of the running ``frame`` and the log
-    scales of keys ``j <= i``. Returns ``exp(frame - M_i)`` ``(B, H, C, 1)`` (the earlier sums' factor) and
-    ``exp(c_j - M_i)`` ``(B, H, C, C)``, 0 for ``j > i`` (the chunk's keys' factors): no later key enters row i."""
+    scales of keys ``j <= i``. Returns ``exp(frame - M_i)`` ``(B, H, C, 1)`` (the earlier sums' factor),
+    ``exp(c_j - M_i)`` ``(B, H, C, C)``, 0 for ``j > i`` (the chunk's keys' factors: no later key enters row i),
+    and ``M_i`` ``(B, H, C, 1)`` (0 where no real key yet)."""
     per_key = log_scale.expand(*log_scale.shape[:2], tril.shape[0], 1)
     rows = torch.maximum(frame, per_key.cummax(-2).values)
     rows = rows.masked_fill(rows == float("-inf"), 0.0)
     pair = (per_key.transpose(-1, -2) - rows).masked_fill(~tril, float("-inf"))
-    return torch.exp(frame - rows), torch.exp(pair)
+    return torch.exp(frame - rows), torch.exp(pair), rows
+
+
+@torch.no_grad()
+def _row_stabiliser(fq: Tensor, fk: Tensor, log_scale: Tensor, z: Tensor, frame: Tensor, rows: Tensor) -> Tensor:
+    """Per-row factor ``exp(-t_i)`` ``(B, H, C, 1)`` (detached) for the query features of a causal chunk.
+
+    ``t_i = max_f (log fq_if + max_{j <= i} log fk_jf)`` in row i's frame ``rows`` (``M_i``), the earlier keys
+    bounded by their feature sums ``z`` (frame ``frame``): the log of the largest single term of row i's
+    normaliser, computed in log space so it neither underflows nor depends on later keys. With it the
+    normaliser lies in ``[1, (i + 1) m]`` (while the cap does not bind) instead of falling to fp32's ``tiny``
+    for large logits (then ``num / den``'s backward overflows). The output is unchanged: it is a ratio,
+    invariant to a per-row factor. The factor is capped at ``exp(_ROW_SHIFT_CAP)`` (features and their
+    gradients stay finite) and is 1 for rows without a visible key.
+    """
+    keys = (fk.log() + log_scale).cummax(-2).values  # (B, H, C, m): log of the largest feature of keys j <= i
+    past = z.log()[..., None, :] + frame  # (B, H, 1, m): earlier keys, bounded by their sums
+    top = (fq.log() + torch.maximum(keys, past) - rows).amax(-1, keepdim=True)
+    return torch.exp((-top).clamp(max=_ROW_SHIFT_CAP)).masked_fill(top == float("-inf"), 1.0)
 
 
 def _causal(q, k, v, query_features, key_features, mask, normalize, min_den, chunk, sums=None):
@@ -219,14 +242,18 @@ def _causal(q, k, v, query_features, key_features, mask, normalize, min_den, chu
             b, h, _, m = fk.shape
             sums = empty_sums(b, h, m, v.shape[-1], scaled=log_scale is not None, dtype=fk.dtype, device=fk.device)
         kv, z, frame = sums
+        framed = log_scale is not None and frame is not None
+        if framed:  # each row in its own frame: the keys it may see
+            carry, pair, rows = _row_frames(frame, log_scale, tril)
+            if normalize:  # each row scaled so its normaliser is >= 1 (a ratio: the output does not change)
+                fq = fq * _row_stabiliser(fq, fk, log_scale, z, frame, rows)
         scores = fq @ fk.transpose(-1, -2)  # (B, H, C, C)
         past_num, past_den = fq @ kv, (fq @ z[..., None])[..., 0]
-        if log_scale is None or frame is None:
-            scores = scores.masked_fill(~tril, 0.0)
-        else:  # each row in its own frame: the keys it may see
-            carry, pair = _row_frames(frame, log_scale, tril)
+        if framed:
             scores = scores * pair
             past_num, past_den = past_num * carry, past_den * carry[..., 0]
+        else:
+            scores = scores.masked_fill(~tril, 0.0)
         num, den = scores @ vc + past_num, scores.sum(-1) + past_den
         sums = _add(*_rescale(sums, fk, log_scale), vc)
         outs.append(_divide(num, den, normalize, min_den))

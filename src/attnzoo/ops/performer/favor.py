@@ -72,7 +72,9 @@ def favor_feature_maps(
     ``(chunk, real) -> (features, log scale (B, H, 1, 1))``, stabilised by the max of ``sqrt(s) W k`` over
     features and real keys of the chunk (``stabilise_pads``: over pads too, quirk E1), 0 at masked keys;
     ``per_key``: each key by its own largest log-feature, log scale ``(B, H, C, 1)`` (causal: a key's
-    features never depend on later keys). ReLU features have no log scale.
+    features never depend on later keys), and (without ``feature_eps``) queries without their ``s|x|^2/2``
+    term (a row constant, it cancels in the ratio; with it, ``exp(-s|q|^2/2)`` pushed causal normalisers
+    below fp32's range for large ``q``). ReLU features have no log scale.
 
     Args:
         projection: ``W``, ``(H, m, d)`` in the working dtype; scale: s; kernel: ``"softmax"`` or ``"relu"``;
@@ -85,8 +87,10 @@ def favor_feature_maps(
         proj_term, norm_term = projection_terms(x, projection, scale)
         if kernel == "relu":
             feats = torch.relu(proj_term) / root_m
-        else:  # one fused shift per row: |x|^2 term, stabiliser and 1/sqrt(m)
-            shift = norm_term + proj_term.detach().amax(-1, keepdim=True) + log_root_m
+        else:  # one fused shift per row: |x|^2 term (a row constant, dropped when causal), stabiliser, 1/sqrt(m)
+            shift = proj_term.detach().amax(-1, keepdim=True) + log_root_m
+            if not per_key or feature_eps:  # with eps the |x|^2 term sets the features' weight against eps
+                shift = shift + norm_term
             feats = proj_term.sub_(shift).exp_()  # in place: the (C x m) product is a fresh temporary
         return feats + feature_eps if feature_eps else feats
 
