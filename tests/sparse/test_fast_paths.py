@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+import attnzoo
 import attnzoo.sparse.band as band
 import attnzoo.sparse.dense as dense
 import attnzoo.sparse.engine as engine
@@ -14,6 +15,7 @@ from attnzoo.sparse.dense import DENSE_BYTES, prefer_dense, visited_share
 from attnzoo.sparse.engine import _prepare
 from attnzoo.sparse.kernels import KERNELS
 from attnzoo.sparse.structured import butterfly_groups
+from attnzoo.sparse.trace import note_scores, trace_engine
 from attnzoo.testing import assert_close, make_qkv, random_padding_mask
 
 
@@ -266,3 +268,103 @@ def test_grouped_path_by_chunks_of_groups(calls, monkeypatch):
     check_against_reference(q, k, v, butterfly_groups(64, 4, 1), random_padding_mask(2, 64, seed=1), False)
     assert calls["grouped"] == 2
     assert len(dense._row_chunks(torch.zeros(1, 2 * 3 * 16, 4, 8))) == 2 * 3 * 16
+
+
+def _engine_run(q, k, v, patterns, **kwargs):
+    """``(out, lse, trace)`` of one :func:`sparse_attention` call."""
+    with trace_engine() as trace:
+        out, lse = sparse_attention(q, k, v, patterns, **kwargs)
+    return out, lse, trace
+
+
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+@pytest.mark.parametrize(
+    "case", ["window-covers-all", "window-partial", "union"], ids=["covers-all", "partial", "union"]
+)
+def test_fused_dense_matches_dense_with_gradients(causal, case):
+    """Without a padding mask and with the lse dropped, short sequences run as one fused kernel call with torch's
+    own backward (SDPA's path for softmax); out and gradients equal the reference's."""
+    n = 64
+    q, k, v = make_qkv(2, 3, n, 8, seed=4)
+    patterns = {
+        "window-covers-all": [sliding_window(n, 100, 100, 16)],
+        "window-partial": [sliding_window(n, 20, 7, 16)],
+        "union": [dilated_segments(n, w, r, tuple(h % r for h in range(3))) for w, r in ((32, 1), (64, 2), (64, 4))],
+    }[case]
+    out, lse, trace = _engine_run(q, k, v, patterns, causal=causal, need_lse=False)
+    assert trace.paths == ["fused-dense"] and lse is None
+    ref, _ = reference(q, k, v, patterns, None, causal)
+    assert_close("out", ref, out, 1e-10)
+    g = torch.randn_like(out)
+    grads = torch.autograd.grad((out * g).sum(), (q, k, v))
+    for name, a, b in zip("qkv", torch.autograd.grad((ref * g).sum(), (q, k, v)), grads, strict=True):
+        assert_close(f"d{name}", a, b, 1e-9)
+    assert trace.score_entries == 2 * 3 * (n * (n + 1) // 2 if causal else n * n)
+
+
+def test_fused_dense_only_where_it_gives_the_same_result():
+    """A padding mask, rows without keys, a wanted lse, a detached mixture, another executor or kernel, dropout
+    and long sequences keep their own paths."""
+    n = 48
+    q, k, v = make_qkv(2, 2, n, 8, seed=6)
+    window = sliding_window(n, 20, 7, 16)
+    odd_rows = [dilated_segments(n, n, 2, (0, 1))] * 3  # dense by share, but half the rows see no key
+    union = [dilated_segments(n, 32, 1, (0, 0)), dilated_segments(n, 48, 2, (0, 1))]
+    mask = random_padding_mask(2, n, seed=1)
+    assert _engine_run(q, k, v, window, need_lse=False)[2].paths == ["fused-dense"]
+    cases = [
+        (window, {"mask": mask}, "dense-fallback"),
+        (odd_rows, {}, "dense-fallback"),
+        (window, {"need_lse": True}, "dense-fallback"),
+        (union, {"detach_weights": True}, "gather"),
+        (window, {"executor": "gather"}, "gather"),
+        (window, {"kernel": "math"}, "gather"),
+        (window, {"dropout_p": 0.1}, "gather"),
+    ]
+    for patterns, kwargs, expected in cases:
+        out, _, trace = _engine_run(q, k, v, patterns, **{"need_lse": False, **kwargs})
+        assert trace.label() == expected, kwargs
+        ref, _ = reference(q, k, v, patterns if isinstance(patterns, list) else [patterns], kwargs.get("mask"), False)
+        if "dropout_p" not in kwargs:
+            assert_close("out", ref, out, 1e-10)
+    long = sliding_window(4096, 20, 7, 16)
+    ql, kl, vl = make_qkv(1, 1, 4096, 8, seed=0)
+    assert _engine_run(ql, kl, vl, long, need_lse=False)[2].label() == "gather+band"
+
+
+@pytest.mark.parametrize(
+    ("mechanism", "options", "n", "expected"),
+    [
+        ("local", {"window_size": 256}, 256, "fused-dense"),
+        ("local", {"window_size": 16}, 1024, "gather+band"),
+        ("dilated", {"segment_lengths": (2048, 4096, 8192), "dilation_rates": (1, 2, 4)}, 512, "fused-dense"),
+        ("butterfly", {}, 256, "grouped"),
+    ],
+)
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+def test_mechanisms_at_short_lengths_take_the_fused_paths(mechanism, options, n, expected, causal):
+    """local, dilated and butterfly reach the engine's one-call paths at short N (issue 29's short sequences)."""
+    module = attnzoo.build(mechanism, 32, 2, causal=causal, **options)
+    x = torch.randn(1, n, 32)
+    with torch.no_grad(), trace_engine() as trace:
+        module(x)
+    assert trace.label() == expected
+
+
+def test_score_entries_of_kernel_calls():
+    """Entries of one kernel call: all of them, or the top-left causal triangle (rows past the keys see all)."""
+    for (m, s, causal), entries in {
+        (4, 4, False): 16,
+        (4, 4, True): 10,
+        (6, 4, True): 10 + 8,
+        (4, 6, True): 10,
+    }.items():
+        with trace_engine() as trace:
+            note_scores(3, m, s, causal)
+        assert trace.score_entries == 3 * entries
+    note_scores(1, 4, 4, False)  # outside a trace: nothing recorded, nothing raised
+    q, k, v = make_qkv(1, 2, 256, 8, seed=0)
+    pattern = sliding_window(256, 16, 16, 16)
+    _, _, trace = _engine_run(q, k, v, pattern, executor="gather")
+    visited = int(pattern.layout.kv_valid.sum()) * 16 * 16  # each query block against its visited key blocks
+    assert trace.paths == ["gather", "band"] and trace.score_entries == 2 * visited

@@ -24,8 +24,17 @@ from torch import Tensor
 
 from attnzoo.sparse.kernels import Kernel, pick_kernel
 from attnzoo.sparse.layout import SparsePattern
+from attnzoo.sparse.trace import note_path, note_scores
 
-__all__ = ["DENSE_BYTES", "DENSE_SHARE", "attention_with_lse", "dense_attention", "grouped_attention", "prefer_dense"]
+__all__ = [
+    "DENSE_BYTES",
+    "DENSE_SHARE",
+    "attention_with_lse",
+    "dense_attention",
+    "fused_dense",
+    "grouped_attention",
+    "prefer_dense",
+]
 
 DENSE_BYTES = 32 * 2**20
 """Largest additive mask of one kernel call (``B|1 x Hp x N x N`` in the input's dtype, or ``B|1 x 1 x N x N`` when
@@ -44,6 +53,10 @@ CACHE_BYTES = 128 * 2**20
 """Most bytes the cached masks may hold together; the oldest go first."""
 
 _CACHE: dict[tuple[int | str | bool, ...], tuple[list[SparsePattern], Tensor | None, Tensor]] = {}
+_UNMASKED: dict[tuple[Any, ...], tuple[list[SparsePattern], bool, bool]] = {}
+"""Per pattern list, causality, dtype and device: whether :func:`fused_dense` may run it and whether it is plain
+(causal) softmax (at most :data:`UNMASKED_ENTRIES`; the patterns are kept alive, so their ids stay theirs)."""
+UNMASKED_ENTRIES = 256
 
 
 def visited_share(patterns: Sequence[SparsePattern]) -> float:
@@ -207,6 +220,55 @@ def _groups(group: Tensor, bias: Tensor | None) -> list[tuple[Tensor, Tensor | N
 def _heads(heads: Tensor, *tensors: Tensor) -> tuple[Tensor, ...]:
     """``tensors`` at ``heads`` (dim 1), contiguous."""
     return tuple(t.index_select(1, heads) for t in tensors)
+
+
+def fused_dense(
+    q: Tensor, k: Tensor, v: Tensor, patterns: Sequence[SparsePattern], causal: bool, scale: float
+) -> Tensor | None:
+    """Short unpadded sequences as one call of the fused CPU kernel with PyTorch's own autograd (what SDPA runs
+    for softmax), when the rule of :func:`prefer_dense` picks the dense path and every row sees a key; else None.
+
+    The bias is the pattern's (or union's) ``log`` multiplicity, None where every pair counts once (a window
+    covering the sequence costs exactly softmax), cached like :func:`dense_attention`'s; the decision is cached
+    per pattern list, so a repeated call costs two dictionary lookups besides the kernel.
+
+    Args:
+        q, k, v: ``(B, H, N, d)`` on CPU, one dtype the fused kernel takes, equal widths; ``causal``: keys j <= i.
+
+    Returns:
+        ``(B, H, N, d)`` or None (the caller runs :func:`dense_attention` or the block-sparse plan).
+    """
+    key = (*(id(p) for p in patterns), causal, q.dtype, q.device)
+    hit = _UNMASKED.get(key)
+    if hit is None:
+        hit = _UNMASKED[key] = (list(patterns), *_unmasked_plan(patterns, causal, q.dtype, q.device))
+        if len(_UNMASKED) > UNMASKED_ENTRIES:
+            _UNMASKED.pop(next(iter(_UNMASKED)))
+    _, ok, plain = hit
+    if not ok:
+        return None
+    bias, _ = _multiplicity(patterns, causal and not plain, q.dtype, q.device, None)
+    if bias is not None:
+        bias = bias[(None,) * (4 - bias.dim())]
+    note_path("fused-dense")
+    note_scores(q.shape[:-2].numel(), q.shape[-2], k.shape[-2], causal)
+    out, _ = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+        q, k, v, 0.0, causal, attn_mask=bias, scale=scale
+    )
+    return out
+
+
+def _unmasked_plan(
+    patterns: Sequence[SparsePattern], causal: bool, dtype: torch.dtype, device: torch.device
+) -> tuple[bool, bool]:
+    """``(ok, plain)`` for :func:`fused_dense`: the rule picks dense, one call holds every head's mask and every
+    row sees a key; ``plain`` when causal softmax over every pair needs no bias (the kernel's flag does it)."""
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    if not prefer_dense(patterns, 1, False, itemsize) or _mask_heads(patterns, 1, False, itemsize)[1] is not None:
+        return False, False
+    plain = causal and _every_pair_once(patterns)
+    _, rows = _multiplicity(patterns, causal and not plain, dtype, device, None)
+    return bool(rows.all()), plain
 
 
 def dense_attention(

@@ -25,12 +25,13 @@ import torch
 from torch import Tensor
 
 from attnzoo.ops.common import check_padding_mask, check_qkv, pad_to_multiple
-from attnzoo.sparse.dense import dense_attention, grouped_attention, prefer_dense
+from attnzoo.sparse.dense import dense_attention, fused_dense, grouped_attention, prefer_dense
 from attnzoo.sparse.executors import EXECUTORS, gather_backward, gather_forward, run_gather_autograd
 from attnzoo.sparse.kernels import Kernel, pick_kernel, row_dot
 from attnzoo.sparse.layout import SparsePattern
 from attnzoo.sparse.masked_gather import masked_gather_attention
 from attnzoo.sparse.plan import ChunkPlan, ScoreMod
+from attnzoo.sparse.trace import note_path
 
 __all__ = ["merge_partials", "pick_executor", "sparse_attention"]
 
@@ -125,7 +126,7 @@ def _check_pattern(pattern: SparsePattern, n: int, h: int) -> None:
     if pattern.seq_len != n:
         raise ValueError(f"pattern {pattern.name} was built for N={pattern.seq_len}, got N={n}")
     for name, heads in (
-        ("positions", pattern.slot_positions().shape[0]),
+        ("positions", 1 if pattern.positions is None else pattern.positions.shape[0]),
         ("layout", pattern.layout.kv_indices.shape[0]),
     ):
         if heads not in (1, h):
@@ -255,6 +256,7 @@ def sparse_attention(
     kernel: str = "auto",
     score_mod: ScoreMod | None = None,
     detach_weights: bool = False,
+    need_lse: bool = True,
 ) -> tuple[Tensor, Tensor | None]:
     """Softmax attention restricted to ``pattern`` (or to the union of several), run block-sparse.
 
@@ -281,6 +283,9 @@ def sparse_attention(
             index tensors), e.g. a learned relative-position bias; gradients flow into its parameters.
         detach_weights: with several patterns, hold the mixing weights constant in the backward pass
             (torchscale's LongNet); the returned lse then carries no gradient.
+        need_lse: False when the caller drops the lse: then a short unpadded sequence that the dense rule picks
+            runs as one fused kernel call with PyTorch's own backward, as SDPA runs softmax
+            (:func:`attnzoo.sparse.dense.fused_dense`), and the lse returned may be None.
 
     Returns:
         ``(out, lse)``: ``out: (B, H, N, dv)``, 0 for rows that see no key; ``lse: (B, H, N)`` the
@@ -308,7 +313,12 @@ def sparse_attention(
         kernel = "math"  # the only kernel that applies dropout
     chosen = pick_kernel(q.device, q.dtype, kernel, equal_widths=v.shape[-1] == d)
     fused_ok = executor == "auto" and dropout_p == 0.0 and chosen.name == "cpu_flash" and score_mod is None
+    if fused_ok and not need_lse and mask is None and copies == 1 and not (detach_weights and len(patterns) > 1):
+        out = fused_dense(q, k, v, patterns, causal, scale)
+        if out is not None:
+            return out, None
     if fused_ok and len(patterns) == 1 and patterns[0].masked_gather:
+        note_path("masked-gather")
         return masked_gather_attention(q, k, v, patterns[0], mask, causal, scale, chosen)
     run = _Call(name, chosen, scale, fused_ok, float(dropout_p), score_mod, detach_weights)
     if copies == 1:
@@ -360,15 +370,18 @@ class _Call:
         name, chosen, scale = self.executor, self.kernel, self.scale
         union = len(patterns) > 1
         if self.fused_ok and not union and patterns[0].groups is not None and not (causal and mask is not None):
+            note_path("grouped")
             return grouped_attention(q, k, v, patterns[0].groups, causal, scale, chosen, mask)
         if (
             self.fused_ok
             and not (self.detach_weights and union)
             and prefer_dense(patterns, q.shape[0], mask is not None, q.element_size())
         ):
+            note_path("dense-fallback")
             return dense_attention(q, k, v, patterns, mask, causal, scale, chosen)
         runs = [_prepare(q, v, p, mask, causal, self.score_mod) for p in patterns]  # the block-sparse plan
         learned_bias = self.score_mod is not None and torch.is_grad_enabled()
+        note_path("gather-autograd" if name == "gather" and learned_bias else name)
         if name == "gather" and not learned_bias:
             return _FusedUnion.apply(q, k, v, runs, chosen, scale, self.detach_weights, self.dropout_p)
         if self.dropout_p > 0 and name not in ("gather", "gather-autograd"):

@@ -26,6 +26,7 @@ from torch import Tensor
 from attnzoo.sparse.band import band_backward, band_forward, find_band
 from attnzoo.sparse.kernels import Dropout, Kernel, masked_scores
 from attnzoo.sparse.plan import Chunk, ChunkPlan
+from attnzoo.sparse.trace import note_path, note_scores
 
 __all__ = ["EXECUTORS", "gather_backward", "gather_forward", "run_dense", "run_flex", "run_gather_autograd"]
 
@@ -109,6 +110,7 @@ def gather_forward(
     lse = q.new_empty(b, h, length, dtype=torch.promote_types(q.dtype, torch.float32))  # the kernels' lse dtype
     band = find_band(plan, kernel, dropout)
     if band is not None:
+        note_path("band")
         band_forward(q, k, v, out, lse, plan, band, kernel, scale)
     for start, stop in plan.chunks() if band is None else band.rest:
         qc = _queries(plan, start, stop, q)
@@ -243,6 +245,7 @@ def run_flex(
     kv_indices = torch.gather(plan.kv_indices, -1, order).to(torch.int32)
     kv_indices = F.pad(kv_indices, (0, plan.nb - plan.k))  # BlockMask wants one column per key block
     kv_count = valid.sum(-1).to(torch.int32)
+    note_scores(round(b * h * int(kv_count.sum()) / kv_count.shape[0]), plan.bs, plan.bs, False)  # visited blocks
     pos, key_ok, causal = plan.positions, plan.key_ok, plan.causal
     hp, hk = pos.shape[0], key_ok.shape[1]
     bk = key_ok.shape[0]

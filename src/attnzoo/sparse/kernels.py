@@ -20,6 +20,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from attnzoo.sparse.trace import note_scores
+
 __all__ = ["KERNELS", "Dropout", "Kernel", "masked_scores", "pick_kernel", "row_dot"]
 
 _aten = torch.ops.aten
@@ -56,6 +58,7 @@ def _keep_mask(shape: torch.Size, dropout: Dropout, device: torch.device, dtype:
 def _math_forward(
     q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None, causal: bool, scale: float, dropout: Dropout | None = None
 ) -> tuple[Tensor, Tensor]:
+    note_scores(q.shape[:-2].numel(), q.shape[-2], k.shape[-2], causal)
     scores = _at_least_fp32(masked_scores(q, k, bias, causal, scale))  # softmax statistics in fp32 at least
     lse = torch.logsumexp(scores, dim=-1)
     safe = torch.where(torch.isfinite(lse), lse, torch.zeros_like(lse))
@@ -102,6 +105,7 @@ def _flash_forward(
     q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None, causal: bool, scale: float, dropout: Dropout | None = None
 ) -> tuple[Tensor, Tensor]:
     _no_dropout("cpu_flash", dropout)
+    note_scores(q.shape[:-2].numel(), q.shape[-2], k.shape[-2], causal)
     out, lse = _aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, 0.0, causal, attn_mask=bias, scale=scale)
     return out, lse
 

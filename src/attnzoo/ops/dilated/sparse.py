@@ -72,5 +72,6 @@ def dilated_attention(
         dropout_p=dropout_p,
         executor=executor,
         detach_weights=detach_mixing,
+        need_lse=False,
     )
     return out

@@ -147,5 +147,6 @@ def local_attention(
         dropout_p=dropout_p,
         executor=executor,
         score_mod=score_mod,
+        need_lse=False,
     )
     return out
