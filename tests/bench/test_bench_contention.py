@@ -286,7 +286,7 @@ def _quiet_and_contended():
 
 def test_load_ratios_pair_each_case_with_its_baseline_under_the_same_load():
     ratios = load_ratios(_quiet_and_contended())
-    setting = ("fwdbwd", "float32", False, 1, 8, 64, "cpu", False, 0, None, None)
+    setting = ("fwdbwd", "float32", False, 1, 8, 64, "cpu", False, False, 0, None, None)
     assert ratios[("local", "softmax", 256, setting)] == {(0, None): 2.0, (2, "train"): 6.0, (1, "spin"): 2.5}
     assert ratios[("local", "local-attention", 256, setting)] == {(0, None): 0.5, (2, "train"): 1.3}
     assert len(ratios) == 2  # softmax is no row of its own

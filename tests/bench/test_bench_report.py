@@ -41,11 +41,25 @@ def test_scaling_exponents_and_crossovers():
     recs += [_time("fast", n, 0.001, mem=n / 100) for n in (1024, 2048, 4096, 8192)]  # below from the start
     recs += [_time("slow", n, 100.0 + n) for n in (1024, 2048, 4096, 8192)]
     slopes = scaling_exponents(recs, "ms")
-    key = ("softmax", "fwdbwd", "float32", False, 1, 8, 64, "cpu", False, 0, None, None)  # 0, None, None: quiet
+    key = (
+        "softmax",
+        "fwdbwd",
+        "float32",
+        False,
+        1,
+        8,
+        64,
+        "cpu",
+        False,
+        False,
+        0,
+        None,
+        None,
+    )  # core path; 0, None, None: quiet
     assert slopes[(*key, 4096)] == pytest.approx(2.0)
     assert (*key, 1024) not in slopes
     by_time = crossovers(recs, "ms")
-    group = ("fwdbwd", "float32", False, 1, 8, 64, "cpu", False, 0, None, None)
+    group = ("fwdbwd", "float32", False, 1, 8, 64, "cpu", False, False, 0, None, None)
     assert by_time[("local", *group)] == "2048"  # 1024/500 = 2.05 ms > 1.05 ms; 4.1 ms < 4.2 ms
     assert by_time[("fast", *group)] == "<= 1024"
     assert by_time[("slow", *group)] == "never (to 8192)"

@@ -87,6 +87,8 @@ def _tasks(args: argparse.Namespace, preset: Any, mechanisms: list[str], options
         common = {**case, "kind": "time", "device": args.device, "options": options[case["mechanism"]]}
         common.update(repeats=preset.repeats, passes=list(preset.passes), memory=not args.no_memory)
         common["compile"] = args.compile
+        if args.module:
+            common["module"] = True
         groups.append(
             Group(
                 [
@@ -154,7 +156,7 @@ def _command(preset: Any, mechanisms: list[str], args: argparse.Namespace) -> st
         for m, opts in _parse_options(args.option).items()
         for k, v in opts.items()
     ]
-    for flag in ("forward_only", "no_memory", "no_errors", "compile"):
+    for flag in ("forward_only", "no_memory", "no_errors", "compile", "module"):
         if getattr(args, flag):
             argv.append("--" + flag.replace("_", "-"))
     if args.contention != [0]:
@@ -318,6 +320,11 @@ def register_commands(subparsers: Any) -> None:
     p.add_argument("--forward-only", action="store_true")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory runs")
     p.add_argument("--compile", action="store_true", help="torch.compile each attention core (compile time apart)")
+    p.add_argument(
+        "--module",
+        action="store_true",
+        help="time the whole layer module(x), projections included, instead of its attention core (no FLOP floor)",
+    )
     p.add_argument(
         "--contention",
         type=contention_count,

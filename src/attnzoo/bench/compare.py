@@ -46,6 +46,7 @@ _ID_FIELDS = (
     "causal",
     "device",
     "compile",
+    "module",
 )
 
 

@@ -70,10 +70,11 @@ def write_plots(records: list[dict[str, Any]], out_dir: str | Path) -> list[Path
     for rec in records:
         if rec.get("kind") != "time" or rec.get("status") != "ok":
             continue
-        pass_name, dtype, causal, b, h, d, device, compiled, *load = group_key(rec)
+        pass_name, dtype, causal, b, h, d, device, compiled, layer, *load = group_key(rec)
         setting = f"{device} {dtype} B{b} H{h} d{d} {'causal' if causal else 'noncausal'}" + (
             " compiled" if compiled else ""
         )
+        setting += " layer" if layer else ""
         setting += load_suffix(*load)
         for metric, key in (("time", "ms"), ("memory", "mem_mib")):
             if rec.get(key):

@@ -32,10 +32,11 @@ __all__ = [
 
 
 def group_key(rec: dict[str, Any]) -> tuple[Any, ...]:
-    """The setting a time record belongs to: ``(pass, dtype, causal, B, H, d, device, compile, K, kind,
-    threads)``, the last three its load (:func:`attnzoo.bench.contention.load_key`)."""
+    """The setting a time record belongs to: ``(pass, dtype, causal, B, H, d, device, compile, module, K, kind,
+    threads)``, ``module`` True for whole-layer timings (``--module``), the last three its load
+    (:func:`attnzoo.bench.contention.load_key`)."""
     fields = ("pass", "dtype", "causal", "batch", "heads", "head_dim", "device", "compile")
-    return (*(rec.get(k) for k in fields), *load_key(rec))
+    return (*(rec.get(k) for k in fields), bool(rec.get("module")), *load_key(rec))
 
 
 def _ok(records: Iterable[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
@@ -122,10 +123,11 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
 def _setting(key: tuple[Any, ...]) -> str:
     """A :func:`group_key` in words (its pass left out); the load is named unless it is quiet at the default
     threads."""
-    _, dtype, causal, b, h, d, device, compiled, count, kind, threads = key
+    _, dtype, causal, b, h, d, device, compiled, layer, count, kind, threads = key
     return (
         f"{device}, {dtype}, B={b} H={h} d={d}, {'causal' if causal else 'non-causal'}"
         + (", torch.compile" if compiled else "")
+        + (", whole layer (projections included)" if layer else "")
         + load_suffix(count, kind, threads)
     )
 
@@ -281,8 +283,10 @@ def load_ratios(records: list[dict[str, Any]]) -> dict[tuple[Any, ...], dict[tup
     out: dict[tuple[Any, ...], dict[tuple[int, str | None], float]] = {}
     for rec, against, ratio in pairs:
         key = group_key(rec)
-        setting = (*key[:8], 0, None, key[10])
-        out.setdefault((rec["mechanism"], against, rec["seq_len"], setting), {})[(key[8], key[9])] = ratio
+        *case, count, kind, threads = key
+        out.setdefault((rec["mechanism"], against, rec["seq_len"], (*case, 0, None, threads)), {})[(count, kind)] = (
+            ratio
+        )
     return out
 
 

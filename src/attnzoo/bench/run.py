@@ -2,8 +2,11 @@
 
 The core (``module.attend(q, k, v, mask)``) is measured, not the projections, so the numbers compare
 attention mechanisms with each other and with SDPA (``softmax``), as FlashAttention's and LongNet's
-benchmarks do. Every pass gives one flat record (see :func:`run_case`); a pass that cannot run
-(a non-causal mechanism asked for ``causal``, no CPU backward) is recorded as ``unsupported``.
+benchmarks do; ``module=True`` (``--module``) times the whole layer ``module(x)`` instead, projections included.
+Each case runs one untimed forward under :func:`attnzoo.sparse.trace.trace_engine` first: its record names the
+engine paths that ran (``executor``) and, for exact pattern mechanisms, counts the score entries they computed.
+Every pass gives one flat record (see :func:`run_case`); a pass that cannot run (a non-causal mechanism asked
+for ``causal``, no CPU backward) is recorded as ``unsupported``.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import torch
 import attnzoo
 from attnzoo.bench.measure import measure_peak_memory, measure_time, memory_method
 from attnzoo.registry import make_options
-from attnzoo.sparse import pick_executor
+from attnzoo.sparse.trace import trace_engine
 
 __all__ = [
     "FWDBWD_FLOP_FACTOR",
@@ -56,9 +59,11 @@ class BenchCase:
     passes: tuple[str, ...] = ("fwd", "fwdbwd")
     memory: bool = True
     compile: bool = False
+    module: bool = False
 
     def key(self) -> dict[str, Any]:
-        """The fields that identify a case in records (and across runs, for ``--compare``)."""
+        """The fields that identify a case in records (and across runs, for ``--compare``); ``module`` only when
+        set, so that core records of every version share their keys."""
         return {
             "mechanism": self.mechanism,
             "seq_len": self.seq_len,
@@ -70,6 +75,7 @@ class BenchCase:
             "device": self.device,
             "compile": self.compile,
             "options": {k: list(v) if isinstance(v, tuple) else v for k, v in self.options.items()},
+            **({"module": True} if self.module else {}),
         }
 
 
@@ -148,6 +154,14 @@ def pass_fns(
     return {"fwd": forward, "fwdbwd": forward_backward}
 
 
+def _layer_input(case: BenchCase, dtype: torch.dtype, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Seeded ``x (B, N, H * d)`` (requiring grad) for the whole layer, and its output gradient."""
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    shape = (case.batch, case.seq_len, case.heads * case.head_dim)
+    x, grad = (torch.randn(shape, generator=gen).to(device=device, dtype=dtype) for _ in range(2))
+    return x.requires_grad_(), grad
+
+
 def timed_record(fn: Callable[[], object], device: torch.device, repeats: int, memory: bool) -> dict[str, Any]:
     """Time (and optionally measure the peak memory of) one pass: the timing fields of a record."""
     t = measure_time(fn, device, repeats=repeats)
@@ -180,8 +194,10 @@ def run_case(case: BenchCase) -> list[dict[str, Any]]:
 
     Keys: :meth:`BenchCase.key`, ``kind="time"``, ``pass``, ``status`` (``ok``, ``unsupported``,
     ``failed``, ``out-of-memory``), ``ms``/``iqr_ms``/``min_ms`` (median, spread, best), ``first_ms``,
-    ``compile_ms`` (compiled paths: first call minus median), ``mem_mib``, ``memory_method``, ``executor``,
-    ``flops`` (analytic, all batches and heads; ``None`` where the mechanism has no ``flops`` hook).
+    ``compile_ms`` (compiled paths: first call minus median), ``mem_mib``, ``memory_method``, ``executor`` (the
+    engine paths that ran, ``+``-joined, e.g. ``gather+band``; ``dense-kernel`` where the engine did not run),
+    ``flops`` (all batches and heads: for exact pattern mechanisms 4 d per score entry the engine computed, else
+    the mechanism's analytic ``flops`` hook; ``None`` without one and for whole layers).
     """
     spec = attnzoo.get_spec(case.mechanism)
     base = {"kind": "time", **case.key()}
@@ -201,16 +217,30 @@ def run_case(case: BenchCase) -> list[dict[str, Any]]:
     module = module.to(device=device, dtype=dtype)
     widths = core_widths(module, case.heads * case.head_dim)
     q, k, v, grad = make_qkv((case.batch, case.heads, case.seq_len, case.head_dim), dtype, device, widths=widths)
-    attend = torch.compile(module.attend) if case.compile else module.attend
-    fns = pass_fns(lambda: attend(q, k, v, None), (q, k, v), grad)
-    executor = "dense-kernel"
-    if spec.capabilities.pattern:
-        executor = pick_executor(q, case.options.get("executor", "auto"))
+    inputs: tuple[torch.Tensor, ...] = (q, k, v)
+    if case.module:
+        x, grad = _layer_input(case, dtype, device)
+        inputs = (x, *module.parameters())
+        call = torch.compile(module) if case.compile else module
+        fns = pass_fns(lambda: call(x), inputs, grad)
+    else:
+        attend = torch.compile(module.attend) if case.compile else module.attend
+        fns = pass_fns(lambda: attend(q, k, v, None), inputs, grad)
+    try:
+        with torch.no_grad(), trace_engine() as trace:  # untimed: what runs, and the engine's work
+            module(_layer_input(case, dtype, device)[0]) if case.module else module.attend(q, k, v, None)
+    except (RuntimeError, MemoryError, ValueError, NotImplementedError) as err:
+        reason = f"{type(err).__name__}: {err}"[:500]
+        return records + [{**base, "pass": name, "status": failure_status(err), "reason": reason} for name in todo]
+    executor = trace.label() or "dense-kernel"
     flops = None
-    if spec.flops is not None:
+    if spec.capabilities.pattern and spec.capabilities.exact:  # all of its work is the engine's kernel calls
+        flops = 4.0 * case.head_dim * trace.score_entries  # q k^T and p v: 2 d flops per score entry each
+    elif spec.flops is not None:
         opts = make_options(spec.options, case.options, context=case.mechanism)
-        per_head = float(spec.flops(case.seq_len, case.head_dim, opts, case.causal))
-        flops = per_head * case.batch * case.heads
+        flops = float(spec.flops(case.seq_len, case.head_dim, opts, case.causal)) * case.batch * case.heads
+    if case.module:
+        flops = None  # the projections' work is not counted: no floor for whole layers
     for name in todo:
         rec: dict[str, Any] = {**base, "pass": name, "executor": executor}
         try:
@@ -218,7 +248,7 @@ def run_case(case: BenchCase) -> list[dict[str, Any]]:
         except (RuntimeError, MemoryError, ValueError, NotImplementedError) as err:
             records.append({**rec, "status": failure_status(err), "reason": f"{type(err).__name__}: {err}"[:500]})
             continue
-        if case.compile or executor == "flex":
+        if case.compile or "flex" in executor:
             rec["compile_ms"] = max(rec["first_ms"] - rec["ms"], 0.0)
         rec["flops"] = None if flops is None else flops * (FWDBWD_FLOP_FACTOR if name == "fwdbwd" else 1.0)
         records.append({**rec, "status": "ok"})

@@ -188,6 +188,16 @@ PRESETS: dict[str, Preset] = {
         time_budget_s=300.0,
         peer_lengths=(1024, 4096, 16384),
     ),
+    "short": Preset(
+        mechanisms=("softmax", "local", "dilated", "butterfly"),
+        lengths=(128, 256, 512, 1024),
+        error_lengths=(256,),
+        repeats=5,
+        causal=(False, True),
+        shapes=(Shape(1, 8, 64), Shape(4, 8, 64)),
+        time_budget_s=60.0,
+        peer_lengths=(1024,),
+    ),
     "grid2d": Preset(
         mechanisms=("softmax", "local", "eva", "lara", "none"),
         lengths=(196, 784, 3136),
@@ -210,6 +220,8 @@ PRESETS: dict[str, Preset] = {
     ),
 }
 """``quick``: under a minute on a 2-core CPU; ``default``: a few minutes, every mechanism; ``docs``: what
-docs/benchmarks.md shows (1k..16k, causal and not, peers); ``grid2d``: ViT patch grids (14 x 14, 28 x 28,
+docs/benchmarks.md shows (1k..16k, causal and not, peers); ``short``: the exact block-sparse mechanisms
+against softmax at N = 128 .. 1024, B = 1 and 4, causal and not (``--module`` for whole layers); ``grid2d``: ViT
+patch grids (14 x 14, 28 x 28,
 56 x 56 = 224 px at patch 16, 8, 4) with local, EVA and LARA in 2D next to softmax and none; ``full``: for
 GPUs (to 128k, bf16/fp16/fp32, two shapes)."""
