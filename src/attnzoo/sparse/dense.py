@@ -24,6 +24,7 @@ from torch import Tensor
 
 from attnzoo.sparse.kernels import Kernel, pick_kernel
 from attnzoo.sparse.layout import SparsePattern
+from attnzoo.sparse.threads import one_thread_backward
 from attnzoo.sparse.trace import note_path, note_scores
 
 __all__ = [
@@ -189,6 +190,7 @@ class _Dense(torch.autograd.Function):
         return out, lse.masked_fill(~has_key, float("-inf"))
 
     @staticmethod
+    @one_thread_backward
     def backward(ctx: Any, dout: Tensor | None, dlse: Tensor | None):  # type: ignore[override]
         q, k, v, bias, has_key, out, lse = ctx.saved_tensors
         dout = torch.zeros_like(out) if dout is None else dout.contiguous()
@@ -353,6 +355,7 @@ class _Grouped(torch.autograd.Function):
         return out, lse.masked_fill(torch.isneginf(bias).all(-1), float("-inf"))  # groups of padding only
 
     @staticmethod
+    @one_thread_backward
     def backward(ctx: Any, dout: Tensor | None, dlse: Tensor | None):  # type: ignore[override]
         q, k, v, bias, out, lse = ctx.saved_tensors
         dout = torch.zeros_like(out) if dout is None else dout.contiguous()

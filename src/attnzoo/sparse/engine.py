@@ -31,6 +31,7 @@ from attnzoo.sparse.kernels import Kernel, pick_kernel, row_dot
 from attnzoo.sparse.layout import SparsePattern
 from attnzoo.sparse.masked_gather import masked_gather_attention
 from attnzoo.sparse.plan import ChunkPlan, ScoreMod
+from attnzoo.sparse.threads import bookkeeping, one_thread_backward
 from attnzoo.sparse.trace import note_path
 
 __all__ = ["merge_partials", "pick_executor", "sparse_attention"]
@@ -202,6 +203,7 @@ class _FusedUnion(torch.autograd.Function):
         return out, lse
 
     @staticmethod
+    @one_thread_backward
     def backward(ctx: Any, dout: Tensor | None, dlse: Tensor | None):  # type: ignore[override]
         q, k, v, out, lse, *kept = ctx.saved_tensors
         totals: list[Tensor] = []  # (dq, dk, dv); the first run's own when its slots are the tokens
@@ -317,18 +319,19 @@ def sparse_attention(
         out = fused_dense(q, k, v, patterns, causal, scale)
         if out is not None:
             return out, None
-    if fused_ok and len(patterns) == 1 and patterns[0].masked_gather:
-        note_path("masked-gather")
-        return masked_gather_attention(q, k, v, patterns[0], mask, causal, scale, chosen)
-    run = _Call(name, chosen, scale, fused_ok, float(dropout_p), score_mod, detach_weights)
-    if copies == 1:
-        return run(q, k, v, patterns, mask, causal)
-    # the R copies as R * N virtual tokens, each token's copies merged by log-sum-exp
-    out, lse = run(*(x.repeat(1, 1, copies, 1) for x in (q, k, v)), patterns, _repeat(mask, copies), causal)
-    if lse is None:
-        raise ValueError(f"executor {name!r} returned no log-sum-exp; patterns with copies need it")
-    outs, lses = out.unflatten(2, (copies, n)).unbind(2), lse.unflatten(2, (copies, n)).unbind(2)
-    return merge_partials(list(outs), list(lses), detach_weights=detach_weights)
+    with bookkeeping(q.device):  # the engine's small ops on one thread, its kernels on all
+        if fused_ok and len(patterns) == 1 and patterns[0].masked_gather:
+            note_path("masked-gather")
+            return masked_gather_attention(q, k, v, patterns[0], mask, causal, scale, chosen)
+        run = _Call(name, chosen, scale, fused_ok, float(dropout_p), score_mod, detach_weights)
+        if copies == 1:
+            return run(q, k, v, patterns, mask, causal)
+        # the R copies as R * N virtual tokens, each token's copies merged by log-sum-exp
+        out, lse = run(*(x.repeat(1, 1, copies, 1) for x in (q, k, v)), patterns, _repeat(mask, copies), causal)
+        if lse is None:
+            raise ValueError(f"executor {name!r} returned no log-sum-exp; patterns with copies need it")
+        outs, lses = out.unflatten(2, (copies, n)).unbind(2), lse.unflatten(2, (copies, n)).unbind(2)
+        return merge_partials(list(outs), list(lses), detach_weights=detach_weights)
 
 
 def _copies(patterns: Sequence[SparsePattern], causal: bool) -> int:
@@ -452,6 +455,7 @@ class _Merge(torch.autograd.Function):
         return out, total
 
     @staticmethod
+    @one_thread_backward
     def backward(ctx: Any, dout: Tensor | None, dtotal: Tensor | None):  # type: ignore[override]
         weights, *outs = ctx.saved_tensors
         dlses = torch.zeros_like(weights) if dtotal is None else weights * dtotal

@@ -26,6 +26,7 @@ from torch import Tensor
 from attnzoo.sparse.band import band_backward, band_forward, find_band
 from attnzoo.sparse.kernels import Dropout, Kernel, masked_scores
 from attnzoo.sparse.plan import Chunk, ChunkPlan
+from attnzoo.sparse.threads import kernel_threads
 from attnzoo.sparse.trace import note_path, note_scores
 
 __all__ = ["EXECUTORS", "gather_backward", "gather_forward", "run_dense", "run_flex", "run_gather_autograd"]
@@ -278,7 +279,8 @@ def run_flex(
     flex = _compiled_flex()
     if q.device.type == "cpu":
         # Compiled flex on CPU supports inference without log-sum-exp only.
-        return flex(q, k, v, score_mod=score_mod, block_mask=block_mask, scale=scale), None
+        with kernel_threads():
+            return flex(q, k, v, score_mod=score_mod, block_mask=block_mask, scale=scale), None
     return flex(q, k, v, score_mod=score_mod, block_mask=block_mask, scale=scale, return_lse=True)
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from attnzoo.sparse.threads import on_kernel_threads
 from attnzoo.sparse.trace import note_scores
 
 __all__ = ["KERNELS", "Dropout", "Kernel", "masked_scores", "pick_kernel", "row_dot"]
@@ -55,6 +56,7 @@ def _keep_mask(shape: torch.Size, dropout: Dropout, device: torch.device, dtype:
     return keep.to(dtype).div_(1.0 - p)
 
 
+@on_kernel_threads
 def _math_forward(
     q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None, causal: bool, scale: float, dropout: Dropout | None = None
 ) -> tuple[Tensor, Tensor]:
@@ -68,6 +70,7 @@ def _math_forward(
     return torch.matmul(probs, v), safe
 
 
+@on_kernel_threads
 def _math_backward(
     dout: Tensor,
     dlse: Tensor | None,
@@ -101,6 +104,7 @@ def _no_dropout(name: str, dropout: Dropout | None) -> None:
         raise ValueError(f"kernel {name!r} does not apply attention dropout; the engine uses 'math' for it")
 
 
+@on_kernel_threads
 def _flash_forward(
     q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None, causal: bool, scale: float, dropout: Dropout | None = None
 ) -> tuple[Tensor, Tensor]:
@@ -110,6 +114,7 @@ def _flash_forward(
     return out, lse
 
 
+@on_kernel_threads
 def _flash_backward(
     dout: Tensor,
     dlse: Tensor | None,

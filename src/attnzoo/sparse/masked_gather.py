@@ -23,6 +23,7 @@ from torch import Tensor
 
 from attnzoo.sparse.kernels import Kernel
 from attnzoo.sparse.layout import SparsePattern
+from attnzoo.sparse.threads import one_thread_backward
 
 __all__ = ["MASKED_CHUNK_BYTES", "masked_gather_attention"]
 
@@ -272,6 +273,7 @@ class _MaskedGather(torch.autograd.Function):
         return out_t, lse_t
 
     @staticmethod
+    @one_thread_backward
     def backward(ctx: Any, dout: Tensor | None, dlse: Tensor | None):  # type: ignore[override]
         q, k, v, out_t, lse_t, *allowed = ctx.saved_tensors
         slots: _Slots = ctx.slots
