@@ -13,6 +13,7 @@ from attnzoo import tasks
 from attnzoo.cli import main as attnzoo_main
 from attnzoo.models import ModelConfig, build_model
 from attnzoo.models.vit_task import ViTClassifier
+from attnzoo.train import load_config
 from attnzoo.train.config import TrainConfig
 
 TINY = {"dim": 16, "num_heads": 2, "num_layers": 1, "mlp_dim": 32, "patch_size": 4, "dropout": 0.0}
@@ -136,3 +137,21 @@ def test_train_cli_on_shapes2d(tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert results["steps"] == 3 and results["test_examples"] == 16 and 0.0 <= results["accuracy"] <= 1.0
     assert results["images_per_s"] == pytest.approx(3 * 8 / results["train_time_s"])
     assert '"images_per_s"' in capsys.readouterr().out
+
+
+def test_shapes2d_config_is_the_documented_cpu_run() -> None:
+    """``attnzoo train --task shapes2d`` reads configs/mini/shapes2d.yaml: the run docs/vision.md measures."""
+    cfg = load_config(None, {"progress": False}, task="shapes2d")
+    assert cfg.task == "shapes2d" and cfg.task_options == {}
+    assert (cfg.model.arch, cfg.model.attention, cfg.model.dim, cfg.model.num_heads, cfg.model.num_layers) == (
+        "vit",
+        "softmax",
+        32,
+        2,
+        2,
+    )
+    assert (cfg.steps, cfg.batch_size, cfg.lr, cfg.schedule, cfg.max_time) == (4000, 32, 3e-3, "cosine", 240.0)
+    assert cfg.label_smoothing == 0.1 and cfg.weight_decay == 0.05
+    model = build_model(tasks.get("shapes2d"), cfg.model)
+    assert isinstance(model, ViTClassifier) and model.grid == (8, 8)
+    assert sum(p.numel() for p in model.parameters()) == 29_154

@@ -1,4 +1,4 @@
-"""Colour image tasks (issue 27): shapes2d generator, CIFAR-10 in colour, ImageFolder reader, crop/flip."""
+"""Colour image tasks (issue 27): shapes2d (frame-colour look-up), CIFAR-10 in colour, ImageFolder, crop/flip."""
 
 from __future__ import annotations
 
@@ -13,27 +13,52 @@ from attnzoo import tasks
 from attnzoo.tasks import images
 
 
-def _red_cells(image: np.ndarray, cell: int = 4) -> np.ndarray:
-    """(row, col) of the grid cells holding a saturated red object, shape (k, 2)."""
-    red = (image[..., 0] >= 190) & (image[..., 1:] <= 70).all(-1)
+def _decode_shapes(image: np.ndarray, cell: int = 4) -> tuple[int, list[tuple[int, int, int, bool]]]:
+    """A shapes2d image read back independently of the generator: the frame's palette index and every
+    square as (row, col, palette index, filled), found from the pixels far from the dark background."""
+    nearest = np.abs(images.PALETTE[None, None] - image[:, :, None].astype(np.int64)).max(-1).argmin(-1)  # (S, S)
+    bright = image.max(-1) >= 100
+    frame = set(nearest[0][bright[0]].tolist()) | set(nearest[:, 0][bright[:, 0]].tolist())
+    assert len(frame) == 1 and bright[[0, -1]].all() and bright[:, [0, -1]].all()
+    squares = []
     side = image.shape[0] // cell
-    return np.argwhere(red.reshape(side, cell, side, cell).any(axis=(1, 3)))
+    for row in range(1, side - 1):
+        for col in range(1, side - 1):
+            block = (slice(row * cell, (row + 1) * cell), slice(col * cell, (col + 1) * cell))
+            if bright[block].any():
+                assert len(set(nearest[block][bright[block]].tolist())) == 1  # one colour per square
+                squares.append((row, col, int(nearest[block][0, 0]), bool(bright[block].all())))
+    return frame.pop(), squares
 
 
-def test_shapes_labels_match_geometry_and_are_deterministic() -> None:
-    opts = images.ShapesOptions(distractors=2)
-    x, y = images.generate_shapes(opts, 64, np.random.default_rng(3))
-    assert x.shape == (64, 32, 32, 3) and x.dtype == np.uint8 and y.shape == (64,)
-    assert set(y.tolist()) == {0, 1}
+def test_shapes_hand_checked_example() -> None:
+    x, y = images.generate_shapes(images.ShapesOptions(), 6, np.random.default_rng(3))
+    assert y.tolist() == [0, 1, 1, 0, 0, 1]
+    # image 2, drawn by hand from its pixels: a yellow frame; magenta hollow at cell (4, 3), yellow hollow at
+    # (5, 3), red filled at (6, 1), green filled at (6, 5): the yellow square is hollow -> label 1 (hollow)
+    image = x[2]
+    assert np.abs(image[0, 5].astype(int) - [235, 215, 40]).max() <= 20  # the frame is yellow
+    yellow = image[20:24, 12:16]
+    assert (yellow[[0, -1]].min(-1) >= 20).all() and (yellow[1:3, 1:3].max(-1) < 40).all()  # border only
+    assert (image[24:28, 4:8, 0] >= 210).all() and (image[24:28, 4:8, 1:] <= 60).all()  # a filled red square
+    assert _decode_shapes(image) == (3, [(4, 3, 4, False), (5, 3, 3, False), (6, 1, 0, True), (6, 5, 1, True)])
+
+
+def test_shapes_labels_match_the_pixels_and_are_deterministic() -> None:
+    opts = images.ShapesOptions()
+    x, y = images.generate_shapes(opts, 64, np.random.default_rng(7))
+    assert x.shape == (64, 32, 32, 3) and x.dtype == np.uint8 and y.dtype == np.int64
+    assert 20 <= int(y.sum()) <= 44  # both classes, about evenly
     for image, label in zip(x, y, strict=True):
-        cells = _red_cells(image)
-        assert len(cells) == 2
-        dy, dx = np.abs(cells[1] - cells[0])
-        assert label == (0 if dy > dx else 1) and dy != dx
-    x2, y2 = images.generate_shapes(opts, 64, np.random.default_rng(3))
+        frame, squares = _decode_shapes(image)
+        assert len(squares) == 4 and len({colour for _, _, colour, _ in squares}) == 4
+        assert sum(filled for *_, filled in squares) == 2  # always two filled and two hollow
+        (filled,) = [f for _, _, colour, f in squares if colour == frame]
+        assert label == (0 if filled else 1)
+    x2, y2 = images.generate_shapes(opts, 64, np.random.default_rng(7))
     assert np.array_equal(x, x2) and np.array_equal(y, y2)
-    for image in images.generate_shapes(images.ShapesOptions(max_gap=1), 16, np.random.default_rng(0))[0]:
-        assert np.abs(np.diff(_red_cells(image), axis=0)).sum() == 1  # adjacent cells
+    x6, _ = images.generate_shapes(images.ShapesOptions(objects=6, image_size=24), 8, np.random.default_rng(0))
+    assert [len(_decode_shapes(image)[1]) for image in x6] == [6] * 8
 
 
 def test_shapes2d_task_split(tmp_path: Path) -> None:
@@ -45,12 +70,12 @@ def test_shapes2d_task_split(tmp_path: Path) -> None:
     assert item["input_ids"].shape == (1024, 3) and item["mask"].all() and item["label"].dtype == torch.long
     other = tasks.load_split("shapes2d", "test", cache_dir=tmp_path, size=8, seed=1)
     assert not torch.equal(item["input_ids"], other[0]["input_ids"])  # splits are independent streams
-    with pytest.raises(ValueError, match="grid of >= 3 x 3 cells; got image_size 8, cell 4"):
-        tasks.get("shapes2d", image_size=8)
-    with pytest.raises(ValueError, match=r"distractors must be in 0 \.\. cells - 2, got 15"):
-        tasks.get("shapes2d", image_size=16, distractors=15)
-    with pytest.raises(ValueError, match=r"max_gap must be >= 0 \(0 = anywhere\), got -1"):
-        tasks.get("shapes2d", max_gap=-1)
+    with pytest.raises(ValueError, match="cell must be >= 3 and divide image_size; got image_size 30, cell 4"):
+        tasks.get("shapes2d", image_size=30)
+    with pytest.raises(ValueError, match=r"objects must be even and in 2 \.\. 6, got 3"):
+        tasks.get("shapes2d", objects=3)
+    with pytest.raises(ValueError, match=r"objects = 6 squares do not fit the 2 x 2 inner cells of a 4 x 4 grid"):
+        tasks.get("shapes2d", image_size=16, objects=6)
 
 
 def test_crop_flip_moves_and_flips_within_padding() -> None:

@@ -186,12 +186,13 @@ register(
         lambda o: _image_spec(
             "shapes2d",
             o.image_size,
-            len(images.RELATIONS),
+            len(images.CLASSES),
             False,
-            "procedural colour images: are the two red objects stacked vertically or side by side (2 classes)",
+            "procedural colour images: is the square of the frame's colour filled or hollow (2 classes)",
         ),
         {"train": 20_000, "dev": 1_000, "test": 2_000},
         lambda o, s, n, seed: images.image_arrays(*images.generate_shapes(o, n, _rng("shapes2d", seed, s))),
+        version=2,  # 2: the frame-colour look-up (1 was the stacked / side-by-side relation)
     )
 )
 register(

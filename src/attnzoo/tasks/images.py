@@ -1,4 +1,4 @@
-"""Colour image-classification data: procedural 2D relations, CIFAR-10 in colour, ImageFolder directories.
+"""Colour image-classification data: procedural look-up images (shapes2d), CIFAR-10, ImageFolder directories.
 
 Every source gives images as uint8 ``(n, H, W, C)`` and labels ``(n,)`` int64; :func:`image_arrays`
 stores them as ``SplitArrays`` with ``inputs (n, H*W, C)`` (one row-major token per pixel, the channels
@@ -22,8 +22,9 @@ from attnzoo.tasks.lra import cifar
 from attnzoo.tasks.spec import SplitArrays
 
 __all__ = [
+    "CLASSES",
     "IMAGE_SUFFIXES",
-    "RELATIONS",
+    "PALETTE",
     "CifarColorOptions",
     "FolderOptions",
     "ShapesOptions",
@@ -34,34 +35,41 @@ __all__ = [
     "image_arrays",
     "read_cifar_color",
     "read_folder",
+    "shape_masks",
 ]
 
-RELATIONS = ("vertical", "horizontal")  # class k: the two red objects are stacked (k = 0) or side by side (k = 1)
+CLASSES = ("filled", "hollow")  # shapes2d class k: the square of the frame's colour is filled (0) or hollow (1)
+# shapes2d object colours (RGB): red, green, blue, yellow, magenta, cyan; drawn with +-20 jitter per channel
+PALETTE = np.array(
+    [[230, 40, 40], [40, 200, 40], [50, 90, 255], [235, 215, 40], [225, 50, 225], [40, 215, 225]], dtype=np.int64
+)
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".ppm", ".tif", ".tiff")
 _FOLDER_SPLITS = {"train": ("train",), "dev": ("val", "dev", "valid"), "test": ("test", "val")}
 
 
 @dataclass(frozen=True)
 class ShapesOptions:
-    """shapes2d: ``image_size`` S, objects drawn in ``cell`` x ``cell`` cells of the S/cell grid, up to
-    ``distractors`` green objects per image, the two red objects at most ``max_gap`` cells apart along
-    their axis (0: anywhere on the grid)."""
+    """shapes2d: ``image_size`` S, squares drawn in ``cell`` x ``cell`` cells of the S/cell grid (the
+    inner cells: the outer ring holds the 1-pixel frame), ``objects`` squares of distinct
+    :data:`PALETTE` colours (an even number: half filled, half hollow)."""
 
     image_size: int = 32
     cell: int = 4
-    distractors: int = 2
-    max_gap: int = 0
+    objects: int = 4
 
     def __post_init__(self) -> None:
-        if self.cell < 2 or self.image_size % self.cell or self.image_size // self.cell < 3:
+        if self.cell < 3 or self.image_size % self.cell:
             raise ValueError(
-                f"shapes2d: cell must be >= 2 and divide image_size into a grid of >= 3 x 3 cells; "
-                f"got image_size {self.image_size}, cell {self.cell}"
+                f"shapes2d: cell must be >= 3 and divide image_size; got image_size {self.image_size}, cell {self.cell}"
             )
-        if self.max_gap < 0:
-            raise ValueError(f"shapes2d: max_gap must be >= 0 (0 = anywhere), got {self.max_gap}")
-        if not 0 <= self.distractors <= (self.image_size // self.cell) ** 2 - 2:
-            raise ValueError(f"shapes2d: distractors must be in 0 .. cells - 2, got {self.distractors}")
+        if self.objects < 2 or self.objects % 2 or self.objects > len(PALETTE):
+            raise ValueError(f"shapes2d: objects must be even and in 2 .. {len(PALETTE)}, got {self.objects}")
+        inner = self.image_size // self.cell - 2
+        if inner * inner < self.objects:
+            raise ValueError(
+                f"shapes2d: objects = {self.objects} squares do not fit the {max(inner, 0)} x {max(inner, 0)} inner "
+                f"cells of a {self.image_size // self.cell} x {self.image_size // self.cell} grid"
+            )
 
 
 @dataclass(frozen=True)
@@ -111,52 +119,57 @@ def crop_flip(images: Tensor, pad: int = 4) -> Tensor:
     return torch.where(flip[:, None, None, None], crops.flip(-1), crops)
 
 
-def _shape_masks(cell: int) -> list[np.ndarray]:
-    """Boolean ``(cell, cell)`` masks of a square, a disc and a cross."""
-    yy, xx = np.mgrid[:cell, :cell] - (cell - 1) / 2
-    arm = cell / 4 + 0.01
-    return [np.ones((cell, cell), dtype=bool), yy**2 + xx**2 <= (cell / 2) ** 2, (abs(yy) < arm) | (abs(xx) < arm)]
+def shape_masks(cell: int) -> tuple[np.ndarray, np.ndarray]:
+    """Boolean ``(cell, cell)`` masks of shapes2d's filled square and hollow square (its 1-pixel border)."""
+    filled = np.ones((cell, cell), dtype=bool)
+    hollow = filled.copy()
+    hollow[1:-1, 1:-1] = False
+    return filled, hollow
 
 
-def _colour(rng: np.random.Generator, channel: int) -> np.ndarray:
-    """A saturated colour: ``channel`` in 190..255, the others in 0..70."""
-    colour = rng.integers(0, 71, size=3)
-    colour[channel] = rng.integers(190, 256)
-    return colour.astype(np.uint8)
+def _jitter(colour: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """``colour (3,)`` plus a uniform -20..20 per channel, clipped to uint8."""
+    return np.clip(colour + rng.integers(-20, 21, size=3), 0, 255).astype(np.uint8)
 
 
 def generate_shapes(opts: ShapesOptions, size: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """``size`` images ``(n, S, S, 3)`` uint8 and labels ``(n,)``: are the two red objects stacked or side by side?
+    """``size`` images ``(n, S, S, 3)`` uint8 and labels ``(n,)``: is the square of the frame's colour filled?
 
-    Each image has a noisy dark background and, in distinct cells of the ``S/cell`` grid, two red and up
-    to ``opts.distractors`` green objects (a square, disc or cross each). Label 0 (``vertical``): the red
-    cells are further apart in rows than in columns; 1 (``horizontal``): the reverse (never equal).
-    Deciding it compares the rows and columns of two objects anywhere in the image: a row-major 1D
-    window sees vertical neighbours only S/cell patches apart, and a sum of independent per-patch
-    scores cannot do it (for four cells on a rectangle's corners the two vertical and the two
-    horizontal pairs would need the same total with opposite signs), so attention-free models stay low.
+    Each image has a noisy dark background (values 0..39), ``opts.objects`` squares of distinct
+    :data:`PALETTE` colours in distinct random cells of the inner ``(S/cell - 2)`` x ``(S/cell - 2)``
+    grid (exactly half of them filled, half hollow, in random order) and a 1-pixel frame around the
+    image in the colour of one of them. Label 0 (``filled``) or 1 (``hollow``): the shape of the square
+    whose colour the frame shows.
+
+    Deciding it needs patches to read each other: a frame patch must find the square of its colour
+    anywhere inside and read that patch's shape (or that square must find the frame). Without that,
+    nothing is known: every image holds the same number of filled and hollow squares, the frame colour
+    alone says nothing about the label, and which colours are filled says nothing without the frame's
+    colour, so a sum of per-patch scores (the ``none`` baseline: per-token MLP, mean, linear head)
+    stays at chance. Deterministic given ``rng``; each image draws, in order: the square colours, the
+    shape order, the cells, the queried square, the colour jitter of every square, then the frame's.
     """
-    side, cell = opts.image_size, opts.cell
+    side, cell, count = opts.image_size, opts.cell, opts.objects
     grid = side // cell
-    masks = _shape_masks(cell)
+    masks = shape_masks(cell)
+    inner = np.asarray([row * grid + col for row in range(1, grid - 1) for col in range(1, grid - 1)])
     images = rng.integers(0, 40, size=(size, side, side, 3), dtype=np.uint8)
-    labels = rng.integers(0, len(RELATIONS), size=size)
+    labels = np.empty(size, dtype=np.int64)
     for i in range(size):
-        while True:
-            first = rng.integers(0, grid, size=2)
-            main = int(rng.integers(1, min(opts.max_gap or grid - 1, grid - 1) + 1))
-            other = int(rng.integers(-(main - 1), main))
-            sign = 1 if rng.random() < 0.5 else -1
-            second = first + np.asarray((sign * main, other) if labels[i] == 0 else (other, sign * main))
-            if ((second >= 0) & (second < grid)).all():
-                break
-        free = np.setdiff1d(np.arange(grid * grid), [first[0] * grid + first[1], second[0] * grid + second[1]])
-        greens = rng.choice(free, size=int(rng.integers(0, opts.distractors + 1)), replace=False)
-        objects = [((int(c) // grid, int(c) % grid), 1) for c in greens] + [(tuple(first), 0), (tuple(second), 0)]
-        for (row, col), channel in objects:
-            patch = images[i, row * cell : (row + 1) * cell, col * cell : (col + 1) * cell]
-            patch[masks[int(rng.integers(3))]] = _colour(rng, channel)
-    return images, labels.astype(np.int64)
+        colours = rng.choice(len(PALETTE), size=count, replace=False)
+        shapes = rng.permutation(np.repeat(np.arange(len(CLASSES)), count // 2))
+        cells = rng.choice(inner, size=count, replace=False)
+        queried = int(rng.integers(count))
+        labels[i] = shapes[queried]
+        for shape, colour, where in zip(shapes, colours, cells, strict=True):
+            row, col = divmod(int(where), grid)
+            images[i, row * cell : (row + 1) * cell, col * cell : (col + 1) * cell][masks[shape]] = _jitter(
+                PALETTE[colour], rng
+            )
+        frame = _jitter(PALETTE[colours[queried]], rng)
+        images[i, [0, -1], :] = frame
+        images[i, :, [0, -1]] = frame
+    return images, labels
 
 
 def read_cifar_color(data_dir: Path, split: str) -> SplitArrays:
