@@ -312,3 +312,31 @@ def test_union_of_token_order_and_permuted_patterns_with_gradients(first):
     ref = (torch.softmax(scores, -1) * keep) @ v  # rows that see no key: 0
     assert_close("out", ref, out, 1e-10)
     assert_same_gradients(ref, out, (q, k, v), 1e-9)
+
+
+@pytest.mark.parametrize("executor", ["gather", "gather-autograd"])
+def test_empty_slots_never_overflow_the_backward(executor):
+    """Blockwise 3 x 3 tiles on an 8 x 8 grid leave empty slots (the grid padded to 9 x 9); an empty slot holds
+    token 0's query but sees the keys of its own tile. With token 0 pointing away from its own keys and towards
+    an edge tile's, token 0's lse is far below that slot's scores: the backward must not read token 0's lse
+    for the slot (it overflowed to inf * 0 = NaN in dK, dV: an EVA 2D training run went NaN)."""
+    pattern = window_2d(8, 8, 3, 3, 0, 0, False)
+    u = torch.zeros(16)
+    u[0] = 16.0
+    q = torch.randn(1, 1, 64, 16) * 0.1
+    k = torch.randn(1, 1, 64, 16) * 0.1
+    q[0, 0, 0] = u
+    grid = torch.arange(64).view(8, 8)
+    k[0, 0, grid[:3, :3].flatten()] -= u  # token 0's own tile: scores -64 (scale 1/4)
+    k[0, 0, grid[:, 6:].flatten()] += u  # the right edge tiles, which hold empty slots: +64 for token 0's query
+    v = torch.randn(1, 1, 64, 16)
+    q, k, v = (t.requires_grad_() for t in (q, k, v))
+    out, _ = sparse_attention(q, k, v, pattern, executor=executor)
+    allowed = pattern.to_dense()[None]
+    ref = naive_softmax_attention(q, k, v, attn_mask=allowed)
+    assert_close("out", ref, out, 1e-5)
+    g = torch.randn_like(out)
+    grads = torch.autograd.grad((out * g).sum(), (q, k, v))
+    for name, a, b in zip("qkv", torch.autograd.grad((ref * g).sum(), (q, k, v)), grads, strict=True):
+        assert bool(torch.isfinite(b).all()), f"d{name} not finite"
+        assert_close(f"d{name}", a, b, 1e-4)

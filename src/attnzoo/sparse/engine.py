@@ -89,16 +89,18 @@ class _Run:
         dst = src[valid_src]
         return cls(plan, length, seq_len, heads, *(t.to(device) for t in (src, valid, valid_src, dst)))
 
-    def slots(self, x: Tensor, *, zero_empty: bool = False) -> Tensor:
-        """``(B, H, N[, d]) -> (B, H, L[, d])``; ``zero_empty`` zeroes the empty slots (gradients)."""
+    def slots(self, x: Tensor, *, empty: float | None = None) -> Tensor:
+        """``(B, H, N[, d]) -> (B, H, L[, d])``; ``empty`` (if given) fills the empty slots: 0 for gradients,
+        ``-inf`` for a log-sum-exp (an empty slot holds token 0's query but sees other keys, so token 0's lse
+        is not its own)."""
         b, tail = x.shape[0], x.shape[3:]
         if self.src is None:
             return pad_to_multiple(x, self.plan.bs, dim=2)
         out = x.reshape(b, self.heads * self.seq_len, *tail).index_select(1, self.src)
         out = out.view(b, self.heads, self.length, *tail)
-        if zero_empty:
+        if empty is not None:
             assert self.valid is not None
-            out = out.masked_fill(~self.valid.view(1, self.heads, self.length, *([1] * len(tail))), 0.0)
+            out = out.masked_fill(~self.valid.view(1, self.heads, self.length, *([1] * len(tail))), empty)
         return out
 
     def add_to_tokens(self, target: Tensor, x: Tensor) -> None:
@@ -209,13 +211,13 @@ class _FusedUnion(torch.autograd.Function):
         totals: list[Tensor] = []  # (dq, dk, dv); the first run's own when its slots are the tokens
         dout = torch.zeros_like(out) if dout is None else dout.contiguous()
         for i, run in enumerate(ctx.runs):
-            grad = run.slots(dout, zero_empty=True)
+            grad = run.slots(dout, empty=0.0)
             if kept:  # detached mixture: part i with its own statistics, its weight held constant
                 ref_out, ref_lse = kept[2 * i], kept[2 * i + 1]
                 grad, grad_lse = grad * _weights(ref_lse, run, lse)[..., None].to(grad.dtype), None
             else:  # exact: every part sees the union's output and log-sum-exp
-                ref_out, ref_lse = run.slots(out), run.slots(lse)
-                grad_lse = None if dlse is None else run.slots(dlse, zero_empty=True)
+                ref_out, ref_lse = run.slots(out), run.slots(lse, empty=float("-inf"))
+                grad_lse = None if dlse is None else run.slots(dlse, empty=0.0)
             dqs, dks, dvs = gather_backward(
                 grad,
                 grad_lse,

@@ -152,7 +152,8 @@ def gather_backward(
     dq, dk, dv = torch.empty_like(q), torch.zeros_like(k), torch.zeros_like(v)  # every query block writes dq
     dk_blocks, dv_blocks = dk.view(b, h * plan.nb, plan.bs, -1), dv.view(b, h * plan.nb, plan.bs, -1)
     empty = torch.isinf(lse)
-    safe_lse = lse.masked_fill(empty, 0.0)  # rows without keys: any finite value (their p is 0)
+    # rows without keys (and empty slots): p = exp(s - inf) = 0 in the kernels whatever their bias lets through
+    safe_lse = lse.masked_fill(empty, float("inf"))
     if dlse is not None:
         dlse = dlse.masked_fill(empty, 0.0)
     band = find_band(plan, kernel, dropout)
