@@ -20,7 +20,7 @@ def _records(mechanism, n, **kwargs):
 @pytest.mark.parametrize(
     ("mechanism", "options", "n", "causal", "executor", "entries"),
     [
-        # LongNet's branches at N = 256: one fused call over all N^2 pairs, not the 1.31 N^2 of the sparse plan
+        # LongNet's branches at N = 256: one fused call over all N^2 pairs, fewer than the 1.31 N^2 they allow
         ("dilated", DILATED, 256, False, "fused-dense", 256 * 256),
         ("dilated", DILATED, 256, True, "fused-dense", 256 * 257 // 2),
         ("local", {"window_size": 256}, 256, False, "fused-dense", 256 * 256),
@@ -35,9 +35,10 @@ def test_records_name_what_ran_and_count_its_work(mechanism, options, n, causal,
     assert fwd["executor"] == both["executor"] == executor
     if entries is not None:  # 2 heads, 4 d flops per score entry
         assert fwd["flops"] == 2 * 4 * 8 * entries
-    else:  # the visited blocks of the window's layout, whole blocks
+    else:  # the allowed entries (16 keys on each side), fewer than the whole blocks the band computes
+        allowed = sum(min(i + 16, n - 1) - max(i - 16, 0) + 1 for i in range(n))
         layout = sliding_window(n, 16, 16).layout
-        assert fwd["flops"] == 2 * 4 * 8 * int(layout.kv_valid.sum()) * layout.block_size**2
+        assert fwd["flops"] == 2 * 4 * 8 * allowed < 2 * 4 * 8 * int(layout.kv_valid.sum()) * layout.block_size**2
     assert both["flops"] == FWDBWD_FLOP_FACTOR * fwd["flops"]
 
 
@@ -59,3 +60,10 @@ def test_a_case_that_cannot_run_is_recorded_as_failed():
     case = BenchCase("local", 64, heads=2, head_dim=8, repeats=1, memory=False, options={"window_size": -1})
     with pytest.raises(ValueError, match="window_size"):
         run_case(case)  # invalid options fail at build, before any record (the CLI validates them first)
+
+
+def test_block_length_sets_the_calls_per_timed_block():
+    """``block_s``: each timed block holds enough calls to last that long (sub-millisecond calls need long blocks)."""
+    short = _records("softmax", 64)["fwd"]
+    long = run_case(BenchCase("softmax", 64, heads=2, head_dim=8, repeats=1, memory=False, block_s=0.05))[0]
+    assert long["number"] >= 4 * short["number"]

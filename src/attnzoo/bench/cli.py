@@ -58,7 +58,7 @@ def _sweep(args: argparse.Namespace) -> tuple[Any, list[str], dict[str, dict[str
         changes["shapes"] = (
             Shape(args.batch or first.batch, args.heads or first.heads, args.head_dim or first.head_dim),
         )
-    for name in ("repeats", "time_budget_s", "memory_budget_mib"):
+    for name in ("repeats", "time_budget_s", "memory_budget_mib", "block_s"):
         if getattr(args, name) is not None:
             changes[name] = getattr(args, name)
     if args.forward_only:
@@ -86,6 +86,7 @@ def _tasks(args: argparse.Namespace, preset: Any, mechanisms: list[str], options
         lengths = case.pop("lengths")
         common = {**case, "kind": "time", "device": args.device, "options": options[case["mechanism"]]}
         common.update(repeats=preset.repeats, passes=list(preset.passes), memory=not args.no_memory)
+        common["block_s"] = preset.block_s
         common["compile"] = args.compile
         if args.module:
             common["module"] = True
@@ -142,6 +143,8 @@ def _command(preset: Any, mechanisms: list[str], args: argparse.Namespace) -> st
         *(s.label() for s in preset.shapes),
         "--repeats",
         str(preset.repeats),
+        "--block-s",
+        f"{preset.block_s:g}",
         "--device",
         args.device,
         "--error-lengths",
@@ -317,6 +320,11 @@ def register_commands(subparsers: Any) -> None:
     p.add_argument("--head-dim", type=positive_int)
     p.add_argument("--device", default="cpu")
     p.add_argument("--repeats", type=positive_int, help="timed blocks per case (median and IQR reported)")
+    p.add_argument(
+        "--block-s",
+        type=positive_float,
+        help="least seconds of calls in one timed block (default: the preset's, 0.01 mostly)",
+    )
     p.add_argument("--forward-only", action="store_true")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory runs")
     p.add_argument("--compile", action="store_true", help="torch.compile each attention core (compile time apart)")

@@ -60,6 +60,7 @@ class BenchCase:
     memory: bool = True
     compile: bool = False
     module: bool = False
+    block_s: float = 0.01
 
     def key(self) -> dict[str, Any]:
         """The fields that identify a case in records (and across runs, for ``--compare``); ``module`` only when
@@ -162,9 +163,12 @@ def _layer_input(case: BenchCase, dtype: torch.dtype, device: torch.device) -> t
     return x.requires_grad_(), grad
 
 
-def timed_record(fn: Callable[[], object], device: torch.device, repeats: int, memory: bool) -> dict[str, Any]:
-    """Time (and optionally measure the peak memory of) one pass: the timing fields of a record."""
-    t = measure_time(fn, device, repeats=repeats)
+def timed_record(
+    fn: Callable[[], object], device: torch.device, repeats: int, memory: bool, block_s: float = 0.01
+) -> dict[str, Any]:
+    """Time (and optionally measure the peak memory of) one pass in ``repeats`` blocks of at least ``block_s``
+    seconds: the timing fields of a record."""
+    t = measure_time(fn, device, repeats=repeats, min_block_s=block_s)
     rec: dict[str, Any] = {
         "ms": 1e3 * t.median,
         "iqr_ms": 1e3 * t.iqr,
@@ -196,8 +200,8 @@ def run_case(case: BenchCase) -> list[dict[str, Any]]:
     ``failed``, ``out-of-memory``), ``ms``/``iqr_ms``/``min_ms`` (median, spread, best), ``first_ms``,
     ``compile_ms`` (compiled paths: first call minus median), ``mem_mib``, ``memory_method``, ``executor`` (the
     engine paths that ran, ``+``-joined, e.g. ``gather+band``; ``dense-kernel`` where the engine did not run),
-    ``flops`` (all batches and heads: for exact pattern mechanisms 4 d per score entry the engine computed, else
-    the mechanism's analytic ``flops`` hook; ``None`` without one and for whole layers).
+    ``flops`` (all batches and heads: the mechanism's analytic ``flops`` hook, the allowed work; for exact pattern
+    mechanisms at most 4 d per score entry the engine computed; ``None`` without either and for whole layers).
     """
     spec = attnzoo.get_spec(case.mechanism)
     base = {"kind": "time", **case.key()}
@@ -234,17 +238,20 @@ def run_case(case: BenchCase) -> list[dict[str, Any]]:
         return records + [{**base, "pass": name, "status": failure_status(err), "reason": reason} for name in todo]
     executor = trace.label() or "dense-kernel"
     flops = None
-    if spec.capabilities.pattern and spec.capabilities.exact:  # all of its work is the engine's kernel calls
-        flops = 4.0 * case.head_dim * trace.score_entries  # q k^T and p v: 2 d flops per score entry each
-    elif spec.flops is not None:
+    if spec.flops is not None:  # the allowed work
         opts = make_options(spec.options, case.options, context=case.mechanism)
         flops = float(spec.flops(case.seq_len, case.head_dim, opts, case.causal)) * case.batch * case.heads
+    if spec.capabilities.pattern and spec.capabilities.exact and trace.score_entries:
+        # all of its work is the engine's kernel calls: q k^T and p v, 2 d flops per computed entry each; a dense
+        # call over a union computes each pair once where the allowed count has multiplicities
+        computed = 4.0 * case.head_dim * trace.score_entries
+        flops = computed if flops is None else min(flops, computed)
     if case.module:
         flops = None  # the projections' work is not counted: no floor for whole layers
     for name in todo:
         rec: dict[str, Any] = {**base, "pass": name, "executor": executor}
         try:
-            rec.update(timed_record(fns[name], device, case.repeats, case.memory))
+            rec.update(timed_record(fns[name], device, case.repeats, case.memory, case.block_s))
         except (RuntimeError, MemoryError, ValueError, NotImplementedError) as err:
             records.append({**rec, "status": failure_status(err), "reason": f"{type(err).__name__}: {err}"[:500]})
             continue

@@ -159,6 +159,7 @@ class Preset:
     memory_budget_mib: float = 16384.0
     peer_lengths: tuple[int, ...] = field(default=(1024, 4096))
     grid_2d: bool = False
+    block_s: float = 0.01
 
     def cases(self, mechanisms: list[str]) -> list[dict[str, Any]]:
         """The grid as plain dicts (one per mechanism x dtype x causal x shape), lengths ascending inside."""
@@ -192,7 +193,8 @@ PRESETS: dict[str, Preset] = {
         mechanisms=("softmax", "local", "dilated", "butterfly"),
         lengths=(128, 256, 512, 1024),
         error_lengths=(256,),
-        repeats=5,
+        repeats=9,
+        block_s=0.1,
         causal=(False, True),
         shapes=(Shape(1, 8, 64), Shape(4, 8, 64)),
         time_budget_s=60.0,
@@ -221,7 +223,8 @@ PRESETS: dict[str, Preset] = {
 }
 """``quick``: under a minute on a 2-core CPU; ``default``: a few minutes, every mechanism; ``docs``: what
 docs/benchmarks.md shows (1k..16k, causal and not, peers); ``short``: the exact block-sparse mechanisms
-against softmax at N = 128 .. 1024, B = 1 and 4, causal and not (``--module`` for whole layers); ``grid2d``: ViT
+against softmax at N = 128 .. 1024, B = 1 and 4, causal and not, in 9 timed blocks of 0.1 s each (sub-millisecond
+calls need them: 10 ms blocks swung 30% between identical calls; ``--module`` for whole layers); ``grid2d``: ViT
 patch grids (14 x 14, 28 x 28,
 56 x 56 = 224 px at patch 16, 8, 4) with local, EVA and LARA in 2D next to softmax and none; ``full``: for
 GPUs (to 128k, bf16/fp16/fp32, two shapes)."""
