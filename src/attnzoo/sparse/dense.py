@@ -60,28 +60,37 @@ _UNMASKED: dict[tuple[Any, ...], tuple[list[SparsePattern], bool, bool]] = {}
 UNMASKED_ENTRIES = 256
 
 
-def visited_share(patterns: Sequence[SparsePattern]) -> float:
+def visited_share(patterns: Sequence[SparsePattern], *, lower: bool = False) -> float:
     """Scores the block-sparse engine computes (visited blocks x bs^2, summed over patterns, mean over
-    pattern heads) as a share of the N x N matrix."""
+    pattern heads) as a share of the N x N matrix; ``lower``: only the blocks on and below the diagonal of
+    patterns in token order (what a causal call computes)."""
     total = 0.0
     for p in patterns:
         layout = p.layout
-        total += float(layout.kv_valid.sum()) / layout.kv_valid.shape[0] * layout.block_size**2
+        visited = layout.to_dense()
+        if lower and p.positions is None:
+            visited = visited.tril()
+        total += float(visited.sum()) / visited.shape[0] * layout.block_size**2
     n = patterns[0].seq_len
     return total / (n * n)
 
 
-def prefer_dense(patterns: Sequence[SparsePattern], batch: int, padded: bool, itemsize: int) -> bool:
+def prefer_dense(
+    patterns: Sequence[SparsePattern], batch: int, padded: bool, itemsize: int, *, causal: bool = False
+) -> bool:
     """Whether ``auto`` should run ``patterns`` as one dense masked call (see the module docstring).
 
-    Causal or not: causal, the kernel skips the key tiles above the diagonal (its causal flag with the bias),
-    and measured (2026-12-01, fwd+bwd, 8 heads) the dense call beats the causal sparse path where the rule
-    picks it (causal dilated at N = 1024: 1.04x causal softmax dense, 1.9x sparse; at 2048 1.05x dense;
-    causal local at N = 256: 1.1x dense, 2.0x sparse)."""
+    Causal, the kernel skips the key tiles above the diagonal (its causal flag with the bias), so the dense call
+    does half the work: the rule compares the blocks visited on and below the diagonal with half the matrix
+    (a causal window of 256 at N = 512 visits 0.44 of it: sparse it ran 2.0x causal softmax forward)."""
     heads, _ = _mask_heads(patterns, batch, padded, itemsize)
     n = patterns[0].seq_len
     mask_bytes = (batch if padded else 1) * heads * n * n * max(itemsize, 4)
-    return mask_bytes <= DENSE_BYTES and visited_share(patterns) >= DENSE_SHARE
+    if mask_bytes > DENSE_BYTES:
+        return False
+    if causal:
+        return visited_share(patterns, lower=True) >= DENSE_SHARE / 2
+    return visited_share(patterns) >= DENSE_SHARE
 
 
 def _mask_heads(
@@ -264,13 +273,23 @@ def _unmasked_plan(
     patterns: Sequence[SparsePattern], causal: bool, dtype: torch.dtype, device: torch.device
 ) -> tuple[bool, bool]:
     """``(ok, plain)`` for :func:`fused_dense`: the rule picks dense, one call holds every head's mask and every
-    row sees a key; ``plain`` when causal softmax over every pair needs no bias (the kernel's flag does it)."""
+    row sees a key; ``plain`` when causal softmax over every pair j <= i needs no bias (the kernel's flag does it)."""
     itemsize = torch.empty((), dtype=dtype).element_size()
-    if not prefer_dense(patterns, 1, False, itemsize) or _mask_heads(patterns, 1, False, itemsize)[1] is not None:
+    dense = prefer_dense(patterns, 1, False, itemsize, causal=causal)
+    if not dense or _mask_heads(patterns, 1, False, itemsize)[1] is not None:
         return False, False
-    plain = causal and _every_pair_once(patterns)
+    plain = causal and _causal_pairs_once(patterns)
     _, rows = _multiplicity(patterns, causal and not plain, dtype, device, None)
     return bool(rows.all()), plain
+
+
+def _causal_pairs_once(patterns: Sequence[SparsePattern]) -> bool:
+    """Every pair with key j <= query i allowed by exactly one pattern: causal softmax with no bias (the kernel's
+    causal flag drops the rest), e.g. a causal window as long as the sequence (which visits no upper block).
+    O(N^2) once per pattern list (the caller caches it)."""
+    n = patterns[0].seq_len
+    count = sum(p.to_dense(causal=True).to(torch.int32) for p in patterns)
+    return bool((count == torch.ones(n, n, dtype=torch.int32).tril()).all())
 
 
 def dense_attention(

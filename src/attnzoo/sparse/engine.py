@@ -380,7 +380,7 @@ class _Call:
         if (
             self.fused_ok
             and not (self.detach_weights and union)
-            and prefer_dense(patterns, q.shape[0], mask is not None, q.element_size())
+            and prefer_dense(patterns, q.shape[0], mask is not None, q.element_size(), causal=causal)
         ):
             note_path("dense-fallback")
             return dense_attention(q, k, v, patterns, mask, causal, scale, chosen)
