@@ -12,9 +12,6 @@ from attnzoo.cli import build_parser, parse_command_line
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = sorted([ROOT / "README.md", ROOT / "src/attnzoo/configs/README.md", *(ROOT / "docs").rglob("*.md")])
-# docs/vision.md is kept by the vision work: its measured section still states a load average and it
-# documents `--preset evit`, which `attnzoo train` does not accept yet.
-OTHER_AREA = {ROOT / "docs/vision.md"}
 DIARY = re.compile(r"\d\d:\d\d(-\d\d:\d\d)? UTC|load average|this session|this morning|yesterday", re.IGNORECASE)
 LINK = re.compile(r"\]\(([^)#\s]+)(#[^)]*)?\)")
 FENCE = re.compile(r"```bash\n(.*?)```", re.DOTALL)
@@ -55,7 +52,7 @@ def test_links_stay_inside_the_repository(page: Path) -> None:
         assert (page.parent / target).exists(), f"{_rel(page)}: link to {target}, which does not exist"
 
 
-@pytest.mark.parametrize("page", [p for p in PAGES if p not in OTHER_AREA], ids=_rel)
+@pytest.mark.parametrize("page", PAGES, ids=_rel)
 def test_pages_are_not_a_diary(page: Path) -> None:
     found = [m.group(0) for m in DIARY.finditer(page.read_text())]
     assert not found, f"{_rel(page)} reads like a lab log: {found}"
@@ -72,7 +69,7 @@ def test_documented_commands_parse() -> None:
     parser = build_parser()
     failed = []
     checked = 0
-    for page in (p for p in PAGES if p not in OTHER_AREA):
+    for page in PAGES:
         for command in documented_commands(page.read_text()):
             checked += 1
             try:

@@ -26,7 +26,7 @@ from attnzoo.train.config import TrainConfig, field_docs, flat_fields, load_conf
 
 __all__ = ["attention_map_command", "compare_command", "register_commands", "train_command"]
 
-PRESETS = ("mini", "lra", "nystromformer")
+PRESETS = ("mini", "lra", "nystromformer", "evit")
 
 
 def _flag(name: str) -> str:
