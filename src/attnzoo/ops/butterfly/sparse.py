@@ -64,15 +64,6 @@ def butterfly_attention(
             raise ValueError(f"butterfly with max_seq_len={max_seq_len} got N={q.shape[-2]} tokens")
     pattern = butterfly_groups(q.shape[-2], block_size, stage, float_stage_count, max_seq_len)
     out, _ = sparse_attention(
-        q,
-        k,
-        v,
-        pattern,
-        mask=mask,
-        causal=causal,
-        scale=scale,
-        dropout_p=dropout_p,
-        executor=executor,
-        need_lse=False,
+        q, k, v, pattern, mask=mask, causal=causal, scale=scale, dropout_p=dropout_p, executor=executor, need_lse=False
     )
     return out
