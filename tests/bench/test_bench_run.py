@@ -62,8 +62,18 @@ def test_a_case_that_cannot_run_is_recorded_as_failed():
         run_case(case)  # invalid options fail at build, before any record (the CLI validates them first)
 
 
-def test_block_length_sets_the_calls_per_timed_block():
-    """``block_s``: each timed block holds enough calls to last that long (sub-millisecond calls need long blocks)."""
-    short = _records("softmax", 64)["fwd"]
-    long = run_case(BenchCase("softmax", 64, heads=2, head_dim=8, repeats=1, memory=False, block_s=0.05))[0]
-    assert long["number"] >= 4 * short["number"]
+def test_block_length_reaches_the_timer(monkeypatch):
+    """``block_s`` is each timed block's least length, passed to the timer for every pass."""
+    import attnzoo.bench.run as run
+
+    seen = []
+    measure = run.measure_time
+
+    def spy(fn, device, **kwargs):
+        seen.append(kwargs["min_block_s"])
+        return measure(fn, device, **kwargs)
+
+    monkeypatch.setattr(run, "measure_time", spy)
+    run_case(BenchCase("softmax", 64, heads=2, head_dim=8, repeats=1, memory=False, block_s=0.05))
+    run_case(BenchCase("softmax", 64, heads=2, head_dim=8, repeats=1, memory=False))
+    assert seen == [0.05, 0.05, 0.01, 0.01]
