@@ -67,10 +67,11 @@ def visited_share(patterns: Sequence[SparsePattern], *, lower: bool = False) -> 
     total = 0.0
     for p in patterns:
         layout = p.layout
-        visited = layout.to_dense()
         if lower and p.positions is None:
-            visited = visited.tril()
-        total += float(visited.sum()) / visited.shape[0] * layout.block_size**2
+            visited = layout.to_dense().tril()  # (Hp, nB, nB): the causal share only where it is asked for
+            total += float(visited.sum()) / visited.shape[0] * layout.block_size**2
+        else:
+            total += float(layout.kv_valid.sum()) / layout.kv_valid.shape[0] * layout.block_size**2
     n = patterns[0].seq_len
     return total / (n * n)
 
