@@ -285,3 +285,70 @@ def test_checkpoints_written_before_the_optimizer_setting_resume(tmp_path):
     saved = {"config": saved_config, "meta": {}, "step": 0}
     _, changed = check_resume(saved, cfg, 1, tmp_path)
     assert not changed
+
+
+def _encoder(structure: str, attention: str, **model) -> Encoder:
+    from attnzoo.tasks import TaskSpec
+
+    task = TaskSpec("t", 64, "tokens", 10, 0, 3, "class", False, 0, "accuracy", None, "")
+    options = {"linformer": {"proj_dim": 8, "max_length": 64}, "reformer": {"bucket_size": 8}}.get(attention, {})
+    cfg = ModelConfig(
+        attention=attention,
+        attention_options=options,
+        dim=8,
+        num_heads=2,
+        dropout=0.0,
+        attention_dropout=0.0,
+        structure=structure,
+        **model,
+    )
+    return Encoder(task, cfg)
+
+
+def test_nystromformer_preset_has_the_official_structure():
+    """The preset's models share the linformer ``E`` and drop reformer's ``qkv`` bias, as from_official_model."""
+    assert load_config(task="listops", preset="nystromformer").model.structure == "nystromformer-lra"
+    assert load_config(task="listops", preset="lra").model.structure == "attnzoo"
+    official = build(load("linformer")).classifier.encoder.cfg
+    assert official.structure == "nystromformer-lra"
+
+
+def test_shared_linformer_projection_takes_the_sum_of_the_layers_gradients():
+    torch.manual_seed(0)
+    shared, own = _encoder("nystromformer-lra", "linformer"), _encoder("attnzoo", "linformer")
+    own.load_state_dict(shared.state_dict())  # every layer's e_proj now holds the shared E
+    assert shared.blocks[0].attn.e_proj is shared.blocks[1].attn.e_proj
+    assert own.blocks[0].attn.e_proj is not own.blocks[1].attn.e_proj
+    count = sum(p.numel() for p in shared.parameters())
+    assert count == sum(p.numel() for p in own.parameters()) - own.blocks[1].attn.e_proj.numel()
+    ids = torch.randint(1, 10, (2, 64))
+    mask = torch.ones(2, 64, dtype=torch.bool)
+    mask[1, 40:] = False
+    for model in (shared, own):
+        model(ids, mask)[0].square().sum().backward()
+    summed = own.blocks[0].attn.e_proj.grad + own.blocks[1].attn.e_proj.grad
+    assert torch.allclose(shared.blocks[0].attn.e_proj.grad, summed, rtol=1e-5, atol=1e-7)
+    assert not torch.allclose(summed, own.blocks[0].attn.e_proj.grad)
+
+
+def test_reformer_structure_freezes_a_zero_qkv_bias():
+    official = _encoder("nystromformer-lra", "reformer")
+    for block in official.blocks:
+        assert not block.attn.qkv.bias.requires_grad and not block.attn.qkv.bias.any()
+    ours = _encoder("attnzoo", "reformer")
+    assert all(block.attn.qkv.bias.requires_grad for block in ours.blocks)
+    softmax = _encoder("nystromformer-lra", "softmax")  # other mechanisms keep their layout
+    assert all(block.attn.qkv.bias.requires_grad for block in softmax.blocks)
+
+
+def test_structure_errors_name_the_problem():
+    with pytest.raises(ValueError, match=r"model.structure must be one of attnzoo, nystromformer-lra; got 'lra'"):
+        _encoder("lra", "softmax")
+    layers = [
+        {"name": "linformer", "proj_dim": 8, "max_length": 64},
+        {"name": "linformer", "proj_dim": 4, "max_length": 64},
+    ]
+    with pytest.raises(
+        ValueError, match=r"shares one linformer E across layers, but their shapes differ: \(2, 8, 64\)"
+    ):
+        _encoder("nystromformer-lra", "linformer", layer_attention=layers)

@@ -28,6 +28,7 @@ __all__ = [
     "ARCHS",
     "CLS_POOLINGS",
     "POOLINGS",
+    "STRUCTURES",
     "Block",
     "Encoder",
     "InputEmbedding",
@@ -39,6 +40,7 @@ __all__ = [
 POOLINGS = ("cls", "cls-id", "mean", "mean-all")
 CLS_POOLINGS = ("cls", "cls-id")  # the poolings that read a CLS token at position 0
 ARCHS = ("encoder", "vit")  # ModelConfig.arch: attnzoo.models.heads.build_model
+STRUCTURES = ("attnzoo", "nystromformer-lra")  # ModelConfig.structure: Encoder.apply_structure
 
 
 @dataclass
@@ -74,6 +76,9 @@ class ModelConfig:
             ratio, dropout, attention_dropout, patch_size and the attention; positions, norm, pooling and
             head_hidden do not apply).
         vit_options: arch vit: further ``ViTConfig`` fields (drop_path_rate, use_glu, patchify_stem, pos_emb).
+        structure: attnzoo (every layer owns its parameters) or nystromformer-lra (the official LRA model's
+            parameter layout: linformer layers share one ``E``, layer 0's ``e_proj``, as the official
+            class-level ``E``; reformer's ``qkv`` has no bias, as HF's LSH projections: zero and frozen).
     """
 
     attention: str = "softmax"
@@ -98,6 +103,7 @@ class ModelConfig:
     decoder_layers: int = 0
     arch: str = "encoder"
     vit_options: dict[str, Any] = field(default_factory=dict)
+    structure: str = "attnzoo"
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the field for any invalid value."""
@@ -118,7 +124,13 @@ class ModelConfig:
         for name in ("dropout", "attention_dropout"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"model.{name} must be in [0, 1), got {getattr(self, name)}")
-        choices = {"norm": ("pre", "post"), "pooling": POOLINGS, "positions": POSITION_KINDS, "arch": ARCHS}
+        choices = {
+            "norm": ("pre", "post"),
+            "pooling": POOLINGS,
+            "positions": POSITION_KINDS,
+            "arch": ARCHS,
+            "structure": STRUCTURES,
+        }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"model.{name} must be one of {', '.join(allowed)}; got {getattr(self, name)!r}")
@@ -216,6 +228,7 @@ class Block(nn.Module):
 
     def __init__(self, cfg: ModelConfig, name: str, options: dict[str, Any]) -> None:
         super().__init__()
+        self.name = name
         self.pre_norm = cfg.norm == "pre"
         self.norm1, self.norm2 = nn.LayerNorm(cfg.dim), nn.LayerNorm(cfg.dim)
         # a ready options instance: an option set to None (reformer's hash_seed) stays None, not the default
@@ -290,6 +303,28 @@ class Encoder(nn.Module):
         self.drop = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(Block(cfg, *cfg.layer_spec(i, self.embed.length)) for i in range(cfg.num_layers))
         self.norm = nn.LayerNorm(cfg.dim) if cfg.norm == "pre" else nn.Identity()
+        if cfg.structure == "nystromformer-lra":
+            self._share_as_nystromformer_lra()
+
+    def _share_as_nystromformer_lra(self) -> None:
+        """The official LRA model's layout: one linformer ``E`` for every layer, bias-free reformer ``qkv``.
+
+        Raises:
+            ValueError: linformer layers whose ``E`` shapes differ (one tensor cannot serve them all).
+        """
+        linformer = [block.attn for block in self.blocks if block.name == "linformer"]
+        for attn in linformer[1:]:
+            if attn.e_proj.shape != linformer[0].e_proj.shape:
+                raise ValueError(
+                    "model.structure nystromformer-lra shares one linformer E across layers, but their shapes "
+                    f"differ: {tuple(linformer[0].e_proj.shape)} and {tuple(attn.e_proj.shape)}"
+                )
+            attn.e_proj = linformer[0].e_proj
+        for block in self.blocks:
+            if block.name == "reformer":
+                with torch.no_grad():
+                    block.attn.qkv.bias.zero_()
+                block.attn.qkv.bias.requires_grad_(False)
 
     def embed_inputs(self, inputs: Tensor, mask: Tensor, start: int = 0) -> tuple[Tensor, Tensor]:
         """Embedded, position-encoded tokens ``(B, T, D)`` (CLS first when pooling is "cls") and their mask.

@@ -33,6 +33,8 @@ Departures and reproduced quirks:
   CLS pooling reproduces ``append_cls``: id ``vocab_size - 1`` first, the last input token dropped.
 * Attention dropout acts only in softmax, as in the official kernels (the others have none; HF's LSH
   dropout is 0 by default).
+* The model is built with ``ModelConfig.structure = "nystromformer-lra"`` (also the ``attnzoo train
+  --preset nystromformer`` setting), which gives the two layout rules below.
 * linformer: the official ``E`` is one class-level parameter shared by every layer (N4); the layers'
   ``e_proj`` are tied to one parameter, so training updates it once with the summed gradient (the
   official singleton is also shared across models in a process; here each model has its own).
@@ -248,6 +250,7 @@ def build_nystromformer_lra(config: Mapping[str, Any], state_dict: Mapping[str, 
         norm="pre",
         pooling=_POOLING[config["pooling_mode"]],
         positions="learned",
+        structure="nystromformer-lra",
     )
     task = TaskSpec(
         name=f"{SOURCE}-{'retrieval' if dual else 'classifier'}",
@@ -267,11 +270,6 @@ def build_nystromformer_lra(config: Mapping[str, Any], state_dict: Mapping[str, 
     blocks = classifier.encoder.blocks
     if config["tied_weights"]:
         classifier.encoder.blocks = nn.ModuleList([blocks[0]] * len(blocks))
-    for block in classifier.encoder.blocks:
-        if kind == "linformer":
-            block.attn.e_proj = classifier.encoder.blocks[0].attn.e_proj
-        if kind == "reformer":
-            block.attn.qkv.bias.requires_grad_(False)
     model = LRAModel(classifier, mixed_precision=bool(config["mixed_precision"]))
     if state_dict is not None:
         load_converted(model, convert_lra_model(state_dict, config, entry, args), strict=True)
