@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from attnzoo.sparse.kernels import Kernel, pick_kernel
@@ -53,7 +54,7 @@ softmax, dense 1.07x; share 0.62 at N = 512: sparse 1.06-1.22x, dense 1.04x)."""
 CACHE_BYTES = 128 * 2**20
 """Most bytes the cached masks may hold together; the oldest go first."""
 
-_CACHE: dict[tuple[int | str | bool, ...], tuple[list[SparsePattern], Tensor | None, Tensor]] = {}
+_CACHE: dict[tuple[object, ...], tuple[list[SparsePattern], Tensor | None, Tensor]] = {}
 _UNMASKED: dict[tuple[Any, ...], tuple[list[SparsePattern], bool, bool]] = {}
 """Per pattern list, causality, dtype and device: whether :func:`fused_dense` may run it and whether it is plain
 (causal) softmax (at most :data:`UNMASKED_ENTRIES`; the patterns are kept alive, so their ids stay theirs)."""
@@ -142,7 +143,7 @@ def _multiplicity(
     """``(Hp, N, N)`` ``log`` of how many patterns allow each pair (``-inf`` for none), or ``None`` when
     every pair is allowed exactly once (plain softmax), and ``(Hp, N)`` rows with a key. ``causal``
     drops the pairs with key after query. Cached per pattern list, causality, dtype and device."""
-    key = (*(id(p) for p in patterns), causal, str(dtype), str(device), group is not None)
+    key = (*(id(p) for p in patterns), causal, dtype, device, group is not None)
     hit = _CACHE.get(key)
     if hit is not None:
         return hit[1], hit[2]
@@ -264,10 +265,9 @@ def fused_dense(
         bias = bias[(None,) * (4 - bias.dim())]
     note_path("fused-dense")
     note_scores(q.shape[:-2].numel(), q.shape[-2], k.shape[-2], causal)
-    out, _ = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
-        q, k, v, 0.0, causal, attn_mask=bias, scale=scale
-    )
-    return out
+    # SDPA runs the same fused CPU kernel (flash, float mask allowed) with less Python than the aten op; a causal
+    # bias already holds -inf above the diagonal, and SDPA refuses is_causal beside a mask
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, is_causal=causal and bias is None, scale=scale)
 
 
 def _unmasked_plan(
@@ -368,7 +368,9 @@ class _Grouped(torch.autograd.Function):
             kernel.forward(q[:, c], k[:, c], v[:, c], None if bias is None else bias[:, c], causal, scale, None)
             for c in _row_chunks(q)
         ]
-        out, lse = torch.cat([p[0] for p in parts], 1), torch.cat([p[1] for p in parts], 1)
+        out, lse = (
+            parts[0] if len(parts) == 1 else (torch.cat([p[0] for p in parts], 1), torch.cat([p[1] for p in parts], 1))
+        )
         ctx.save_for_backward(q, k, v, bias, out, lse)
         if bias is None:
             return out, lse

@@ -49,7 +49,7 @@ def pick_executor(
     """The executor that will run: for ``auto``, ``flex`` on CUDA when every pattern's block size is a
     multiple of 128 and there is no attention dropout, else ``gather``; otherwise the executor named."""
     if requested == "auto":
-        flex_ok = q.device.type == "cuda" and not dropout and all(bs % FLEX_BLOCK == 0 for bs in block_sizes)
+        flex_ok = q.is_cuda and not dropout and all(bs % FLEX_BLOCK == 0 for bs in block_sizes)
         return "flex" if flex_ok else "gather"
     if requested not in EXECUTOR_NAMES:
         raise ValueError(f"unknown executor {requested!r}; choose from {', '.join(EXECUTOR_NAMES)}")
@@ -343,7 +343,7 @@ def _copies(patterns: Sequence[SparsePattern], causal: bool) -> int:
         ValueError: patterns with different copies, fewer than 1, or ``causal`` with copies (the flag
             would compare virtual positions).
     """
-    found = {p.copies for p in patterns}
+    found = {patterns[0].copies} if len(patterns) == 1 else {p.copies for p in patterns}
     if len(found) != 1 or min(found) < 1:
         raise ValueError(f"patterns must share one copies value >= 1; got {sorted(found)}")
     copies = found.pop()

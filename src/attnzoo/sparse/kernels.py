@@ -195,8 +195,7 @@ def pick_kernel(device: torch.device, dtype: torch.dtype, name: str = "auto", *,
     Raises:
         ValueError: an unknown name, or ``cpu_flash`` for inputs it cannot take.
     """
-    has_op = hasattr(_aten, "_scaled_dot_product_flash_attention_for_cpu_backward")
-    flash_ok = device.type == "cpu" and has_op and equal_widths and dtype in _FLASH_DTYPES
+    flash_ok = device.type == "cpu" and _HAS_FLASH_BACKWARD and equal_widths and dtype in _FLASH_DTYPES
     if name == "auto":
         return KERNELS["cpu_flash" if flash_ok else "math"]
     if name not in KERNELS:
@@ -210,3 +209,4 @@ def pick_kernel(device: torch.device, dtype: torch.dtype, name: str = "auto", *,
 
 
 _FLASH_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
+_HAS_FLASH_BACKWARD = hasattr(_aten, "_scaled_dot_product_flash_attention_for_cpu_backward")

@@ -18,6 +18,25 @@ def check_qkv(q: Tensor, k: Tensor, v: Tensor, *, cross: bool = True) -> None:
         ValueError: wrong rank, mismatched batch/heads/lengths/widths, or S != N when ``cross`` is off.
         TypeError: non-floating dtypes, mixed dtypes or devices.
     """
+    try:  # the common case in one expression; the loop below names what is wrong
+        ok = (
+            q.dim() == k.dim() == v.dim() == 4
+            and q.dtype == k.dtype == v.dtype
+            and q.is_floating_point()
+            and q.device == k.device == v.device
+            and q.shape[:2] == k.shape[:2]
+            and k.shape[:3] == v.shape[:3]
+            and q.shape[3] == k.shape[3]
+            and (cross or q.shape[2] == k.shape[2])
+        )
+    except AttributeError:
+        ok = False
+    if not ok:
+        _explain_qkv(q, k, v, cross)
+
+
+def _explain_qkv(q: Tensor, k: Tensor, v: Tensor, cross: bool) -> None:
+    """Raise the error of :func:`check_qkv` that names the first problem."""
     for name, t in (("q", q), ("k", k), ("v", v)):
         if not isinstance(t, Tensor):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
