@@ -265,9 +265,13 @@ def fused_dense(
         bias = bias[(None,) * (4 - bias.dim())]
     note_path("fused-dense")
     note_scores(q.shape[:-2].numel(), q.shape[-2], k.shape[-2], causal)
-    # SDPA runs the same fused CPU kernel (flash, float mask allowed) with less Python than the aten op; a causal
-    # bias already holds -inf above the diagonal, and SDPA refuses is_causal beside a mask
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, is_causal=causal and bias is None, scale=scale)
+    if causal and bias is not None:  # SDPA refuses a mask beside is_causal; the kernel takes both and skips j > i
+        out, _ = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+            q, k, v, 0.0, True, attn_mask=bias, scale=scale
+        )
+        return out
+    # the same fused kernel through SDPA, with less Python than the aten op
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, is_causal=causal, scale=scale)
 
 
 def _unmasked_plan(
