@@ -273,3 +273,30 @@ def test_real_listops_mini_integration(tmp_path: Path, monkeypatch: pytest.Monke
     )
     results = train(cfg)
     assert results["task"] == "listops-mini" and results["test_examples"] == 16 and results["steps"] == 2
+
+
+def test_nonfinite_loss_stops_before_a_checkpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A NaN loss from step 6 on: the run stops at the step-8 checkpoint without writing it; last.pt stays step 4."""
+    from attnzoo.models.heads import TaskModel
+
+    calls = {"n": 0}
+    loss = TaskModel.loss
+
+    def poisoned(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        value, correct, count = loss(self, *args, **kwargs)
+        calls["n"] += self.training
+        return (value * math.nan if calls["n"] >= 6 else value), correct, count
+
+    monkeypatch.setattr(TaskModel, "loss", poisoned)
+    run_dir = tmp_path / "run"
+    overrides = {**SMALL, "task": "toy", "steps": 30, "log_every": 10, "save_every": 4, "eval_every": 20}
+    cfg = load_config(None, {**overrides, "out_dir": str(run_dir)})
+    with pytest.raises(FloatingPointError, match=r"step 8/30: the train loss is nan .*checkpoints in .* before it"):
+        train(cfg)
+    state = load_checkpoint(run_dir / "last.pt")
+    assert state["step"] == 4
+    calls["n"] = 0
+    cfg = load_config(None, {**overrides, "log_every": 4, "out_dir": str(tmp_path / "logged")})
+    with pytest.raises(FloatingPointError, match=r"step 8/30: the train loss is nan"):
+        train(cfg)  # caught by the log at step 8, which comes first
+    assert math.isnan(train_losses(tmp_path / "logged")[8])

@@ -26,6 +26,7 @@ shows how the run goes.
 from __future__ import annotations
 
 import contextlib
+import math
 import signal
 import sys
 import threading
@@ -53,6 +54,7 @@ __all__ = [
     "STOP_REASONS",
     "TrainingInterrupted",
     "autocast",
+    "check_finite",
     "evaluate",
     "evaluate_and_checkpoint",
     "finish",
@@ -193,6 +195,7 @@ def log_train(run: Run, window: torch.Tensor, logger: MetricLogger, bar: tqdm) -
         "train_time_s": train_time,
     }
     logger.log(record, flush=False)
+    _refuse_nonfinite(run, record["loss"])
     rate = run.state.step / max(train_time, 1e-9)
     bar.set_postfix(loss=record["loss"], acc=record["accuracy"], steps_s=rate)
     if bar.disable and run.info.is_main:
@@ -201,6 +204,25 @@ def log_train(run: Run, window: torch.Tensor, logger: MetricLogger, bar: tqdm) -
             f"| lr {record['lr']:.3g} | {rate:.2f} steps/s"
         )
     window.zero_()
+
+
+def check_finite(run: Run, window: torch.Tensor) -> None:
+    """Raise ``FloatingPointError`` when the train loss summed in ``window`` since the last log is NaN or inf.
+
+    Called before anything is saved, so no checkpoint holds the weights that produced it. Every process
+    calls it at the same steps (one small all-reduce), so all of them stop together.
+    """
+    total = all_reduce_sum(window[:1].clone(), run.info)
+    _refuse_nonfinite(run, total.item())
+
+
+def _refuse_nonfinite(run: Run, loss: float) -> None:
+    if not math.isfinite(loss):
+        raise FloatingPointError(
+            f"{_step_label(run)}: the train loss is {loss} (since the last log); the run stopped before saving, "
+            f"so the checkpoints in {run.cfg.run_dir()} are from before it. Try a lower --lr, --grad-clip 1.0 "
+            "or --precision fp32, then --resume auto --resume-with-new-settings"
+        )
 
 
 def say(line: str) -> None:
@@ -373,6 +395,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                 step, reason = run.state.step, stop_reason(run, received)
                 if step % cfg.log_every == 0 or reason is not None:
                     log_train(run, window, logger, bar)
+                elif step % cfg.eval_every == 0 or (cfg.save_every and step % cfg.save_every == 0):
+                    check_finite(run, window)  # a checkpoint follows
                 if isinstance(reason, int):  # a signal: save where it stands, no evaluation
                     checkpoint_last(run, logger)
                     bar.close()
