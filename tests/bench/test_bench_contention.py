@@ -194,7 +194,9 @@ def test_bench_runs_the_sweep_once_per_load_and_keys_the_records(monkeypatch, st
         calls.append((len(started), all(not _gone(p) for p in started), kwargs["env"]))
         ms = {"softmax": 2.0, "local": 3.0 if len(calls) == 1 else 9.0}
         tasks = [task for group in groups for task in group.tasks if task["kind"] == "time"]
-        return [{**task, "pass": "fwd", "status": "ok", "ms": ms[task["mechanism"]], "threads": 1} for task in tasks]
+        records = [{**task, "pass": "fwd", "status": "ok", "ms": ms[task["mechanism"]], "threads": 1} for task in tasks]
+        kwargs["on_records"](records)  # as run_groups does, task by task
+        return records
 
     monkeypatch.setattr(attnzoo.bench.isolate, "run_groups", fake)
     argv = ["bench", "--mechanisms", "softmax", "local", "--lengths", "64", "--no-errors", "--forward-only"]
@@ -231,6 +233,33 @@ def test_busy_processes_are_gone_when_the_sweep_raises(monkeypatch, started):
     with pytest.raises(RuntimeError, match="a worker could not be started"):
         main([*TINY, "--contention", "2", "--contention-kind", "spin"])
     assert len(started) == 2 and all(_gone(p) for p in started)
+
+
+@linux_only
+def test_a_sweep_stopped_early_keeps_the_records_it_measured(monkeypatch, started, tmp_path, capsys):
+    """Quiet records, then a busy process killed during the loaded sweep: both loads' records are written (the
+    loaded ones marked ``load_incomplete``), and the error still stops the command."""
+    import attnzoo.bench.isolate
+
+    def fake(groups, *, on_records, **kwargs):
+        tasks = [task for group in groups for task in group.tasks if task["kind"] == "time"]
+        for task in tasks:
+            on_records([{**task, "pass": "fwd", "status": "ok", "ms": 1.0}])
+        if started:  # the loaded sweep: its busy process dies before the end
+            os.kill(started[0], signal.SIGKILL)
+            deadline = time.monotonic() + 10.0
+            while _stat(started[0])[0] != "Z" and time.monotonic() < deadline:  # dead, not yet reaped
+                time.sleep(0.02)
+        return []
+
+    monkeypatch.setattr(attnzoo.bench.isolate, "run_groups", fake)
+    out = tmp_path / "sweep"
+    with pytest.raises(RuntimeError, match="1 of 1 busy spin processes exited during the benchmark"):
+        main([*TINY, "--contention", "0", "1", "--contention-kind", "spin", "--out-dir", str(out)])
+    records = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
+    assert [(r["contention"], r.get("load_incomplete", False)) for r in records] == [(0, False), (1, True)]
+    assert all(r["env"]["torch"] for r in records)
+    assert "# attnzoo bench: stopped early; the 2 records measured are written" in capsys.readouterr().err
 
 
 def test_the_printed_command_reruns_the_same_loads():

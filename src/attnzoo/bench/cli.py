@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import shlex
 import sys
@@ -182,6 +183,12 @@ def _progress(records: list[dict[str, Any]]) -> None:
         )
 
 
+def _keep(records: list[dict[str, Any]], fields: dict[str, Any], part: list[dict[str, Any]]) -> None:
+    """Print ``part``'s progress lines and add its records, with ``fields``, to ``records`` as they arrive."""
+    _progress(part)
+    records.extend({**r, **fields} for r in part)
+
+
 def _check_destinations(args: argparse.Namespace) -> None:
     """Raises ValueError before the sweep when an output path cannot be written (a folder where a file goes,
     or a file where the folder goes)."""
@@ -278,21 +285,33 @@ def _run(args: argparse.Namespace) -> int:
     env = environment()
     print(f"# attnzoo bench: {env}", file=sys.stderr)
     groups = _tasks(args, preset, mechanisms, options)
-    records = []
-    for count in args.contention:  # the whole sweep once per load, quiet first when asked
-        with Contention(count, args.contention_kind) as load:
-            pids = f" (pids {', '.join(map(str, load.pids))})" if load.pids else ""
-            print(f"# load: {load_label(count, args.contention_kind, args.threads)}{pids}", file=sys.stderr)
-            part = run_groups(
-                groups,
-                timeout=preset.time_budget_s,
-                memory_budget_mib=preset.memory_budget_mib,
-                python=sys.executable,
-                env={"ATTNZOO_BENCH_THREADS": str(args.threads)} if args.threads else None,
-                on_records=_progress,
-            )
-            load.check()
-        records += [{**r, "env": env, **load.fields()} for r in part]
+    records: list[dict[str, Any]] = []
+    try:
+        for count in args.contention:  # the whole sweep once per load, quiet first when asked
+            with Contention(count, args.contention_kind) as load:
+                pids = f" (pids {', '.join(map(str, load.pids))})" if load.pids else ""
+                print(f"# load: {load_label(count, args.contention_kind, args.threads)}{pids}", file=sys.stderr)
+                first = len(records)
+                run_groups(
+                    groups,
+                    timeout=preset.time_budget_s,
+                    memory_budget_mib=preset.memory_budget_mib,
+                    python=sys.executable,
+                    env={"ATTNZOO_BENCH_THREADS": str(args.threads)} if args.threads else None,
+                    on_records=functools.partial(_keep, records, {"env": env, **load.fields()}),
+                )
+                try:
+                    load.check()
+                except RuntimeError:
+                    for record in records[first:]:
+                        record["load_incomplete"] = True  # measured while fewer busy processes ran
+                    raise
+    except BaseException:
+        if records:  # a sweep stopped early (an error, Ctrl-C, a busy process gone) keeps what it measured
+            add_floor(records)
+            _write_records(args, records)
+            print(f"# attnzoo bench: stopped early; the {len(records)} records measured are written", file=sys.stderr)
+        raise
     add_floor(records)
     _write_records(args, records)  # before the report: a sweep is never lost to a reporting error
     report = format_report(records, env, _command(preset, mechanisms, args))
