@@ -155,3 +155,19 @@ def test_shapes2d_config_is_the_documented_cpu_run() -> None:
     model = build_model(tasks.get("shapes2d"), cfg.model)
     assert isinstance(model, ViTClassifier) and model.grid == (8, 8)
     assert sum(p.numel() for p in model.parameters()) == 29_154
+
+
+def test_adamw_leaves_the_position_embedding_undecayed() -> None:
+    """``no_weight_decay()`` of a submodule (the ViT's ``pos_embed``, timm's convention) reaches build_optimizer."""
+    from attnzoo.train.optim import build_optimizer, no_weight_decay_names
+
+    model = build_model(tasks.get("shapes2d"), ModelConfig(arch="vit", **TINY))
+    (name,) = no_weight_decay_names(model)
+    assert name.endswith("pos_embed")
+    pos_embed = dict(model.named_parameters())[name]
+    assert pos_embed.dim() == 4  # a matrix-shaped parameter: the dim rule alone would decay it
+    optimizer = build_optimizer(model, TrainConfig(weight_decay=0.05))
+    decayed, undecayed = optimizer.param_groups
+    assert decayed["weight_decay"] == 0.05 and undecayed["weight_decay"] == 0.0
+    assert any(p is pos_embed for p in undecayed["params"]) and not any(p is pos_embed for p in decayed["params"])
+    assert len(decayed["params"]) + len(undecayed["params"]) == len(list(model.parameters()))

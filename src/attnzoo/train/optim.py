@@ -30,6 +30,7 @@ __all__ = [
     "build_optimizer",
     "build_scheduler",
     "lr_factor",
+    "no_weight_decay_names",
     "optimizer_for",
     "run_tasks_adamw",
     "run_tasks_one_cycle",
@@ -121,16 +122,28 @@ def run_tasks_training(cfg: Any) -> dict[str, Any]:
 def build_optimizer(model: nn.Module, cfg: Any) -> torch.optim.AdamW:
     """The optimiser ``cfg.optimizer`` names for ``model``.
 
-    ``adamw``: weight decay on matrices only (biases, norms and 1-D parameters are not decayed), ``cfg``'s
-    betas and eps. ``nystromformer-lra``: :func:`run_tasks_adamw` over every parameter.
+    ``adamw``: weight decay on matrices only (biases, norms and 1-D parameters are not decayed, nor the
+    parameters a submodule lists in its ``no_weight_decay()``, timm's convention: the ViT's ``pos_embed``),
+    ``cfg``'s betas and eps. ``nystromformer-lra``: :func:`run_tasks_adamw` over every parameter.
     """
     if cfg.optimizer == "nystromformer-lra":
         return run_tasks_adamw(model.parameters(), run_tasks_training(cfg))
-    params = [p for p in model.parameters() if p.requires_grad]
-    decay = [p for p in params if p.dim() >= 2]
-    no_decay = [p for p in params if p.dim() < 2]
+    skip = no_weight_decay_names(model)
+    params = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+    decay = [p for name, p in params if p.dim() >= 2 and name not in skip]
+    no_decay = [p for name, p in params if p.dim() < 2 or name in skip]
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps)
+
+
+def no_weight_decay_names(model: nn.Module) -> set[str]:
+    """Full names of the parameters that submodules of ``model`` list in their ``no_weight_decay()``."""
+    names: set[str] = set()
+    for prefix, module in model.named_modules():
+        listed = getattr(module, "no_weight_decay", None)
+        if callable(listed):
+            names |= {f"{prefix}.{name}" if prefix else name for name in listed()}
+    return names
 
 
 def lr_factor(schedule: str, step: int, warmup: int, total: int) -> float:
