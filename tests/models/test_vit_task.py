@@ -137,6 +137,15 @@ def test_train_cli_on_shapes2d(tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert results["steps"] == 3 and results["test_examples"] == 16 and 0.0 <= results["accuracy"] <= 1.0
     assert results["images_per_s"] == pytest.approx(3 * 8 / results["train_time_s"])
     assert '"images_per_s"' in capsys.readouterr().out
+    from attnzoo.viz.attention_map import attention_maps_from_checkpoint
+
+    maps, info = attention_maps_from_checkpoint(tmp_path / "run" / "best.pt", 2, split="test")
+    assert len(maps) == 1 and maps[0].shape == (2, 64, 64) and info["tokens"] == 64  # every patch is real
+    torch.testing.assert_close(maps[0].sum(-1), torch.ones(2, 64))
+    pytest.importorskip("matplotlib")
+    out = tmp_path / "map.png"
+    argv = ["attention-map", "--checkpoint", str(tmp_path / "run" / "best.pt"), "--index", "2", "--out", str(out)]
+    assert attnzoo_main(argv) == 0 and out.read_bytes()[:4] == b"\x89PNG"
 
 
 def test_shapes2d_config_is_the_documented_cpu_run() -> None:

@@ -73,6 +73,10 @@ class TaskModel(nn.Module):
         """The token grid ``(h, w)`` of an image task, else None."""
         return self.encoder.embed.grid
 
+    def attention_mask(self, batch: dict[str, Tensor]) -> Tensor:
+        """``(B, T)`` bool: the tokens the attention layers read (a CLS token first where pooling adds one)."""
+        return self.encoder.embed_inputs(batch["input_ids"], batch["mask"])[1]
+
     @torch.no_grad()
     def attention_maps(self, batch: dict[str, Tensor]) -> list[Tensor]:
         """Per-layer dense attention weights ``(B, H, T, T)`` of the (first) input."""

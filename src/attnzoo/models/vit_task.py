@@ -61,7 +61,8 @@ def vit_config_for(task: Any, cfg: ModelConfig) -> ViTConfig:
 
 
 class ViTClassifier(nn.Module):
-    """``forward(batch) -> logits (B, K)``; ``loss``, ``length``, ``grid`` and ``attention_maps`` as the task models.
+    """``forward(batch) -> logits (B, K)``; ``loss``, ``length``, ``grid``, ``attention_mask`` and ``attention_maps``
+    as the task models.
 
     Each block's attention is ``cfg.layer_spec(i)`` (so ``model.layer_attention`` works), 2D mechanisms
     with the patch grid filled in (:func:`~attnzoo.models.vit.grid_attention_options`).
@@ -112,6 +113,11 @@ class ViTClassifier(nn.Module):
     ) -> tuple[Tensor, Tensor, Tensor]:
         """``(mean loss, number correct, number scored)`` (see :func:`attnzoo.models.heads.score`)."""
         return score(self.task, outputs, batch["label"], label_smoothing)
+
+    def attention_mask(self, batch: dict[str, Tensor]) -> Tensor:
+        """``(B, T)`` bool: every patch token is real."""
+        ids = batch["input_ids"]
+        return torch.ones(ids.shape[0], self.length, dtype=torch.bool, device=ids.device)
 
     @torch.no_grad()
     def attention_maps(self, batch: dict[str, Tensor]) -> list[Tensor]:

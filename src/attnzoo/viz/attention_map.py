@@ -39,13 +39,12 @@ def attention_maps_from_checkpoint(
     if not 0 <= index < len(dataset):
         raise ValueError(f"--index {index} is out of range: the {split} split has {len(dataset)} examples")
     batch = tasks.collate([dataset[index]])
-    tokens = model.encoder.embed.length + (1 if config["model"]["pooling"] == "cls" else 0)
-    if tokens > MAX_TOKENS:
-        raise ValueError(f"attention maps materialise T x T weights; T = {tokens} exceeds {MAX_TOKENS}")
     with torch.no_grad():
+        mask = model.attention_mask(batch)
+        if mask.shape[1] > MAX_TOKENS:
+            raise ValueError(f"attention maps materialise T x T weights; T = {mask.shape[1]} exceeds {MAX_TOKENS}")
         maps = [m[0] for m in model.attention_maps(batch)]
         prediction = model(batch)[0]
-        _, mask = model.encoder.embed_inputs(batch["input_ids"], batch["mask"])
     real = int(mask[0].nonzero().max().item()) + 1 if mask.any() else mask.shape[1]
     maps = [m[:, :real, :real] for m in maps]
     label = batch["label"][0]
