@@ -104,21 +104,7 @@ def test_twelve_training_steps_give_the_official_losses(case):
     assert close(torch.tensor(losses, dtype=torch.float64), fixture["losses"])
 
 
-PERFORMER_BACKWARD = (
-    "performer-pytorch 0.15.0 backpropagates through its feature stabilisers (torch.max of the projections, "
-    "not detached; with the +1e-4 feature eps they do not cancel); attnzoo's compat nystromformer-lra detaches "
-    "them: same forward and losses, q/k projection weights about 3e-4 relative apart after 12 steps (equal to "
-    "1.5e-6 against the official run with the max detached)"
-)
-
-
-@pytest.mark.parametrize(
-    "case",
-    [
-        pytest.param(c, marks=pytest.mark.xfail(strict=True, reason=PERFORMER_BACKWARD)) if c == "performer" else c
-        for c in CASES
-    ],
-)
+@pytest.mark.parametrize("case", CASES)
 def test_twelve_training_steps_give_the_official_weights(case):
     """The weights after the 12 steps equal the official ones (mapped to attnzoo's names)."""
     fixture = load(case)

@@ -65,6 +65,7 @@ def favor_feature_maps(
     feature_eps: float = 0.0,
     stabilise_pads: bool = False,
     per_key: bool = False,
+    differentiable_stabilisers: bool = False,
 ) -> tuple[Callable[[Tensor], Tensor], FeatureFn]:
     """The query and key feature maps of :func:`performer_attention` for the engine ``feature_attention``.
 
@@ -79,7 +80,11 @@ def favor_feature_maps(
     Args:
         projection: ``W``, ``(H, m, d)`` in the working dtype; scale: s; kernel: ``"softmax"`` or ``"relu"``;
         feature_eps: constant added to every query feature (the engine adds it to real keys).
+        differentiable_stabilisers: let gradients flow through the row and key maxima, as performer-pytorch
+            0.15.0 (the Nystromformer-LRA code's) does; with ``feature_eps`` they do not cancel, so this
+            changes the gradients, not the output.
     """
+    keep_graph = (lambda t: t) if differentiable_stabilisers else Tensor.detach
     root_m = math.sqrt(projection.shape[-2])
     log_root_m = 0.5 * math.log(projection.shape[-2])
 
@@ -88,10 +93,11 @@ def favor_feature_maps(
         if kernel == "relu":
             feats = torch.relu(proj_term) / root_m
         else:  # one fused shift per row: |x|^2 term (a row constant, dropped when causal), stabiliser, 1/sqrt(m)
-            shift = proj_term.detach().amax(-1, keepdim=True) + log_root_m
+            shift = keep_graph(proj_term).amax(-1, keepdim=True) + log_root_m
             if not per_key or feature_eps:  # with eps the |x|^2 term sets the features' weight against eps
                 shift = shift + norm_term
-            feats = proj_term.sub_(shift).exp_()  # in place: the (C x m) product is a fresh temporary
+            # in place where nothing saved proj_term (it is a fresh temporary); amax's backward reads it
+            feats = (proj_term - shift).exp() if differentiable_stabilisers else proj_term.sub_(shift).exp_()
         return feats + feature_eps if feature_eps else feats
 
     def key_features(x: Tensor, real: Tensor | None) -> tuple[Tensor, Tensor | None]:
@@ -100,14 +106,14 @@ def favor_feature_maps(
         if kernel == "relu":
             feats = torch.relu(proj_term) / root_m
             return (feats if keep is None else feats * keep.to(feats.dtype)), None
-        candidates = proj_term.detach()
+        candidates = keep_graph(proj_term)
         if per_key:  # the largest log-feature of each key, the norm term included
-            candidates = candidates - norm_term.detach()
+            candidates = candidates - keep_graph(norm_term)
         if keep is not None and (per_key or not stabilise_pads):
             candidates = candidates.masked_fill(~keep, -math.inf)
         log_scale = candidates.amax(dim=-1 if per_key else (-2, -1), keepdim=True)  # (B, H, C or 1, 1)
         shift = norm_term + log_scale.masked_fill(log_scale == -math.inf, 0.0) + log_root_m
-        exponent = proj_term.sub_(shift)
+        exponent = proj_term - shift if differentiable_stabilisers else proj_term.sub_(shift)
         if keep is not None:
             exponent = exponent.masked_fill_(~keep, -math.inf)
         return exponent.exp_(), log_scale
@@ -155,8 +161,10 @@ def performer_attention(
         compat: reproduce an official code's quirks (``shared/specs/official-code-behaviour.md``):
             ``"efficient-attention"`` -- key stabiliser over all keys including pads (E1), normaliser
             clamped at 1e-2 (E2); ``"nystromformer-lra"`` (performer-pytorch) -- ``s = 1/d`` (N6), pads are
-            zero keys that still count in the normaliser, one stabiliser over the whole batch (N7). Both
-            draw the default projection with the raw QR (``draw_projection(raw_qr=True)``).
+            zero keys that still count in the normaliser, one stabiliser over the whole batch (N7), and
+            gradients through the stabilisers (performer-pytorch 0.15.0 does not detach its maxima; with
+            ``feature_eps`` they change the gradients). Both draw the default projection with the raw QR
+            (``draw_projection(raw_qr=True)``).
         seed: seed of the default projection.
         chunk_size: tokens per chunk (default: automatic).
 
@@ -183,7 +191,13 @@ def performer_attention(
         chunk = chunk_size or chunk_length(b * h, proj.shape[-2], max(n, k.shape[-2]), causal=False)
         return favor_attention_fused(q.to(work), k.to(work), v.to(work), proj, mask, s, chunk).to(q.dtype)
     query_features, key_features = favor_feature_maps(
-        proj, scale=s, kernel=kernel, feature_eps=feature_eps, stabilise_pads=stabilise_pads, per_key=causal
+        proj,
+        scale=s,
+        kernel=kernel,
+        feature_eps=feature_eps,
+        stabilise_pads=stabilise_pads,
+        per_key=causal,
+        differentiable_stabilisers=compat == "nystromformer-lra",
     )
     return feature_attention(
         q.to(work),

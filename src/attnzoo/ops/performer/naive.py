@@ -47,8 +47,11 @@ def naive_performer_attention(
     if kernel == "relu":
         phi_q, phi_k = wq.clamp_min(0) / m**0.5, wk.clamp_min(0) / m**0.5
     else:
-        c_q = wq.detach().amax(-1, keepdim=True)  # stabilisers are constants (detached), as in the official codes
-        pool = wk.detach()
+        # stabilisers are constants (detached), as in the official codes, except performer-pytorch 0.15.0's (the
+        # LRA code's), through which gradients flow
+        graph = wq if lra else wq.detach(), wk if lra else wk.detach()
+        c_q = graph[0].amax(-1, keepdim=True)
+        pool = graph[1]
         if compat != "efficient-attention":
             pool = pool.masked_fill(~real[:, None, :, None], float("-inf"))
         c_k = pool.amax(dim=(0, 1, 2, 3) if lra else (2, 3), keepdim=True)
