@@ -180,8 +180,9 @@ def performer_attention(
     _, h, _, d = q.shape
     work = torch.promote_types(q.dtype, torch.float32)
     proj = resolve_projection(projection, h, num_features, d, seed, q, compat).to(work)
-    s = (1.0 / d if compat == "nystromformer-lra" else d**-0.5) if scale is None else scale
-    if compat == "nystromformer-lra" and mask is not None:
+    lra = compat == "nystromformer-lra"
+    s = (1.0 / d if lra else d**-0.5) if scale is None else scale
+    if lra and mask is not None:
         real = mask[:, None, :, None].to(k.dtype)
         k, v, mask = k * real, v * real, None
     stabilise_pads = compat == "efficient-attention"
@@ -191,14 +192,9 @@ def performer_attention(
         chunk = chunk_size or chunk_length(b * h, proj.shape[-2], max(n, k.shape[-2]), causal=False)
         return favor_attention_fused(q.to(work), k.to(work), v.to(work), proj, mask, s, chunk).to(q.dtype)
     query_features, key_features = favor_feature_maps(
-        proj,
-        scale=s,
-        kernel=kernel,
-        feature_eps=feature_eps,
-        stabilise_pads=stabilise_pads,
-        per_key=causal,
-        differentiable_stabilisers=compat == "nystromformer-lra",
-    )
+        proj, scale=s, kernel=kernel, feature_eps=feature_eps, stabilise_pads=stabilise_pads, per_key=causal,
+        differentiable_stabilisers=lra,
+    )  # fmt: skip
     return feature_attention(
         q.to(work),
         k.to(work),
@@ -208,7 +204,7 @@ def performer_attention(
         mask=mask,
         causal=causal,
         eps=feature_eps,
-        global_frame=compat == "nystromformer-lra",
+        global_frame=lra,
         min_denominator=1e-2 if compat == "efficient-attention" else 0.0,
         chunk_size=chunk_size,
     ).to(q.dtype)
