@@ -343,7 +343,7 @@ def _copies(patterns: Sequence[SparsePattern], causal: bool) -> int:
         ValueError: patterns with different copies, fewer than 1, or ``causal`` with copies (the flag
             would compare virtual positions).
     """
-    found = {patterns[0].copies} if len(patterns) == 1 else {p.copies for p in patterns}
+    found = {p.copies for p in patterns}
     if len(found) != 1 or min(found) < 1:
         raise ValueError(f"patterns must share one copies value >= 1; got {sorted(found)}")
     copies = found.pop()
