@@ -40,7 +40,7 @@ __all__ = [
 POOLINGS = ("cls", "cls-id", "mean", "mean-all")
 CLS_POOLINGS = ("cls", "cls-id")  # the poolings that read a CLS token at position 0
 ARCHS = ("encoder", "vit")  # ModelConfig.arch: attnzoo.models.heads.build_model
-STRUCTURES = ("attnzoo", "nystromformer-lra")  # ModelConfig.structure: Encoder.apply_structure
+STRUCTURES = ("attnzoo", "nystromformer-lra")  # ModelConfig.structure (Encoder._share_as_nystromformer_lra)
 
 
 @dataclass
