@@ -20,7 +20,7 @@ The official ``vit/models/efficient_vit.py`` model (the EVA/LARA seed's ImageNet
 * Tensor names are the official ones except ``norm_before_pooling.*`` -> ``norm.*`` and each block's
   attention tensors, converted by its ``from_official`` entry (e.g. LARA's generator indices, EVA's RPE
   table); ``qkv_bias=False`` checkpoints get a zero ``qkv.bias``.
-* PVTv2 (``vit/models/pvt_legacy.py``) is not mapped.
+* PVTv2 (``vit/models/pvt_legacy.py``) is the ``efficient-attention-pvt`` source.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from attnzoo.official.models import register_official_model
 from attnzoo.official.registry import from_official, resolve_official
 from attnzoo.official.weights import load_converted
 
-__all__ = ["SOURCE", "SUPPORTED_ATTENTIONS"]
+__all__ = ["SOURCE", "SUPPORTED_ATTENTIONS", "block_attention_args"]
 
 SOURCE = "efficient-attention-vit"
 SUPPORTED_ATTENTIONS = ("softmax", "local", "eva", "lara", "performer")
@@ -52,23 +52,26 @@ _DEFAULTS: dict[str, Any] = {
 }
 
 
-def _attention_args(name: str, given: Mapping[str, Any], qkv_bias: bool, grid: tuple[int, int]) -> dict[str, Any]:
-    """The official attention arguments of one block (``seq_shape`` where the 4D input selects 2D).
+def block_attention_args(
+    source: str, name: str, given: Mapping[str, Any], qkv_bias: bool, grid: tuple[int, int]
+) -> dict[str, Any]:
+    """The official attention arguments of one block on a ``grid`` of patches (``seq_shape`` where the 4D
+    ``[B, h, w, C]`` input selects 2D); ``source`` names the model in errors.
 
     Raises:
-        ValueError: an attention the official ViT cannot run or attnzoo does not reproduce (named).
+        ValueError: an attention the official vision models cannot run or attnzoo does not reproduce (named).
     """
     if name not in SUPPORTED_ATTENTIONS:
         raise ValueError(
-            f"{SOURCE}: attention {name!r} is not supported; supported: {', '.join(SUPPORTED_ATTENTIONS)} "
+            f"{source}: attention {name!r} is not supported; supported: {', '.join(SUPPORTED_ATTENTIONS)} "
             "(scatterbrain: the official ViT fails without attn_2d, and its 2D form is not reproduced)"
         )
     args = {**given, "qkv_bias": qkv_bias}
     _, merged = resolve_official("efficient-attention", name, args)
     if name == "eva" and not merged["attn_2d"]:
-        raise ValueError(f"{SOURCE}: eva needs attn_2d=True (without it the official ViT fails on [B,H,W,C] input)")
+        raise ValueError(f"{source}: eva needs attn_2d=True (without it the official ViT fails on [B,H,W,C] input)")
     if name == "lara" and merged["proposal_gen"] == "adaptive-1d":
-        raise ValueError(f"{SOURCE}: lara proposal_gen='adaptive-1d' fails on the official ViT's [B,H,W,C] input")
+        raise ValueError(f"{source}: lara proposal_gen='adaptive-1d' fails on the official ViT's [B,H,W,C] input")
     if name in ("eva", "lara"):
         args["seq_shape"] = grid
     return args
@@ -121,7 +124,7 @@ def build_efficient_vit(config: Mapping[str, Any], state_dict: Mapping[str, Tens
     )
     vit.validate()
     name = vit.attention
-    layer_args = _attention_args(name, dict(cfg["attn_args"]), bool(cfg["qkv_bias"]), vit.grid)
+    layer_args = block_attention_args(SOURCE, name, dict(cfg["attn_args"]), bool(cfg["qkv_bias"]), vit.grid)
 
     def attention(index: int) -> nn.Module:
         return from_official("efficient-attention", name, dim=vit.dim, num_heads=vit.num_heads, args=layer_args)
