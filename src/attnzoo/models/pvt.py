@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 
 import attnzoo
-from attnzoo.models.vit import DropPath, grid_attention_options
+from attnzoo.models.vit import DropPath, grid_attention_options, init_vit_weights
 
 __all__ = ["PVT_CONFIGS", "PVTConfig", "PyramidVisionTransformer", "pvt_config"]
 
@@ -40,7 +40,6 @@ class PVTConfig:
     Attributes:
         image_size, in_chans, num_classes: square input side, input channels, classes (0 = features only).
         embed_dims, depths, num_heads, mlp_ratios, sr_ratios: per stage (four entries each).
-        qkv_bias: biases in the attention's q, k, v projections (the official ``base_config``: True).
         drop_rate, attn_drop_rate, drop_path_rate: dropout after the attention and in the MLP, on the
             attention weights, and the stochastic-depth rate of the last block (linear from 0).
         attention, attention_options: the mechanism of the stages with ``sr_ratio > 1`` and its options
@@ -55,7 +54,6 @@ class PVTConfig:
     num_heads: tuple[int, ...] = (2, 4, 10, 16)
     mlp_ratios: tuple[float, ...] = (8, 8, 4, 4)
     sr_ratios: tuple[int, ...] = (8, 4, 2, 1)
-    qkv_bias: bool = True
     drop_rate: float = 0.0
     attn_drop_rate: float = 0.0
     drop_path_rate: float = 0.0
@@ -125,16 +123,10 @@ def _patch_geometry(stage: int) -> tuple[int, int]:
 
 
 def init_pvt_weights(module: nn.Module) -> None:
-    """The official ``_init_weights``: Linear ``trunc_normal(0.02)``, bias 0; LayerNorm (1, 0); Conv2d
-    ``N(0, 2 / fan_out)`` with ``fan_out = k_h k_w out / groups``, bias 0."""
-    if isinstance(module, nn.Linear):
-        nn.init.trunc_normal_(module.weight, std=0.02)
-        if module.bias is not None:
-            nn.init.zeros_(module.bias)
-    elif isinstance(module, nn.LayerNorm):
-        nn.init.ones_(module.weight)
-        nn.init.zeros_(module.bias)
-    elif isinstance(module, nn.Conv2d):
+    """The official ``_init_weights``: :func:`~attnzoo.models.vit.init_vit_weights` (Linear, LayerNorm), and
+    Conv2d ``N(0, 2 / fan_out)`` with ``fan_out = k_h k_w out / groups``, bias 0."""
+    init_vit_weights(module)
+    if isinstance(module, nn.Conv2d):
         fan_out = module.kernel_size[0] * module.kernel_size[1] * module.out_channels // module.groups
         nn.init.normal_(module.weight, 0.0, math.sqrt(2.0 / fan_out))
         if module.bias is not None:

@@ -109,7 +109,6 @@ def build_efficient_pvt(config: Mapping[str, Any], state_dict: Mapping[str, Tens
         num_heads=tuple(int(v) for v in cfg["num_heads"]),
         mlp_ratios=tuple(float(v) for v in cfg["mlp_ratios"]),
         sr_ratios=tuple(int(v) for v in cfg["sr_ratios"]),
-        qkv_bias=bool(cfg["qkv_bias"]),
         attention=str(cfg["attn_name"]),
     )
     pvt.validate()
