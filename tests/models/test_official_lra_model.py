@@ -273,7 +273,7 @@ def test_checkpoints_written_before_the_optimizer_setting_resume(tmp_path):
     assert not changed
 
 
-def _encoder(structure: str, attention: str, **model) -> Encoder:
+def _encoder(structure: str, attention: str, dim: int = 8, **model) -> Encoder:
     from attnzoo.tasks import TaskSpec
 
     task = TaskSpec("t", 64, "tokens", 10, 0, 3, "class", False, 0, "accuracy", None, "")
@@ -281,7 +281,7 @@ def _encoder(structure: str, attention: str, **model) -> Encoder:
     cfg = ModelConfig(
         attention=attention,
         attention_options=options,
-        dim=8,
+        dim=dim,
         num_heads=2,
         dropout=0.0,
         attention_dropout=0.0,
@@ -327,6 +327,26 @@ def test_reformer_structure_freezes_a_zero_qkv_bias():
     assert all(block.attn.qkv.bias.requires_grad for block in softmax.blocks)
 
 
+@pytest.mark.parametrize("attention", ["softmax", "none", "nystrom", "linformer", "performer", "linear", "reformer"])
+def test_official_structure_keeps_the_linear_init_of_the_official_projections(attention):
+    """W_q/W_k/W_v/ff of the official model are plain ``nn.Linear``: U(+-1/sqrt(64)), std 1/sqrt(3 * 64)."""
+    torch.manual_seed(0)
+    official, ours = _encoder("nystromformer-lra", attention, dim=64), _encoder("attnzoo", attention, dim=64)
+    bound = 1 / 64**0.5
+    for block in official.blocks:
+        for linear in (block.attn.qkv, block.attn.proj):
+            assert linear.weight.abs().max() <= bound
+            assert abs(linear.weight.std().item() - bound / 3**0.5) < 0.004
+        assert block.attn.proj.bias.abs().max() <= bound and block.attn.proj.bias.std() > 0.05
+        if attention == "reformer":
+            assert not block.attn.qkv.bias.any()
+        else:
+            assert block.attn.qkv.bias.abs().max() <= bound and block.attn.qkv.bias.std() > 0.05
+    for block in ours.blocks:
+        for linear in (block.attn.qkv, block.attn.proj):
+            assert abs(linear.weight.std().item() - 0.02) < 0.002 and not linear.bias.any()
+
+
 def test_structure_errors_name_the_problem():
     with pytest.raises(ValueError, match=r"model.structure must be one of attnzoo, nystromformer-lra; got 'lra'"):
         _encoder("lra", "softmax")
@@ -338,3 +358,5 @@ def test_structure_errors_name_the_problem():
         ValueError, match=r"shares one linformer E across layers, but their shapes differ: \(2, 8, 64\)"
     ):
         _encoder("nystromformer-lra", "linformer", layer_attention=layers)
+    with pytest.raises(ValueError, match=r"structure nystromformer-lra needs attentions with qkv and proj .* 'psf'"):
+        _encoder("nystromformer-lra", "psf")

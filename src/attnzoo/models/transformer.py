@@ -40,7 +40,7 @@ __all__ = [
 POOLINGS = ("cls", "cls-id", "mean", "mean-all")
 CLS_POOLINGS = ("cls", "cls-id")  # the poolings that read a CLS token at position 0
 ARCHS = ("encoder", "vit")  # ModelConfig.arch: attnzoo.models.heads.build_model
-STRUCTURES = ("attnzoo", "nystromformer-lra")  # ModelConfig.structure (Encoder._share_as_nystromformer_lra)
+STRUCTURES = ("attnzoo", "nystromformer-lra")  # ModelConfig.structure (Encoder._as_nystromformer_lra)
 
 
 @dataclass
@@ -76,9 +76,11 @@ class ModelConfig:
             ratio, dropout, attention_dropout, patch_size and the attention; positions, norm, pooling and
             head_hidden do not apply).
         vit_options: arch vit: further ``ViTConfig`` fields (drop_path_rate, use_glu, patchify_stem, pos_emb).
-        structure: attnzoo (every layer owns its parameters) or nystromformer-lra (the official LRA model's
-            parameter layout: linformer layers share one ``E``, layer 0's ``e_proj``, as the official
-            class-level ``E``; reformer's ``qkv`` has no bias, as HF's LSH projections: zero and frozen).
+        structure: attnzoo (every layer owns its parameters; attention projections N(0, 0.02), zero bias) or
+            nystromformer-lra (the official LRA model's parameter layout and init: linformer layers share one
+            ``E``, layer 0's ``e_proj``, as the official class-level ``E``; reformer's ``qkv`` has no bias, as
+            HF's LSH projections: zero and frozen; the attention projections ``qkv``/``proj`` keep PyTorch's
+            ``nn.Linear`` init, as the official ``W_q``, ``W_k``, ``W_v`` and ``ff``).
     """
 
     attention: str = "softmax"
@@ -304,13 +306,16 @@ class Encoder(nn.Module):
         self.blocks = nn.ModuleList(Block(cfg, *cfg.layer_spec(i, self.embed.length)) for i in range(cfg.num_layers))
         self.norm = nn.LayerNorm(cfg.dim) if cfg.norm == "pre" else nn.Identity()
         if cfg.structure == "nystromformer-lra":
-            self._share_as_nystromformer_lra()
+            self._as_nystromformer_lra()
 
-    def _share_as_nystromformer_lra(self) -> None:
-        """The official LRA model's layout: one linformer ``E`` for every layer, bias-free reformer ``qkv``.
+    def _as_nystromformer_lra(self) -> None:
+        """The official LRA model's layout and init: one linformer ``E`` for every layer, bias-free reformer
+        ``qkv``, and ``nn.Linear``'s own init for the attention projections (U(+-1/sqrt(fan_in)) weights and
+        biases, as the official ``W_q``/``W_k``/``W_v``/``ff``; attnzoo's default is N(0, 0.02), zero bias).
 
         Raises:
-            ValueError: linformer layers whose ``E`` shapes differ (one tensor cannot serve them all).
+            ValueError: linformer layers whose ``E`` shapes differ (one tensor cannot serve them all), or an
+                attention without ``qkv`` (psf).
         """
         linformer = [block.attn for block in self.blocks if block.name == "linformer"]
         for attn in linformer[1:]:
@@ -321,6 +326,13 @@ class Encoder(nn.Module):
                 )
             attn.e_proj = linformer[0].e_proj
         for block in self.blocks:
+            if not isinstance(getattr(block.attn, "qkv", None), nn.Linear):
+                raise ValueError(
+                    f"model.structure nystromformer-lra needs attentions with qkv and proj projections (the "
+                    f"official W_q, W_k, W_v and ff); {block.name!r} has no qkv"
+                )
+            block.attn.qkv.reset_parameters()
+            block.attn.proj.reset_parameters()
             if block.name == "reformer":
                 with torch.no_grad():
                     block.attn.qkv.bias.zero_()

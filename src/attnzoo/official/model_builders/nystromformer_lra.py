@@ -34,7 +34,10 @@ Departures and reproduced quirks:
 * Attention dropout acts only in softmax, as in the official kernels (the others have none; HF's LSH
   dropout is 0 by default).
 * The model is built with ``ModelConfig.structure = "nystromformer-lra"`` (also the ``attnzoo train
-  --preset nystromformer`` setting), which gives the two layout rules below.
+  --preset nystromformer`` setting), which gives the two layout rules below and the official init: the
+  attention projections ``qkv``/``proj`` keep ``nn.Linear``'s U(+-1/sqrt(fan_in)) init, as ``W_q``, ``W_k``,
+  ``W_v`` and ``ff`` (attnzoo's default is N(0, 0.02) with zero bias; it matters for training from scratch,
+  not for loaded weights).
 * linformer: the official ``E`` is one class-level parameter shared by every layer (N4); the layers'
   ``e_proj`` are tied to one parameter, so training updates it once with the summed gradient (the
   official singleton is also shared across models in a process; here each model has its own).
