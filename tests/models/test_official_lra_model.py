@@ -13,6 +13,7 @@ recording the mean losses, the learning rates and the final ``state_dict()``. Ma
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from pathlib import Path
@@ -273,7 +274,7 @@ def test_checkpoints_written_before_the_optimizer_setting_resume(tmp_path):
     assert not changed
 
 
-def _encoder(structure: str, attention: str, dim: int = 8, **model) -> Encoder:
+def _encoder(structure: str, attention: str, dim: int = 8, attention_dropout: float = 0.0, **model) -> Encoder:
     from attnzoo.tasks import TaskSpec
 
     task = TaskSpec("t", 64, "tokens", 10, 0, 3, "class", False, 0, "accuracy", None, "")
@@ -284,7 +285,7 @@ def _encoder(structure: str, attention: str, dim: int = 8, **model) -> Encoder:
         dim=dim,
         num_heads=2,
         dropout=0.0,
-        attention_dropout=0.0,
+        attention_dropout=attention_dropout,
         structure=structure,
         **model,
     )
@@ -345,6 +346,22 @@ def test_official_structure_keeps_the_linear_init_of_the_official_projections(at
     for block in ours.blocks:
         for linear in (block.attn.qkv, block.attn.proj):
             assert abs(linear.weight.std().item() - 0.02) < 0.002 and not linear.bias.any()
+
+
+@pytest.mark.parametrize("attention", ["linformer", "reformer", "softmax"])
+def test_official_structure_drops_attention_probabilities_in_softmax_only(attention):
+    """The official linformer and HF LSH kernels have no attention dropout; SoftmaxAttention has."""
+    ids = torch.randint(1, 10, (2, 64))
+    mask = torch.ones(2, 64, dtype=torch.bool)
+    for structure in ("nystromformer-lra", "attnzoo"):
+        torch.manual_seed(0)
+        model = _encoder(structure, attention, attention_dropout=0.5).train()
+        if attention == "reformer":  # the same rotations in both calls
+            for block in model.blocks:
+                block.attn.options = dataclasses.replace(block.attn.options, hash_seed=0)
+        first, second = model(ids, mask)[0], model(ids, mask)[0]
+        random = structure == "attnzoo" or attention == "softmax"
+        assert not torch.allclose(first, second) if random else torch.equal(first, second)
 
 
 def test_structure_errors_name_the_problem():

@@ -80,7 +80,8 @@ class ModelConfig:
             nystromformer-lra (the official LRA model's parameter layout and init: linformer layers share one
             ``E``, layer 0's ``e_proj``, as the official class-level ``E``; reformer's ``qkv`` has no bias, as
             HF's LSH projections: zero and frozen; the attention projections ``qkv``/``proj`` keep PyTorch's
-            ``nn.Linear`` init, as the official ``W_q``, ``W_k``, ``W_v`` and ``ff``).
+            ``nn.Linear`` init, as the official ``W_q``, ``W_k``, ``W_v`` and ``ff``; attention_dropout acts in
+            softmax only, as the official kernels: linformer's and HF reformer's have none).
     """
 
     attention: str = "softmax"
@@ -235,9 +236,10 @@ class Block(nn.Module):
         self.norm1, self.norm2 = nn.LayerNorm(cfg.dim), nn.LayerNorm(cfg.dim)
         # a ready options instance: an option set to None (reformer's hash_seed) stays None, not the default
         ready = make_options(attnzoo.options(name), options, context=name)
-        self.attn = attnzoo.build(
-            name, cfg.dim, cfg.num_heads, causal=cfg.causal, dropout=cfg.attention_dropout, options=ready
-        )
+        # the official LRA model drops attention probabilities in SoftmaxAttention only
+        official_lra = cfg.structure == "nystromformer-lra" and name != "softmax"
+        dropout = 0.0 if official_lra else cfg.attention_dropout
+        self.attn = attnzoo.build(name, cfg.dim, cfg.num_heads, causal=cfg.causal, dropout=dropout, options=ready)
         self.drop = nn.Dropout(cfg.dropout)
         self.mlp = MLP(cfg.dim, cfg.mlp_dim, cfg.dropout)
 

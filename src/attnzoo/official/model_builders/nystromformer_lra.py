@@ -32,7 +32,7 @@ Departures and reproduced quirks:
 * MEAN pooling averages all N positions, padding included (zeros after the final LN times the mask);
   CLS pooling reproduces ``append_cls``: id ``vocab_size - 1`` first, the last input token dropped.
 * Attention dropout acts only in softmax, as in the official kernels (the others have none; HF's LSH
-  dropout is 0 by default).
+  dropout is 0 by default): ``structure = "nystromformer-lra"`` builds the other attentions with dropout 0.
 * The model is built with ``ModelConfig.structure = "nystromformer-lra"`` (also the ``attnzoo train
   --preset nystromformer`` setting), which gives the two layout rules below and the official init: the
   attention projections ``qkv``/``proj`` keep ``nn.Linear``'s U(+-1/sqrt(fan_in)) init, as ``W_q``, ``W_k``,
