@@ -138,27 +138,32 @@ def feature_attention(
 
 
 def _parallel(q, k, v, query_features, key_features, mask, normalize, eps, global_frame, min_den, chunk):
-    sums, norms, scales = [], [], []
+    """Non-causal rows. The normaliser rides along the values as an extra all-ones column, so each key
+    chunk is one GEMM ``[v, 1]^T phi_k`` ``(B, H, dv + 1, m)`` and each query chunk one GEMM back: no
+    separate feature sums, no ``(C, 1) x (1, m)`` outer product in the backward, and every gradient of a
+    ``(B, H, C, m)`` feature tensor comes out contiguous (the (m, dv) orientation transposed it)."""
+    dv = v.shape[-1]
+    sums, scales = [], []
     for _, kc, vc, mc in _chunks(k, k, v, mask, chunk):  # (keys only; q may have another length)
         feats, log_scale = key_features(kc, mc)
-        sums.append(feats.transpose(-1, -2) @ vc)  # (B, H, m, dv)
-        norms.append(feats.sum(-2))  # (B, H, m)
+        with_ones = torch.cat([vc, vc.new_ones(*vc.shape[:-1], 1)], dim=-1)  # (B, H, C, dv + 1)
+        sums.append(with_ones.transpose(-1, -2) @ feats)  # (B, H, dv + 1, m): [sum_j v_j phi_j ; sum_j phi_j]
         scales.append(log_scale)
-    kv, z = torch.stack(sums), torch.stack(norms)
+    vz = torch.stack(sums)
     if scales[0] is not None:
         log_scales = torch.stack(scales)  # (T, B, H, 1, 1)
-        weights = torch.exp(log_scales - _frame(log_scales, global_frame))
-        kv, z = (kv * weights).sum(0), (z * weights[..., 0]).sum(0)
+        vz = (vz * torch.exp(log_scales - _frame(log_scales, global_frame))).sum(0)
     else:
-        kv, z = kv.sum(0), z.sum(0)
+        vz = vz.sum(0)
     if eps:
         real_v = v if mask is None else v * mask[:, None, :, None].to(v.dtype)
-        count = float(k.shape[-2]) if mask is None else mask.sum(-1).to(v.dtype)[:, None, None]
-        kv = kv + eps * real_v.sum(-2, keepdim=True)
-        z = z + eps * count
+        count = v.new_full(v.shape[:1], k.shape[-2]) if mask is None else mask.sum(-1).to(v.dtype)  # (B,)
+        extra = torch.cat([real_v.sum(-2), count[:, None, None].expand(-1, v.shape[1], 1)], dim=-1)
+        vz = vz + eps * extra[..., None]  # eps added to every real key's features
     outs = []
     for fq in map(query_features, q.split(chunk, -2)):
-        outs.append(_divide(fq @ kv, (fq @ z[..., None])[..., 0], normalize, min_den))
+        both = fq @ vz.transpose(-1, -2)  # (B, H, C, dv + 1)
+        outs.append(_divide(both[..., :dv], both[..., dv], normalize, min_den))
     return torch.cat(outs, dim=-2)
 
 

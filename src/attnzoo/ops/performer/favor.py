@@ -11,7 +11,7 @@ from torch import Tensor
 from attnzoo.ops.common import check_padding_mask, check_qkv
 from attnzoo.ops.common.precision import fp32_core
 from attnzoo.ops.linear.kernel import FeatureFn, chunk_length, feature_attention
-from attnzoo.ops.performer.features import draw_projection, projection_terms
+from attnzoo.ops.performer.features import draw_projection, projection_terms, stabilised_exp
 from attnzoo.ops.performer.fused import favor_attention_fused
 
 __all__ = [
@@ -93,11 +93,9 @@ def favor_feature_maps(
         if kernel == "relu":
             feats = torch.relu(proj_term) / root_m
         else:  # one fused shift per row: |x|^2 term (a row constant, dropped when causal), stabiliser, 1/sqrt(m)
-            shift = keep_graph(proj_term).amax(-1, keepdim=True) + log_root_m
-            if not per_key or feature_eps:  # with eps the |x|^2 term sets the features' weight against eps
-                shift = shift + norm_term
-            # in place where nothing saved proj_term (it is a fresh temporary); amax's backward reads it
-            feats = (proj_term - shift).exp() if differentiable_stabilisers else proj_term.sub_(shift).exp_()
+            # with eps the |x|^2 term sets the features' weight against eps
+            extra = norm_term + log_root_m if not per_key or feature_eps else proj_term.new_tensor(log_root_m)
+            feats, _ = stabilised_exp(proj_term, extra, over_tokens=False, through_max=differentiable_stabilisers)
         return feats + feature_eps if feature_eps else feats
 
     def key_features(x: Tensor, real: Tensor | None) -> tuple[Tensor, Tensor | None]:
@@ -106,12 +104,17 @@ def favor_feature_maps(
         if kernel == "relu":
             feats = torch.relu(proj_term) / root_m
             return (feats if keep is None else feats * keep.to(feats.dtype)), None
-        candidates = keep_graph(proj_term)
-        if per_key:  # the largest log-feature of each key, the norm term included
-            candidates = candidates - keep_graph(norm_term)
-        if keep is not None and (per_key or not stabilise_pads):
+        if not per_key:  # one stabiliser per (batch, head): the max of sqrt(s) W k over features and keys
+            max_keep = None if stabilise_pads else keep
+            return stabilised_exp(
+                proj_term, norm_term + log_root_m, over_tokens=True, through_max=differentiable_stabilisers,
+                max_keep=max_keep, zero_keep=keep,
+            )  # fmt: skip
+        # the largest log-feature of each key, the norm term included
+        candidates = keep_graph(proj_term) - keep_graph(norm_term)
+        if keep is not None:
             candidates = candidates.masked_fill(~keep, -math.inf)
-        log_scale = candidates.amax(dim=-1 if per_key else (-2, -1), keepdim=True)  # (B, H, C or 1, 1)
+        log_scale = candidates.amax(dim=-1, keepdim=True)  # (B, H, C, 1)
         shift = norm_term + log_scale.masked_fill(log_scale == -math.inf, 0.0) + log_root_m
         exponent = proj_term - shift if differentiable_stabilisers else proj_term.sub_(shift)
         if keep is not None:

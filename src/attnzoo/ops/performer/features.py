@@ -16,11 +16,12 @@ negative, so row 0 of every block has a negative first coordinate), and multiply
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import Tensor
 
-__all__ = ["draw_projection", "favor_log_features", "projection_terms"]
+__all__ = ["draw_projection", "favor_log_features", "projection_terms", "stabilised_exp"]
 
 
 def draw_projection(
@@ -89,3 +90,67 @@ def favor_log_features(x: Tensor, projection: Tensor, scale: float) -> Tensor:
     """
     proj_term, norm_term = projection_terms(x, projection, scale)
     return proj_term - norm_term - 0.5 * math.log(projection.shape[-2])
+
+
+def stabilised_exp(
+    proj_term: Tensor,
+    extra: Tensor,
+    *,
+    over_tokens: bool,
+    through_max: bool,
+    max_keep: Tensor | None = None,
+    zero_keep: Tensor | None = None,
+) -> tuple[Tensor, Tensor]:
+    """``exp(p - c - extra)`` with the stabiliser ``c = max p`` and ``c`` itself, in one fused autograd op.
+
+    ``c`` is the max over the features of each row, or (``over_tokens``) over features and tokens of each
+    (batch, head). Autograd of the plain expression writes about six full ``(B, H, N, m)`` tensors in the
+    backward (the broadcast subtraction's negated gradient, the max's tie mask and share); this op writes one.
+
+    Args:
+        proj_term: ``p``, ``(B, H, N, m)``.
+        extra: ``(B, H, N, 1)`` (or broadcastable), differentiable: the rest of the row's shift.
+        over_tokens: the max over ``(N, m)`` per (batch, head) instead of over ``m`` per row.
+        through_max: let gradients flow through ``c`` (to the maximal element; where two elements tie
+            at the maximum one of them takes it, where ``torch.amax`` would split it), as performer-pytorch;
+            otherwise ``c`` is a detached constant.
+        max_keep: ``(B, 1, N, 1)`` bool, True = the token takes part in the max (None: all).
+        zero_keep: ``(B, 1, N, 1)`` bool, False = the output row is 0 (None: none).
+
+    Returns:
+        ``(features (B, H, N, m), c)`` with ``c`` ``(B, H, 1, 1)`` (``over_tokens``) or ``(B, H, N, 1)``;
+        ``c = -inf`` where no element takes part (its features are then computed with ``c = 0``).
+    """
+    return _StabilisedExp.apply(proj_term, extra, over_tokens, through_max, max_keep, zero_keep)
+
+
+class _StabilisedExp(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, p: Tensor, extra: Tensor, over_tokens: bool, through_max: bool, max_keep, zero_keep):  # type: ignore[override]
+        candidates = p if max_keep is None else p.masked_fill(~max_keep, -math.inf)
+        flat = candidates.flatten(-2) if over_tokens else candidates
+        top, index = flat.max(-1, keepdim=True)
+        if over_tokens:
+            top = top[..., None]
+        empty = top == -math.inf  # nothing took part: c is a constant
+        shift = top.masked_fill(empty, 0.0) + extra
+        out = (p - shift).exp_()
+        if zero_keep is not None:
+            out.masked_fill_(~zero_keep, 0.0)
+        ctx.save_for_backward(out, index, empty)
+        ctx.over_tokens, ctx.through_max, ctx.extra_shape = over_tokens, through_max, extra.shape
+        ctx.mark_non_differentiable(index)
+        return out, top
+
+    @staticmethod
+    def backward(ctx: Any, d_out: Tensor, d_top: Tensor | None):  # type: ignore[override]
+        out, index, empty = ctx.saved_tensors
+        grad = d_out * out  # d loss / d (p - c - extra); 0 at zeroed rows
+        d_shift = grad.sum(-1, keepdim=True)  # minus the gradient of the row's shift
+        if ctx.through_max:
+            to_max = d_shift.sum(-2, keepdim=True) if ctx.over_tokens else d_shift
+            to_max = (-to_max if d_top is None else d_top - to_max).masked_fill(empty, 0.0)
+            flat = grad.flatten(-2) if ctx.over_tokens else grad
+            flat.scatter_add_(-1, index, to_max.flatten(-2) if ctx.over_tokens else to_max)
+        d_extra = (-d_shift).sum_to_size(ctx.extra_shape)
+        return grad, d_extra, None, None, None, None
