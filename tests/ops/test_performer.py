@@ -9,6 +9,7 @@ import attnzoo
 from attnzoo.ops.linear.kernel import causal_feature_step, causal_feature_sums, empty_sums
 from attnzoo.ops.performer import draw_projection, favor_log_features, naive_performer_attention, performer_attention
 from attnzoo.ops.performer.favor import favor_feature_maps
+from attnzoo.ops.performer.features import stabilised_exp
 from attnzoo.testing import assert_beats_trivial, assert_close, assert_same_gradients, clustered_qkv, make_qkv
 
 F64 = torch.float64
@@ -287,3 +288,53 @@ def test_approximation_regression_n1024():
         for m in (256, 1024)
     ]
     assert 0.28 < errors[0] < 0.36 and 0.1 < errors[1] < 0.14, errors
+
+
+def _plain_stabilised_exp(p, extra, over_tokens, through_max, keep):
+    """The expression :func:`stabilised_exp` fuses, left to autograd (``torch.amax``'s gradient)."""
+    candidates = p if through_max else p.detach()
+    if keep is not None:
+        candidates = candidates.masked_fill(~keep, -math.inf)
+    top = candidates.amax(dim=(-2, -1) if over_tokens else -1, keepdim=True)
+    out = (p - (top.masked_fill(top == -math.inf, 0.0) + extra)).exp()
+    return (out if keep is None else out.masked_fill(~keep, 0.0)), top
+
+
+@pytest.mark.parametrize("over_tokens", [False, True])
+@pytest.mark.parametrize("through_max", [False, True])
+@pytest.mark.parametrize("masked", [False, True])
+def test_stabilised_exp_matches_autograd_of_the_plain_expression(over_tokens, through_max, masked):
+    torch.manual_seed(0)
+    p = torch.randn(2, 3, 10, 7, dtype=torch.float64, requires_grad=True)
+    extra = torch.randn(2, 3, 10, 1, dtype=torch.float64, requires_grad=True)
+    keep = None
+    if masked:  # batch row 1 has pads; with over_tokens False their rows have no max at all
+        keep = torch.ones(2, 1, 10, 1, dtype=torch.bool)
+        keep[1, :, 6:] = False
+    ours = stabilised_exp(p, extra, over_tokens=over_tokens, through_max=through_max, max_keep=keep, zero_keep=keep)
+    plain = _plain_stabilised_exp(p, extra, over_tokens, through_max, keep)
+    assert ours[1].shape == ((2, 3, 1, 1) if over_tokens else (2, 3, 10, 1))
+    weights = [torch.randn_like(t).masked_fill(t == -math.inf, 0.0) for t in plain]
+    grads = []
+    for out, top in (ours, plain):
+        loss = (out * weights[0]).sum() + (top.masked_fill(top == -math.inf, 0.0) * weights[1]).sum()
+        grads.append(torch.autograd.grad(loss, (p, extra)))
+    for a, b in zip((*ours, *grads[0]), (*plain, *grads[1]), strict=True):
+        assert torch.allclose(a, b, rtol=1e-12, atol=1e-12)
+    assert grads[0][0].abs().sum() > 0 and grads[0][1].abs().sum() > 0
+
+
+def test_stabilised_exp_sends_the_max_gradient_to_the_maximal_element():
+    p = torch.tensor([[[[0.0, 2.0, 1.0]]]], dtype=torch.float64, requires_grad=True)
+    extra = torch.zeros(1, 1, 1, 1, dtype=torch.float64)
+    _, top = stabilised_exp(p, extra, over_tokens=False, through_max=True)
+    assert torch.autograd.grad(top.sum(), p)[0].tolist() == [[[[0.0, 1.0, 0.0]]]]
+    # d/dp sum exp(p - max p): exp(p - 2) everywhere, minus the whole sum at the max when c is differentiable
+    expected = torch.exp(p.detach() - 2)
+    for through_max in (False, True):
+        out, _ = stabilised_exp(p, extra, over_tokens=False, through_max=through_max)
+        (grad,) = torch.autograd.grad(out.sum(), p)
+        want = expected.clone()
+        if through_max:
+            want[..., 1] -= expected.sum()
+        assert torch.allclose(grad, want)
