@@ -28,7 +28,8 @@ def toy(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def torchrun(*args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", str(RUNNER)]
+    # --standalone: a free rendezvous port each time (the fixed default 29500 may still be held by an earlier run)
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(RUNNER)]
     return subprocess.run([*launcher, *args], capture_output=True, text=True, env=env, timeout=180)
 
 

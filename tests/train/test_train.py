@@ -36,8 +36,9 @@ def toy(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def run_cli(*args: str, env_extra: dict[str, str] | None = None, torchrun: bool = False) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1", **(env_extra or {})}
+    # --standalone: a free rendezvous port each time (the fixed default 29500 may still be held by an earlier run)
     launcher = (
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"] if torchrun else [sys.executable]
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"] if torchrun else [sys.executable]
     )
     return subprocess.run([*launcher, str(RUNNER), *args], capture_output=True, text=True, env=env, timeout=120)
 
@@ -119,7 +120,7 @@ def test_ddp_two_gloo_processes_match_one_process(tmp_path: Path) -> None:
         "0",
     ]
     ddp = run_cli("train", *args, "--out-dir", str(tmp_path / "ddp"), torchrun=True)
-    assert ddp.returncode == 0, ddp.stderr[-2000:]
+    assert ddp.returncode == 0, ddp.stderr[:3000] + " ... " + ddp.stderr[-3000:]
     single = run_cli("train", *args, "--out-dir", str(tmp_path / "one"))
     assert single.returncode == 0, single.stderr
     a, b = train_losses(tmp_path / "ddp"), train_losses(tmp_path / "one")
