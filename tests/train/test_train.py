@@ -38,7 +38,9 @@ def run_cli(*args: str, env_extra: dict[str, str] | None = None, torchrun: bool 
     env = {**os.environ, "OMP_NUM_THREADS": "1", **(env_extra or {})}
     # --standalone: a free rendezvous port each time (the fixed default 29500 may still be held by an earlier run)
     launcher = (
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"] if torchrun else [sys.executable]
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+        if torchrun
+        else [sys.executable]
     )
     return subprocess.run([*launcher, str(RUNNER), *args], capture_output=True, text=True, env=env, timeout=120)
 
