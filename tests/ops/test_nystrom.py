@@ -5,7 +5,7 @@ import torch
 
 import attnzoo
 from attnzoo.ops.nystrom import iterative_pinv, naive_nystrom_attention, nystrom_attention, segment_ids, segment_means
-from attnzoo.ops.nystrom.nystrom import _approximate
+from attnzoo.ops.nystrom.nystrom import _approximate, conv_skip
 from attnzoo.testing import assert_beats_trivial, assert_close, clustered_qkv, make_qkv
 
 F64 = torch.float64
@@ -188,3 +188,32 @@ def test_segment_means_gradient_helper_equals_autograd(n, m, masked):
     out = torch.empty(2, n, 3, 4, dtype=F64).transpose(1, 2)  # any layout
     assert add_segment_means_grad(base, grad, real, out) is out
     torch.testing.assert_close(out, base + expected, rtol=1e-12, atol=1e-12)
+
+
+def _shifted_sum(v, weight, mask):
+    """Reference of the conv skip: ``out[n] = sum_t w[t] v[n + t - K // 2]`` over the real, in-range tokens."""
+    v = v * mask[:, None, :, None].to(v.dtype)
+    kernel, half, n = weight.shape[2], weight.shape[2] // 2, v.shape[2]
+    out = torch.zeros_like(v)
+    for t in range(kernel):
+        shift = t - half
+        lo, hi = max(0, -shift), min(n, n - shift)
+        out[:, :, lo:hi] += weight[None, :, 0, t, 0, None, None] * v[:, :, lo + shift : hi + shift]
+    return out
+
+
+def test_conv_skip_equals_the_shifted_sum_with_batch_folded_weights():
+    torch.manual_seed(0)
+    v = torch.randn(3, 2, 40, 5, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(2, 1, 7, 1, dtype=torch.float64, requires_grad=True)
+    mask = torch.ones(3, 40, dtype=torch.bool)
+    mask[1, 30:] = False
+    grad = torch.randn(3, 2, 40, 5, dtype=torch.float64)
+    ours, ref = conv_skip(v, weight, mask), _shifted_sum(v, weight, mask)
+    assert torch.allclose(ours, ref)
+    (ours * grad).sum().backward()
+    got = (v.grad.clone(), weight.grad.clone())
+    v.grad = weight.grad = None
+    (ref * grad).sum().backward()
+    assert torch.allclose(got[0], v.grad) and torch.allclose(got[1], weight.grad)  # weight: summed over batch
+    assert conv_skip(torch.randn(0, 2, 40, 5), weight.detach().float(), None).shape == (0, 2, 40, 5)
