@@ -212,6 +212,7 @@ lra_entry(
     transform=lambda key, value, args: value.expand(args["num_head"], -1, -1).clone(),
     notes="performer-pytorch FastAttention: rp_dim -> num_features, kernel_type ignored (FAVOR+ either way, N6); "
     "projection_matrix (m, d) shared by heads -> projection; feature_eps 1e-4/sqrt(m); "
-    "compat nystromformer-lra (N6, N7; gradients through the stabilisers, as performer-pytorch 0.15.0; own draws "
+    "compat nystromformer-lra (N6, N7; gradients through the stabilisers, as performer-pytorch 0.15.0, except "
+    "that an exact tie for a maximum sends its gradient to one element where torch.amax splits it; own draws "
     "use the raw QR, no sign(diag R) correction, as performer-pytorch)",
 )
