@@ -65,7 +65,7 @@ def chunk_length(batch_heads: int, width: int, length: int, *, causal: bool) -> 
     """Tokens per chunk: ``CAUSAL_CHUNK`` when causal, else as many as fit ``_CHUNK_BYTES`` of fp32 features."""
     if causal:
         return max(1, min(CAUSAL_CHUNK, length))
-    return max(1, min(length, _CHUNK_BYTES // (4 * batch_heads * max(width, 1))))
+    return max(1, min(length, _CHUNK_BYTES // (4 * max(batch_heads, 1) * max(width, 1))))
 
 
 def _frame(log_scales: Tensor, global_frame: bool) -> Tensor:

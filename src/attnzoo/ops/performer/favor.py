@@ -190,9 +190,9 @@ def performer_attention(
         k, v, mask = k * real, v * real, None
     stabilise_pads = compat == "efficient-attention"
 
+    # chunks sized by the (B, H, C, m) feature tensors (the engine alone would size them by d)
+    chunk = chunk_size or chunk_length(q.shape[0] * h, proj.shape[-2], max(q.shape[-2], k.shape[-2]), causal=causal)
     if not causal and kernel == "softmax" and not feature_eps and compat == "none" and q.numel() and k.numel():
-        b, _, n, _ = q.shape
-        chunk = chunk_size or chunk_length(b * h, proj.shape[-2], max(n, k.shape[-2]), causal=False)
         return favor_attention_fused(q.to(work), k.to(work), v.to(work), proj, mask, s, chunk).to(q.dtype)
     query_features, key_features = favor_feature_maps(
         proj, scale=s, kernel=kernel, feature_eps=feature_eps, stabilise_pads=stabilise_pads, per_key=causal,
@@ -209,5 +209,5 @@ def performer_attention(
         eps=feature_eps,
         global_frame=lra,
         min_denominator=1e-2 if compat == "efficient-attention" else 0.0,
-        chunk_size=chunk_size,
+        chunk_size=chunk,
     ).to(q.dtype)
